@@ -1,0 +1,265 @@
+"""The one model loader every script shares, the device/dtype policy, and the step-tag convention.
+
+    python model.py --save DIR [--size small|base]   # write the tiny model as a normal HF folder
+    python model.py --info tiny-init|tiny|PATH        # parameter counts and the special token ids
+
+load("tiny-init") builds a tiny Qwen2.5-VL from a config in code (random init from a fixed seed, byte-level
+tokenizer and chat template built in code, fully offline). load("tiny") is the pretrained tiny base the project
+ships in checkpoints/tiny-base (see its README for the command that made it). Anything else is a local folder
+or a hub id loaded through AutoModelForImageTextToText, exactly like a real checkpoint.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+TINY_BASE = ROOT / "checkpoints" / "tiny-base"
+
+# The step-tag convention (DESIGN.md): a tag token after every step; the score of a step is
+# softmax([logit("+"), logit("-")])[0] at its tag. "+" and "-" are ordinary tokens in every tokenizer.
+STEP_TAG = "<|step|>"
+POS, NEG = "+", "-"
+
+# Tiny sizes. mrope_section must sum to head_dim / 2 (hidden / heads / 2).
+SIZES = {
+    "small": dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=256, vis_hidden=64, vis_depth=2, vis_heads=4,
+                  mrope=[2, 3, 3]),
+    "base": dict(hidden=192, layers=4, heads=6, kv_heads=2, ffn=512, vis_hidden=96, vis_depth=3, vis_heads=4,
+                 mrope=[4, 6, 6]),
+}
+IMAGE_SIZE, PATCH = 64, 8  # 64 px images, 8 px patches: the synthetic suite aligns every shape to this grid
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+            "<|image_pad|>", "<|video_pad|>", STEP_TAG]
+# Whole words the suite uses a lot: matched before byte-level splitting, so sequences are ~3x shorter.
+# Decoding stays exact (an added token decodes to its own text).
+WORDS = ["There are", "The answer is", "Step", " red", " blue", " green", " yellow", " shapes", " squares",
+         " more", " than", " total", " width", " height", " perimeter", " rectangle", " costs", " each",
+         " pens", " book", " dollars", " How many", " What is", " The", " is", " and", " are", " of", "user",
+         "assistant", " pays"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device):
+    """bf16 on a CUDA GPU that supports it, fp32 everywhere else (CPU bf16 matmuls are slow and lossy)."""
+    if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer built in code: 256 byte tokens, the specials, a few whole words. Round-trips any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+    alphabet = sorted(ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    tok.add_tokens(WORDS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=4096)
+    fast.padding_side = "left"  # generation pads on the left; scoring builds its own masks
+    return fast
+
+
+def image_text_processor(image_processor, tokenizer, chat_template):
+    """A Qwen2.5-VL processor without the video processor (which needs torchvision). Images and text only."""
+    from transformers import Qwen2_5_VLProcessor
+
+    class ImageTextProcessor(Qwen2_5_VLProcessor):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    return ImageTextProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
+def tiny_processor():
+    try:
+        from transformers import Qwen2VLImageProcessorPil as ImageProcessor  # no torchvision needed
+    except ImportError:
+        from transformers import Qwen2VLImageProcessor as ImageProcessor
+    ip = ImageProcessor(patch_size=PATCH, merge_size=2, temporal_patch_size=2,
+                        min_pixels=IMAGE_SIZE * IMAGE_SIZE, max_pixels=IMAGE_SIZE * IMAGE_SIZE)
+    return image_text_processor(ip, tiny_tokenizer(), CHAT_TEMPLATE)
+
+
+def tiny_config(tokenizer, size="small"):
+    from transformers import Qwen2_5_VLConfig
+    s = SIZES[size]
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS}
+    text = dict(vocab_size=len(tokenizer), hidden_size=s["hidden"], intermediate_size=s["ffn"],
+                num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+                max_position_embeddings=4096, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": s["mrope"]},
+                bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=s["vis_depth"], hidden_size=s["vis_hidden"], intermediate_size=2 * s["vis_hidden"],
+                  num_heads=s["vis_heads"], patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2,
+                  window_size=IMAGE_SIZE, fullatt_block_indexes=[s["vis_depth"] - 1], out_hidden_size=s["hidden"])
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+                            bos_token_id=ids["<|im_start|>"], eos_token_id=ids["<|im_end|>"],
+                            pad_token_id=ids["<|endoftext|>"])
+
+
+def tiny_init(size="small", seed=0):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    processor = tiny_processor()
+    torch.manual_seed(seed)  # same seed, same weights (a test checks it)
+    model = Qwen2_5_VLForConditionalGeneration(tiny_config(processor.tokenizer, size))
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
+    return model, processor
+
+
+def load_processor(path):
+    """AutoProcessor, or (without torchvision, which Qwen2-VL folders ask for) image processor + tokenizer."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        if not hasattr(processor, "image_processor"):  # an unknown processor class gives back a bare tokenizer
+            raise ValueError("AutoProcessor gave no image processor")
+        return processor
+    except (ImportError, ValueError, OSError, TypeError, AttributeError) as e:
+        tok = AutoTokenizer.from_pretrained(path)
+        ip = AutoImageProcessor.from_pretrained(path)
+        template = tok.chat_template
+        if template is None and Path(path, "chat_template.jinja").exists():
+            template = Path(path, "chat_template.jinja").read_text()
+        if os.environ.get("VERBOSE"):
+            print(f"[model] AutoProcessor failed on {path} ({type(e).__name__}: {e}); built image processor + tokenizer")
+        return image_text_processor(ip, tok, template)
+
+
+def add_special_tokens(model, processor):
+    """Make sure the step tag exists (resizing the embeddings where a checkpoint lacks it) and +/- are one token."""
+    tok = processor.tokenizer
+    if STEP_TAG not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [STEP_TAG]}, replace_extra_special_tokens=False)
+        old = model.get_input_embeddings().weight.shape[0]
+        if len(tok) > old:
+            model.resize_token_embeddings(len(tok), mean_resizing=True)
+    for t in (POS, NEG):
+        if len(tok.encode(t, add_special_tokens=False)) != 1:
+            raise ValueError(f"label token {t!r} is not a single token in this tokenizer")
+
+
+def token_ids(processor):
+    """The shared special token ids: {"tag", "pos", "neg", "pad", "eos"}."""
+    tok = processor.tokenizer
+    return {"tag": tok.convert_tokens_to_ids(STEP_TAG), "pos": tok.encode(POS, add_special_tokens=False)[0],
+            "neg": tok.encode(NEG, add_special_tokens=False)[0], "pad": tok.pad_token_id, "eos": tok.eos_token_id}
+
+
+def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
+    """-> (model, processor), on `device` in `dtype` (defaults: default_device(), default_dtype(device)), eval mode."""
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    if name_or_path == "tiny-init":
+        model, processor = tiny_init(size, seed)
+    else:
+        path = name_or_path
+        if name_or_path == "tiny":
+            if not (TINY_BASE / "config.json").exists():
+                raise FileNotFoundError(f"the tiny base is missing at {TINY_BASE}; make it with the command in "
+                                        f"{TINY_BASE / 'README.md'} (python train.py --objective sft --model tiny-init "
+                                        f"--data synthetic --out {TINY_BASE})")
+            path = str(TINY_BASE)
+        from transformers import AutoModelForImageTextToText
+        processor = load_processor(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        add_special_tokens(model, processor)
+        if processor.tokenizer.pad_token_id is None:
+            processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    processor.tokenizer.padding_side = "left"
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def save(model, processor, out, extra=None):
+    """Write a normal HF folder (model + processor) that load(out) reads back; `extra` goes to train_config.json."""
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    if extra is not None:
+        Path(out, "train_config.json").write_text(json.dumps(extra, indent=1))
+
+
+def chat_prompt(processor, question):
+    """The user turn (image first, then the question) and the assistant header, as the model's chat template writes it."""
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+@torch.no_grad()
+def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0):
+    """Batched continuation of chat prompts (+ optional assistant prefixes); greedy at temperature 0, else sampled
+    with torch seeded by `seed` (same seed, same samples). Returns the new text of each."""
+    tok = processor.tokenizer
+    texts = [chat_prompt(processor, q) + (prefixes[i] if prefixes else "") for i, q in enumerate(prompts)]
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
+    dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
+    batch = {k: (v.to(dev, dt) if k == "pixel_values" else v.to(dev)) for k, v in batch.items()}
+    torch.manual_seed(seed)
+    kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, **kw)
+    return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def parse_args(cls, argv=None, doc=None):
+    """argparse from a settings dataclass: one --flag per field, its help from the field's metadata."""
+    import argparse
+    import dataclasses
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.type in (bool, "bool"):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
+        else:
+            kw = {"nargs": "+"} if f.type in ("list", list) else {"type": type(f.default) if f.default is not None else str}
+            ap.add_argument(flag, default=f.default, help=f"{helptext} (default: {f.default})", **kw)
+    return cls(**vars(ap.parse_args(argv)))
+
+
+def param_counts(model):
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in n or n.startswith("visual"))
+    total = sum(p.numel() for p in model.parameters())
+    return {"vision": vision, "language": total - vision, "total": total}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--save", metavar="DIR", help="write the tiny-init model + processor to DIR")
+    ap.add_argument("--size", default="small", choices=sorted(SIZES), help="tiny size preset")
+    ap.add_argument("--seed", type=int, default=0, help="init seed for tiny-init")
+    ap.add_argument("--info", metavar="MODEL", help="print parameter counts and special token ids of MODEL")
+    a = ap.parse_args(argv)
+    if not (a.save or a.info):
+        ap.error("give --save DIR or --info MODEL")
+    if a.save:
+        model, processor = load("tiny-init", device="cpu", size=a.size, seed=a.seed)
+        save(model, processor, a.save)
+        print(f"wrote tiny-init ({a.size}, seed {a.seed}) to {a.save}")
+    if a.info:
+        model, processor = load(a.info, device="cpu", size=a.size, seed=a.seed)
+        info = {"model": a.info, "params": param_counts(model), "tokens": token_ids(processor),
+                "vocab": len(processor.tokenizer)}
+        print(json.dumps(info))
+
+
+if __name__ == "__main__":
+    main()

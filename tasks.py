@@ -1,0 +1,373 @@
+"""The synthetic visual-math suite: problems, images, gold steps, the oracle, answer matching, the sampler policy.
+
+    python tasks.py --n 8 --out out/suite [--seed 0] [--strength default]
+
+writes out/suite/{problems.jsonl, images/, candidates.jsonl, labels.jsonl, sheet.png}.
+
+Two families, as MathVerse's text-dominant vs vision-dominant split (ViLBench Table 1):
+- visual: the counts are only in the image (count_add: red + blue; count_diff: how many more A than B).
+- text: the numbers are in the question, the image only illustrates (rect_perimeter; shop_total).
+Every step states numbers; the oracle knows each step's truth. A wrong value is drawn from the same range as a
+right one, so a number alone says nothing about its truth; a trapped problem has one step most samples get wrong
+the same way, so majority voting can fail (as with real models).
+"""
+import argparse
+import hashlib
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE, CELL = 64, 8  # 8 px shapes on the 8x8 grid of 8 px vision patches (model.PATCH)
+COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (235, 200, 20)}
+KINDS = {"count_add": "visual", "count_diff": "visual", "rect_perimeter": "text", "shop_total": "text"}
+# A program per kind: ("count", colour_slot) reads the image; ("arith", op, a, b) with operands ("s", i) a previous
+# step's claimed value, ("f", name) a number of the question, ("c", k) a constant; ("answer", i) restates step i.
+PROGRAMS = {
+    "count_add": [("count", "A"), ("count", "B"), ("arith", "+", ("s", 0), ("s", 1)), ("answer", 2)],
+    "count_diff": [("count", "A"), ("count", "B"), ("arith", "-", ("s", 0), ("s", 1)), ("answer", 2)],
+    "rect_perimeter": [("arith", "+", ("f", "w"), ("f", "h")), ("arith", "*", ("c", 2), ("s", 0)), ("answer", 1)],
+    "shop_total": [("arith", "*", ("f", "n"), ("f", "c")), ("arith", "+", ("s", 0), ("f", "k")), ("answer", 1)],
+}
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+NUM = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+
+
+@dataclass
+class Suite:
+    """Difficulty knobs. The defaults leave headroom: the tiny base does not solve every kind."""
+    count_max: int = 7  # counts drawn from 1..count_max
+    distractors: int = 4  # up to this many shapes of other colours
+    num_max: int = 9  # question numbers drawn from 2..num_max
+    trap_rate: float = 0.3  # share of problems with a systematic error most samples share
+    trap_p: float = 0.6  # how often a sample falls into the trap
+    kinds: tuple = tuple(KINDS)
+
+
+# Error rates per step kind: perception (count: misread image; read: misread a number of the question), arithmetic
+# slips, and a rare lucky recovery (the final answer right after a wrong chain). Scaled by the strength.
+RATES = {"count": 0.2, "read": 0.06, "arith": 0.15, "lucky": 0.03}
+STRENGTHS = {"strong": 0.5, "default": 1.0, "weak": 1.5}
+
+
+def seed_of(*parts):
+    """A stable per-item seed (Python's hash() of a str changes between processes)."""
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+def make_problem(pid, seed, suite=Suite(), kind=None):
+    rng = random.Random(seed_of(seed, pid))
+    kind = kind or rng.choice(list(suite.kinds))
+    f = {}
+    if KINDS[kind] == "visual":
+        a, b, *others = rng.sample(list(COLOURS), len(COLOURS))
+        f["A"], f["B"] = a, b
+        na, nb = rng.randint(1, suite.count_max), rng.randint(1, suite.count_max)
+        if kind == "count_diff":
+            while na == nb:
+                na, nb = rng.randint(1, suite.count_max), rng.randint(1, suite.count_max)
+            na, nb = max(na, nb), min(na, nb)
+        f[a], f[b] = na, nb
+        for c in others:
+            f[c] = rng.randint(0, suite.distractors // 2)
+        q = (f"How many {a} and {b} shapes are there in total?" if kind == "count_add"
+             else f"How many more {a} shapes than {b} shapes are there?")
+    elif kind == "rect_perimeter":
+        f["w"], f["h"] = rng.randint(2, suite.num_max), rng.randint(2, suite.num_max)
+        q = f"A rectangle has width {f['w']} and height {f['h']}. What is its perimeter?"
+    else:
+        f["n"], f["c"], f["k"] = rng.randint(2, 5), rng.randint(2, suite.num_max), rng.randint(2, suite.num_max)
+        q = f"Tom buys {f['n']} pens that cost {f['c']} dollars each and a book that costs {f['k']} dollars. How much does he pay?"
+    prob = {"id": pid, "question": q, "family": KINDS[kind], "kind": kind, "facts": f, "layout_seed": rng.randrange(2**31)}
+    prob["answer"] = str(gold_values(prob)[-1])
+    perception = [i for i, s in enumerate(PROGRAMS[kind]) if s[0] == "count" or (s[0] == "arith" and "f" in (s[2][0], s[3][0]))]
+    if rng.random() < suite.trap_rate:  # a systematic error: most samples misread this step the same way
+        step = rng.choice(perception)
+        prob["trap"] = {"step": step, "offset": rng.choice([-1, 1]), "p": suite.trap_p}
+    return prob
+
+
+def make_problems(n, seed=0, split="train", suite=Suite()):
+    """n problems, the kinds in turn (balanced families); problem i depends only on (seed, split, i)."""
+    return [make_problem(f"{split}-{i:05d}", seed, suite, suite.kinds[i % len(suite.kinds)]) for i in range(n)]
+
+
+def render(prob):
+    """The problem's image (PIL, 64x64). Visual kinds: every shape fills one patch cell, so the tiny model can count."""
+    img = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), "white")
+    d = ImageDraw.Draw(img)
+    rng = random.Random(prob["layout_seed"])
+    f, g = prob["facts"], IMAGE_SIZE // CELL
+    if prob["family"] == "visual":
+        shapes = [c for c in COLOURS for _ in range(f.get(c, 0))]
+        for c, cell in zip(shapes, rng.sample(range(g * g), len(shapes))):
+            x, y = (cell % g) * CELL, (cell // g) * CELL
+            box = (x, y, x + CELL - 1, y + CELL - 1)
+            (d.ellipse if rng.random() < 0.5 else d.rectangle)(box, fill=COLOURS[c])
+    elif prob["kind"] == "rect_perimeter":
+        w, h = f["w"] * 5, f["h"] * 5
+        d.rectangle((32 - w // 2, 32 - h // 2, 32 + w // 2, 32 + h // 2), outline=(40, 40, 40), width=2)
+    else:
+        for i in range(f["n"]):
+            d.rectangle((6 + 8 * i, 10, 9 + 8 * i, 40), fill=(30, 60, 220))
+        d.rectangle((40, 40, 58, 58), fill=(150, 90, 40))
+    return img
+
+
+def _operand(prob, ref, values):
+    kind, x = ref
+    return values[x] if kind == "s" else prob["facts"][x] if kind == "f" else x
+
+
+def step_text(prob, spec, nums):
+    """The text of one step from its numbers: count (v), arith (a, b, r), answer (v)."""
+    if spec[0] == "count":
+        return f"There are {nums[0]} {prob['facts'][spec[1]]} shapes."
+    if spec[0] == "arith":
+        return f"{nums[0]} {spec[1]} {nums[1]} = {nums[2]}."
+    return f"The answer is {nums[0]}."
+
+
+def gold_steps(prob):
+    """[(text, step_kind, numbers)] of the gold solution; step_kind is count | arith | text_arith | answer."""
+    out, values = [], []
+    for spec in PROGRAMS[prob["kind"]]:
+        if spec[0] == "count":
+            nums = [prob["facts"][prob["facts"][spec[1]]]]
+        elif spec[0] == "arith":
+            a, b = _operand(prob, spec[2], values), _operand(prob, spec[3], values)
+            nums = [a, b, OPS[spec[1]](a, b)]
+        else:
+            nums = [values[spec[1]]]
+        values.append(nums[-1])
+        kind = spec[0] if spec[0] != "arith" or prob["family"] == "visual" else "text_arith"
+        out.append((step_text(prob, spec, nums), kind, nums))
+    return out
+
+
+def gold_values(prob):
+    return [nums[-1] for _, _, nums in gold_steps(prob)]
+
+
+FORMATS = ("step", "numbered", "plain", "paragraph")
+
+
+def format_steps(steps, fmt="step"):
+    """Join steps as a writer would: "Step k:" lines, "k." lines, plain lines, or one paragraph."""
+    if fmt == "step":
+        return "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps))
+    if fmt == "numbered":
+        return "\n".join(f"{i + 1}. {s}" for i, s in enumerate(steps))
+    return ("\n" if fmt == "plain" else " ").join(steps)
+
+
+def numbers(text):
+    return [float(x) for x in NUM.findall(text)]
+
+
+def first_error(prob, steps):
+    """The oracle: index of the first wrong step, or -1. A step is right when it states the gold step's numbers
+    (as a multiset); later steps count as wrong (ProcessBench). A solution that stops before the answer has its
+    last step wrong (it ends the solution too early)."""
+    gold = gold_steps(prob)
+    for i, s in enumerate(steps):
+        if i >= len(gold) or sorted(numbers(s)) != sorted(float(x) for x in gold[i][2]):
+            return i
+    return -1 if len(steps) >= len(gold) else max(len(steps) - 1, 0)
+
+
+def step_labels(prob, steps):
+    fe = first_error(prob, steps)
+    return [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(steps))]
+
+
+def _norm(ans, options=None):
+    s = str(ans).strip()
+    m = re.search(r"\\boxed\{([^{}]*)\}", s)
+    s = (m.group(1) if m else s).strip().strip("$").strip().rstrip(".").strip()
+    s = re.sub(r"^\(?([A-Ea-e])\)?[.:]?$", r"\1", s)  # "(B)", "B.", "b" -> "B"
+    if options:
+        letters = "ABCDEFGH"
+        for i, o in enumerate(options):
+            if s.lower() == str(o).strip().lower() and i < len(letters):
+                return letters[i]
+    if len(s) == 1 and s.isalpha():
+        return s.upper()
+    s = s.replace(",", "").replace(" ", "").replace("\\%", "").replace("%", "")
+    m = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}", s)
+    if m and int(m.group(2)) != 0:
+        return int(m.group(1)) / int(m.group(2))
+    try:
+        return float(s)
+    except ValueError:
+        return s.lower()
+
+
+def match_answer(pred, gold, options=None):
+    """True when pred and gold are the same answer: numbers (ints, decimals, simple fractions, 1e-6 relative),
+    multiple-choice letters ("(B)", "b", or the option's text), or the same normalized string."""
+    if pred is None or str(pred).strip() == "":
+        return False
+    p, g = _norm(pred, options), _norm(gold, options)
+    if isinstance(p, float) and isinstance(g, float):
+        return math.isclose(p, g, rel_tol=1e-6, abs_tol=1e-9)
+    return p == g
+
+
+def extract_answer(steps):
+    """The final answer of a solution: "answer is X" or \\boxed{X} in the last steps, else the last number."""
+    text = "\n".join(steps)
+    m = re.findall(r"\\boxed\{([^{}]*)\}", text) or re.findall(r"answer is:?\s*\$?(-?[\w.]+)", text, re.I)
+    if m:
+        return m[-1].rstrip(".")
+    nums = NUM.findall(text)
+    return nums[-1] if nums else None
+
+
+def _wrong(rng, truth, lo, hi):
+    """A wrong value from the same range as right ones (so the value alone says nothing)."""
+    choices = [v for v in range(lo, hi + 1) if v != truth]
+    return rng.choice(choices)
+
+
+def _shift(v, offset, lo, hi):
+    """The trap's systematic misreading: off by one, kept inside the range."""
+    return v + offset if lo <= v + offset <= hi else v - offset
+
+
+def sample(prob, n, prefix=None, rng=None, strength="default", suite=Suite()):
+    """n sampled solutions [{"steps", "answer"}] of the synthetic policy; with `prefix` (a list of step texts) each
+    continues that partial solution (its claimed values carried on, errors propagate)."""
+    rng = rng or random.Random(seed_of("sample", prob["id"]))
+    k = STRENGTHS[strength] if isinstance(strength, str) else float(strength)
+    prog, f, trap = PROGRAMS[prob["kind"]], prob["facts"], prob.get("trap")
+    gold = gold_values(prob)
+    prefix = list(prefix or [])
+    out = []
+    for _ in range(n):
+        steps, values = list(prefix), [(numbers(s) or [0.0])[-1] for s in prefix]
+        values = [int(v) if float(v).is_integer() else v for v in values]
+        for i in range(len(prefix), len(prog)):
+            spec, trapped = prog[i], trap is not None and trap["step"] == i and rng.random() < trap["p"]
+            if spec[0] == "count":
+                v = f[f[spec[1]]]
+                if trapped:
+                    v = _shift(v, trap["offset"], 1, suite.count_max)
+                elif rng.random() < RATES["count"] * k:
+                    v = _wrong(rng, v, 1, suite.count_max)
+                nums = [v]
+            elif spec[0] == "arith":
+                ab = []
+                for j, ref in enumerate(spec[2:]):
+                    x = _operand(prob, ref, values)
+                    if ref[0] == "f":
+                        if trapped and j == 0:
+                            x = _shift(x, trap["offset"], 2, suite.num_max)
+                        elif rng.random() < RATES["read"] * k:
+                            x = _wrong(rng, x, 2, suite.num_max)
+                    ab.append(x)
+                r = OPS[spec[1]](*ab)
+                if rng.random() < RATES["arith"] * k:
+                    r = r + rng.choice([-2, -1, 1, 2]) if spec[1] != "*" else (ab[0] + rng.choice([-1, 1])) * ab[1]
+                nums = [ab[0], ab[1], r]
+            else:
+                v = values[spec[1]]
+                if v != gold[-1] and rng.random() < RATES["lucky"] * k:
+                    v = gold[-1]  # a lucky recovery: the right answer after a wrong chain
+                nums = [v]
+            values.append(nums[-1])
+            steps.append(step_text(prob, spec, nums))
+        out.append({"steps": steps, "answer": str(values[-1])})
+    return out
+
+
+def candidates(prob, n, seed=0, strength="default", policy=None):
+    """n candidate records for a problem, oracle-labelled (correct, first_error), with a writer's format each."""
+    rng = random.Random(seed_of(seed, prob["id"], strength))
+    out = []
+    for j, s in enumerate(sample(prob, n, rng=rng, strength=strength)):
+        fmt = rng.choice(FORMATS)
+        out.append({"id": f"{prob['id']}-{strength[0] if isinstance(strength, str) else 's'}{j:02d}",
+                    "problem_id": prob["id"], "steps": s["steps"], "answer": s["answer"],
+                    "correct": match_answer(s["answer"], prob["answer"]),
+                    "first_error": first_error(prob, s["steps"]), "policy": policy or f"synthetic-{strength}",
+                    "text": format_steps(s["steps"], fmt)})
+    return out
+
+
+def labelled(prob, cand, image):
+    """The oracle's step labels in the step-labelled (TRL PRM + images) format."""
+    return {"id": cand["id"], "images": [image], "prompt": prob["question"], "completions": cand["steps"],
+            "labels": step_labels(prob, cand["steps"]), "first_error": first_error(prob, cand["steps"])}
+
+
+def contact_sheet(probs, cands, images_dir, out, per_problem=2):
+    """A picture to look at: each problem's image (x3), its question, and candidates coloured by the oracle."""
+    from PIL import ImageFont
+    font = ImageFont.load_default(size=11)
+    rows = probs[:6]
+    sheet = Image.new("RGB", (900, 210 * len(rows)), "white")
+    d = ImageDraw.Draw(sheet)
+    for r, p in enumerate(rows):
+        y = 210 * r
+        sheet.paste(Image.open(Path(images_dir) / f"{p['id']}.png").resize((192, 192), Image.NEAREST), (6, y + 6))
+        d.text((210, y + 6), f"[{p['kind']}] {p['question']}  gold: {p['answer']}"
+               + ("  (trapped)" if "trap" in p else ""), fill="black", font=font)
+        mine = [c for c in cands if c["problem_id"] == p["id"]][:per_problem]
+        yy = y + 26
+        for c in mine:
+            d.text((210, yy), f"{c['id']}  answer {c['answer']}  first_error {c['first_error']}", fill="gray", font=font)
+            yy += 14
+            for i, s in enumerate(c["steps"]):
+                ok = c["first_error"] == -1 or i < c["first_error"]
+                d.text((222, yy), s, fill=(20, 130, 40) if ok else (200, 20, 20), font=font)
+                yy += 14
+    sheet.save(out)
+
+
+def write_suite(out, n, seed=0, n_cands=4, strength="default", split="train", suite=Suite()):
+    """Problems, images, candidates, oracle labels and a contact sheet under `out`."""
+    import data
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    probs = make_problems(n, seed, split, suite)
+    cands, labels = [], []
+    for p in probs:
+        render(p).save(out / "images" / f"{p['id']}.png")
+        p["image"] = f"images/{p['id']}.png"
+        for c in candidates(p, n_cands, seed, strength):
+            cands.append(c)
+            labels.append(labelled(p, c, p["image"]))
+    data.write_jsonl(out / "problems.jsonl", probs, "problem")
+    data.write_jsonl(out / "candidates.jsonl", cands, "candidate")
+    data.write_jsonl(out / "labels.jsonl", labels, "labelled")
+    contact_sheet(probs, cands, out / "images", out / "sheet.png")
+    return probs, cands, labels
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=8, help="number of problems")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--seed", type=int, default=0, help="seed: same seed, same problems and candidates")
+    ap.add_argument("--cands", type=int, default=4, help="candidates per problem")
+    ap.add_argument("--strength", default="default", choices=list(STRENGTHS), help="sampler policy strength")
+    ap.add_argument("--split", default="train", help="split name (part of every id and seed)")
+    for fl in fields(Suite):
+        if fl.type in (int, float, "int", "float"):
+            ap.add_argument(f"--{fl.name.replace('_', '-')}", type=type(fl.default), default=fl.default,
+                            help=f"difficulty knob (default {fl.default})")
+    a = ap.parse_args(argv)
+    suite = Suite(**{fl.name: getattr(a, fl.name) for fl in fields(Suite) if hasattr(a, fl.name)})
+    probs, cands, _ = write_suite(a.out, a.n, a.seed, a.cands, a.strength, a.split, suite)
+    acc = sum(c["correct"] for c in cands) / max(len(cands), 1)
+    print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy {acc:.2f}) to {a.out}")
+    print(f"look at {os.path.join(a.out, 'sheet.png')}")
+
+
+if __name__ == "__main__":
+    main()

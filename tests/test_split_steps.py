@@ -1,0 +1,136 @@
+"""prm.split_steps on literal inputs with exact expected steps, and its content guarantee over all of MATH-V."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from data import MATHV  # noqa: E402
+from prm import lost_chars, split_steps  # noqa: E402
+
+FOUR = ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.", "The answer is 7."]
+
+
+@pytest.mark.parametrize("text", [
+    "Step 1: There are 3 red shapes.\nStep 2: There are 4 blue shapes.\nStep 3: 3 + 4 = 7.\nStep 4: The answer is 7.",
+    "step 1. There are 3 red shapes.\nSTEP 2. There are 4 blue shapes.\nStep 3. 3 + 4 = 7.\nStep 4. The answer is 7.",
+    "**Step 1:** There are 3 red shapes.\n**Step 2:** There are 4 blue shapes.\n**Step 3:** 3 + 4 = 7.\n"
+    "**Step 4:** The answer is 7.",
+    "Step 1: There are 3 red shapes. Step 2: There are 4 blue shapes. Step 3: 3 + 4 = 7. Step 4: The answer is 7.",
+    "1. There are 3 red shapes.\n2. There are 4 blue shapes.\n3. 3 + 4 = 7.\n4. The answer is 7.",
+    "1) There are 3 red shapes.\n2) There are 4 blue shapes.\n3) 3 + 4 = 7.\n4) The answer is 7.",
+    "(1) There are 3 red shapes.\n(2) There are 4 blue shapes.\n(3) 3 + 4 = 7.\n(4) The answer is 7.",
+    "There are 3 red shapes.\nThere are 4 blue shapes.\n3 + 4 = 7.\nThe answer is 7.",
+    "There are 3 red shapes.\n\nThere are 4 blue shapes.\n\n3 + 4 = 7.\n\nThe answer is 7.\n",
+    "There are 3 red shapes. There are 4 blue shapes. 3 + 4 = 7. The answer is 7.",
+    "  There are 3 red shapes.\r\nThere are 4 blue shapes.\r\n3 + 4 = 7.\r\nThe answer is 7.  ",
+])
+def test_synthetic_answer_shapes_give_the_four_steps(text):
+    assert split_steps(text) == FOUR
+
+
+@pytest.mark.parametrize("text", ["7 - 3 = 4.", "2 * 11 = 22.", "-1", "The answer is 7.", "x = 3.5"])
+def test_one_short_line_is_one_step(text):
+    assert split_steps(text) == [text]
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n \t\n", "Step 1:", "1. \n2. "])
+def test_nothing_but_whitespace_or_markers_gives_no_step(text):
+    assert split_steps(text) == []
+
+
+def test_markers_with_headings_and_multiline_bodies_stay_one_step_each():
+    text = "**Step 1: Count**\n\nThere are 3 red shapes.\n\n### Step 2 - Add\n3 + 4 = 7.\nSo 7.\n\nStep 3\nDone."
+    assert split_steps(text) == ["Count**\n\nThere are 3 red shapes.", "Add\n3 + 4 = 7.\nSo 7.", "Done."]
+
+
+def test_text_before_the_first_step_marker_is_kept_as_steps():
+    assert split_steps("Let's think.\n\nStep 1: a = 2.\nStep 2: b = 3.") == ["Let's think.", "a = 2.", "b = 3."]
+
+
+def test_step_numbers_with_decimals_are_not_markers():
+    assert split_steps("Step 1.5 is skipped.") == ["Step 1.5 is skipped."]
+
+
+def test_sentences_never_cut_in_decimals_abbreviations_or_math():
+    text = "We use e.g. Fig. 2 and i.e. Eq. 3 here. Then add 3.5 and 2. The total is 5.5! Done?"
+    assert split_steps(text) == ["We use e.g. Fig. 2 and i.e. Eq. 3 here.", "Then add 3.5 and 2.",
+                                 "The total is 5.5!", "Done?"]
+    assert split_steps("$x = 3.5$. Next.") == ["$x = 3.5$.", "Next."]
+    assert split_steps("So $a. B$ holds. Then \\(c. D\\) too.") == ["So $a. B$ holds.", "Then \\(c. D\\) too."]
+    assert split_steps("Thus $y = 6.$ Then $x = 2.$") == ["Thus $y = 6.$", "Then $x = 2.$"]
+    assert split_steps("It is approx. equal to 3. That is all.") == ["It is approx. equal to 3.", "That is all."]
+
+
+def test_display_math_stays_whole_and_joins_the_line_before():
+    text = "We get\n\\[\nx = 3.\n\ny = 4\n\\]\nSo x + y = 7.\n\nThe answer is 7."
+    assert split_steps(text) == ["We get\n\\[\nx = 3.\n\ny = 4\n\\]\nSo x + y = 7.", "The answer is 7."]
+    text = "First, a = 1.\n$$\na + 1 = 2\n$$\nThe answer is 2."
+    assert split_steps(text) == ["First, a = 1.\n$$\na + 1 = 2\n$$", "The answer is 2."]
+    text = "Align:\n\\begin{align}\nx &= 1. \\\\\n\ny &= 2\n\\end{align}\nDone."
+    assert split_steps(text) == ["Align:\n\\begin{align}\nx &= 1. \\\\\n\ny &= 2\n\\end{align}", "Done."]
+
+
+def test_blank_line_paragraphs_keep_their_single_newlines():
+    text = "Count the shapes:\nred 3,\nblue 4.\n\nAdd them: 3 + 4 = 7."
+    assert split_steps(text) == ["Count the shapes:\nred 3,\nblue 4.", "Add them: 3 + 4 = 7."]
+
+
+def test_list_items_split_inside_paragraphs_and_keep_continuation_lines():
+    text = "We follow the operations:\n1. Start with 48.\n2. Subtract 20: 48 - 20 = 28\n   (the second flower)\n\n" \
+           "- bullet one\n* bullet two\n• bullet three\n\nTherefore, 61."
+    assert split_steps(text) == ["We follow the operations:", "Start with 48.",
+                                 "Subtract 20: 48 - 20 = 28\n   (the second flower)", "bullet one", "bullet two",
+                                 "bullet three", "Therefore, 61."]
+
+
+def test_non_english():
+    assert split_steps("有3个红色形状。有4个蓝色形状。3 + 4 = 7。答案是7。") == [
+        "有3个红色形状。", "有4个蓝色形状。", "3 + 4 = 7。", "答案是7。"]
+    assert split_steps("步骤1：有3个红色形状。\n步骤2：3 + 4 = 7。\n第3步：答案是7。") == [
+        "有3个红色形状。", "3 + 4 = 7。", "答案是7。"]
+    assert split_steps("Il y a 3 formes rouges. Il y a 4 formes bleues. Donc 3 + 4 = 7. La réponse est 7.") == [
+        "Il y a 3 formes rouges.", "Il y a 4 formes bleues.", "Donc 3 + 4 = 7.", "La réponse est 7."]
+    assert split_steps("Étape :\n1. Compter les formes, c.-à-d. 3.\n2. Réponse : 3.") == [
+        "Étape :", "Compter les formes, c.-à-d. 3.", "Réponse : 3."]
+
+
+def test_lost_chars_reports_markers_and_rejects_foreign_or_reordered_text():
+    text = "Step 1: There are 3.\nStep 2: 3 + 4 = 7."
+    assert lost_chars(text, split_steps(text)) == ["Step1:", "Step2:"]
+    assert lost_chars(text, ["There are 3."]) == ["Step1:", "Step2:3+4=7."]
+    with pytest.raises(ValueError):
+        lost_chars(text, ["3 + 4 = 7.", "There are 3."])
+    with pytest.raises(ValueError):
+        lost_chars(text, ["There are 5."])
+
+
+# Everything split_steps may drop: one step or list marker (whitespace already removed by lost_chars).
+MARKER = re.compile(r"(?i)(?:#*(?:\*\*)?(?:step\d+|步骤\d+|第\d+步)(?:\*\*)?[:.：、)\-]?(?:\*\*)?"
+                    r"|\(\d{1,2}\)|（\d{1,2}）|\d{1,2}[.)、]|[-*•])+")
+
+
+@pytest.fixture(scope="module")
+def responses():
+    return [json.loads(line) for line in open(MATHV / "responses.jsonl", encoding="utf-8")]
+
+
+def test_no_content_is_lost_on_any_mathv_response(responses):
+    assert len(responses) == 4560
+    dropped = 0
+    for r in responses:
+        steps = split_steps(r["response"])
+        assert all(s and s == s.strip() for s in steps), r["response"]
+        for run in lost_chars(r["response"], steps):  # raises if a step is not the next piece of the text
+            assert MARKER.fullmatch(run), (run, r["response"])
+            dropped += 1
+    assert dropped > 500  # the corpus does use list markers, so the check above was exercised
+
+
+def test_long_chain_of_thought_answers_split_into_several_steps(responses):
+    long = [r["response"] for r in responses if "CoT" in r["source_file"] and len(r["response"]) > 300]
+    assert len(long) == 805
+    share = sum(len(split_steps(t)) >= 2 for t in long) / len(long)
+    assert share >= 0.9

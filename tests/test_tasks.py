@@ -1,0 +1,127 @@
+"""The synthetic suite: determinism, the oracle on hand-made cases, answer matching, honest errors."""
+import collections
+import random
+
+import tasks
+
+
+def test_same_seed_same_problems_and_candidates():
+    a, b = tasks.make_problems(12, seed=3), tasks.make_problems(12, seed=3)
+    assert a == b
+    assert tasks.make_problems(12, seed=4) != a
+    ca = [tasks.candidates(p, 4, seed=3) for p in a]
+    cb = [tasks.candidates(p, 4, seed=3) for p in b]
+    assert ca == cb
+    assert tasks.render(a[0]).tobytes() == tasks.render(b[0]).tobytes()
+
+
+def test_kinds_balanced_and_families():
+    ps = tasks.make_problems(8, seed=0)
+    assert [p["kind"] for p in ps[:4]] == ["count_add", "count_diff", "rect_perimeter", "shop_total"]
+    assert collections.Counter(p["family"] for p in ps) == {"visual": 4, "text": 4}
+
+
+def test_visual_counts_are_in_the_image():
+    p = tasks.make_problem("x", 0, kind="count_add")
+    img, f = tasks.render(p), p["facts"]
+    counted = collections.Counter()
+    for cy in range(8):
+        for cx in range(8):
+            px = img.getpixel((cx * 8 + 4, cy * 8 + 4))  # the centre of each patch cell
+            for name, rgb in tasks.COLOURS.items():
+                if px == rgb:
+                    counted[name] += 1
+    assert counted[f["A"]] == f[f["A"]] and counted[f["B"]] == f[f["B"]]
+
+
+def hand_problem():
+    return {"id": "h", "kind": "count_add", "family": "visual", "question": "q",
+            "facts": {"A": "red", "B": "blue", "red": 3, "blue": 4, "green": 0, "yellow": 0}, "layout_seed": 1}
+
+
+def test_gold_steps_and_oracle_on_hand_made_cases():
+    p = hand_problem()
+    gold = [s for s, _, _ in tasks.gold_steps(p)]
+    assert gold == ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.", "The answer is 7."]
+    assert tasks.first_error(p, gold) == -1
+    assert tasks.first_error(p, ["There are 3 red shapes.", "There are 5 blue shapes.", "3 + 5 = 8.",
+                                 "The answer is 8."]) == 1
+    assert tasks.first_error(p, ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 8.",
+                                 "The answer is 7."]) == 2  # a slip, then a lucky right answer: still wrong from 2
+    assert tasks.first_error(p, gold[:2]) == 1  # stopping early: the last step ends the solution too early
+    assert tasks.first_error(p, ["4 + 3 = 7."]) == 0
+    assert tasks.step_labels(p, gold[:1] + ["There are 2 blue shapes.", "3 + 2 = 5."]) == [1.0, 0.0, 0.0]
+
+
+def test_text_kinds_gold():
+    p = {"id": "t", "kind": "shop_total", "family": "text", "facts": {"n": 3, "c": 4, "k": 9}, "question": "q"}
+    assert [s for s, _, _ in tasks.gold_steps(p)] == ["3 * 4 = 12.", "12 + 9 = 21.", "The answer is 21."]
+    p = {"id": "r", "kind": "rect_perimeter", "family": "text", "facts": {"w": 4, "h": 7}, "question": "q"}
+    assert tasks.gold_values(p) == [11, 22, 22]
+
+
+def test_match_answer():
+    assert tasks.match_answer("7", "7") and tasks.match_answer("7.0", "7") and tasks.match_answer(" 7. ", "7")
+    assert tasks.match_answer("\\boxed{12}", "12") and tasks.match_answer("1,000", "1000")
+    assert tasks.match_answer("(B)", "B") and tasks.match_answer("b", "B") and tasks.match_answer("B.", "B")
+    assert tasks.match_answer("\\frac{1}{2}", "0.5") and tasks.match_answer("2.50", "2.5")
+    assert tasks.match_answer("red", "A", options=["red", "blue"])
+    assert not tasks.match_answer("8", "7") and not tasks.match_answer("", "7") and not tasks.match_answer(None, "7")
+    assert not tasks.match_answer("C", "B") and not tasks.match_answer("-1", "1")
+
+
+def test_extract_answer():
+    assert tasks.extract_answer(["3 + 4 = 7.", "The answer is 7."]) == "7"
+    assert tasks.extract_answer(["so $\\boxed{B}$"]) == "B"
+    assert tasks.extract_answer(["3 + 4 = 7"]) == "7"
+    assert tasks.extract_answer(["no numbers"]) is None
+
+
+def test_sampler_continues_a_prefix_and_errors_propagate():
+    p = hand_problem()
+    outs = tasks.sample(p, 50, prefix=["There are 5 red shapes."], rng=random.Random(0))
+    assert all(o["steps"][0] == "There are 5 red shapes." for o in outs)
+    # the wrong count is carried into the sum (a step that reads "5 + b = ..." before any slip)
+    assert sum(o["steps"][2].startswith("5 + ") for o in outs) == 50
+    assert all(tasks.first_error(p, o["steps"]) == 0 for o in outs)
+
+
+def test_wrong_values_come_from_the_same_range():
+    """A claimed count alone says nothing: wrong counts cover the same range as right ones."""
+    right, wrong = collections.Counter(), collections.Counter()
+    for p in tasks.make_problems(400, seed=1):
+        if p["kind"] != "count_add":
+            continue
+        for c in tasks.candidates(p, 8, seed=1):
+            v = int(tasks.numbers(c["steps"][0])[0])
+            (right if c["first_error"] != 0 else wrong)[v] += 1
+    assert set(right) == set(wrong) == set(range(1, 8))
+
+
+def test_strength_orders_accuracy_and_traps_hurt_majority():
+    ps = tasks.make_problems(200, seed=2)
+    acc = {s: sum(c["correct"] for p in ps for c in tasks.candidates(p, 8, 2, s)) / (8 * len(ps))
+           for s in ("weak", "default", "strong")}
+    assert acc["weak"] < acc["default"] < acc["strong"]
+    trapped = [p for p in ps if "trap" in p]
+    assert 0.15 < len(trapped) / len(ps) < 0.45
+    maj = []
+    for p in trapped:
+        cs = tasks.candidates(p, 16, 2)
+        top = collections.Counter(c["answer"] for c in cs).most_common(1)[0][0]
+        maj.append(tasks.match_answer(top, p["answer"]))
+    assert sum(maj) / len(maj) < 0.6  # majority voting often follows the shared mistake
+
+
+def test_write_suite_outputs(tmp_path):
+    import data
+    tasks.main(["--n", "4", "--out", str(tmp_path)])
+    for name in ("problems.jsonl", "candidates.jsonl", "labels.jsonl", "sheet.png"):
+        assert (tmp_path / name).exists()
+    assert len(list((tmp_path / "images").iterdir())) == 4
+    labs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
+    cands = data.read_jsonl(tmp_path / "candidates.jsonl", "candidate")
+    assert len(labs) == len(cands) == 16
+    for lab, c in zip(labs, cands):
+        fe = c["first_error"]
+        assert lab["labels"] == [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(c["steps"]))]
