@@ -252,6 +252,10 @@ def main(a: Args):
                 loss = loss_on(dmodel, batch, ids, a.objective, y) / a.grad_accum
             loss.backward()
             tot += loss.item()
+        if ddp:  # log the global batch's loss, not this rank's share
+            t = torch.tensor([tot], device=device)
+            torch.distributed.all_reduce(t)
+            tot = t.item() / world
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
