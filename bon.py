@@ -1,7 +1,169 @@
-"""Best-of-N selection and its metrics (selection rules arrive with the bench issue).
+"""Best-of-N: selection rules, accuracy@N over random subsets, first-error F1, the ViLBench filter.
 
-    python bon.py --help
+    python bon.py --problems P --candidates C --scores prm.jsonl orm.jsonl   # accuracy@N and first-error F1 tables
+    python bon.py --mathv                                  # random, majority, oracle on the real MATH-V pool (15)
+    python bon.py --mathv --model out/prm --limit 20       # ... plus PRM and ORM selection with a checkpoint
+
+A pool is, per problem, a list of candidates {"answer", "correct", "scores": {key: float | [float per step]}}
+(optional "key": the normalized answer). A rule picks one answer from a subset of a pool:
+    random          one uniformly random candidate: its expected accuracy is the subset's mean correctness
+    majority        the most frequent normalized answer (candidates without an answer do not vote)
+    oracle          pass@N: right if any candidate is right
+    max:KEY[:AGG]   the highest score; step scores are aggregated first (min mean prod last lastK, prm.aggregate)
+    vote:KEY[:AGG]  weighted majority: the answer whose candidates' scores (probabilities) sum highest
+Every tie counts as its exact expectation: a uniform pick among the tied candidates, or among the tied answer
+groups (each worth the mean correctness of its members). So a rule's value is exact and deterministic, never sampled.
 """
+import json
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import data
+from model import parse_args
+from tasks import _norm, match_answer, seed_of
+
+NS = (1, 2, 4, 8, 16)
+AGGS = ("min", "mean", "prod", "last", "last2")
+# bench.py's method names (results.json) as rules over the score keys "prm", "orm", "judge_prm", "judge_orm".
+# weighted_prm sums min-aggregated scores (Math-Shepherd's vote); the judge PRM is averaged, like ViLPRM's score.
+METHODS = {"random": "random", "majority": "majority", "weighted_prm": "vote:prm:min", "orm": "max:orm",
+           **{f"prm_{a}": f"max:prm:{a}" for a in AGGS}, "judge_orm": "max:judge_orm",
+           "judge_prm": "max:judge_prm:mean", "oracle": "oracle"}
+
+
+def answer_key(answer, options=None):
+    """A hashable canonical answer: equal keys when tasks.match_answer agrees (numbers to 6 significant digits,
+    option text -> its letter). None for no answer."""
+    if answer is None or str(answer).strip() == "":
+        return None
+    k = _norm(answer, options)
+    return float(f"{k:.6g}") if isinstance(k, float) else k
+
+
+def parse_rule(rule):
+    """'max:prm:min' -> ('max', 'prm', 'min'); 'majority' -> ('majority', None, None)."""
+    kind, *rest = rule.split(":")
+    if kind in ("random", "majority", "oracle") and not rest:
+        return kind, None, None
+    if kind in ("max", "vote") and len(rest) in (1, 2) and rest[0]:
+        return kind, rest[0], rest[1] if len(rest) == 2 else None
+    raise ValueError(f"bad rule {rule!r}: random | majority | oracle | max:KEY[:AGG] | vote:KEY[:AGG]")
+
+
+def prepare(pool, rule):
+    """The pool as (answer key, correctness 0/1, the rule's score or None) triples: what every selection reads."""
+    kind, key, agg = parse_rule(rule)
+    out = []
+    for c in pool:
+        v = c.get("scores", {}).get(key) if key else None
+        if isinstance(v, (list, tuple)):
+            if agg is None:
+                raise ValueError(f"rule {rule!r}: {key} holds step scores, name an aggregation ({rule}:min)")
+            from prm import aggregate  # here: prm imports torch, and float scores need neither
+            v = aggregate(v, agg) if v else None
+        out.append((c["key"] if "key" in c else answer_key(c.get("answer")), float(bool(c.get("correct"))),
+                    None if v is None else float(v)))
+    return out
+
+
+def expected(items, kind):
+    """Exact expected correctness of a rule's pick from prepared triples (ties: see the module docstring).
+    A candidate without a score is never picked by max (unless none has one: then a random pick) and weighs 0."""
+    if not items:
+        return 0.0
+    mean = sum(c for _, c, _ in items) / len(items)
+    if kind == "random":
+        return mean
+    if kind == "oracle":
+        return float(any(c for _, c, _ in items))
+    if kind == "max":
+        scored = [(v, c) for _, c, v in items if v is not None]
+        if not scored:
+            return mean
+        best = max(v for v, _ in scored)
+        tied = [c for v, c in scored if v == best]
+        return sum(tied) / len(tied)
+    groups = {}  # answer key -> [weight, correct sum, count]
+    for k, c, v in items:
+        if k is not None:
+            g = groups.setdefault(k, [0.0, 0.0, 0])
+            g[0] += 1.0 if kind == "majority" else (v or 0.0)
+            g[1] += c
+            g[2] += 1
+    if not groups:
+        return mean
+    best = max(g[0] for g in groups.values())
+    tied = [g[1] / g[2] for g in groups.values() if math.isclose(g[0], best, rel_tol=1e-9, abs_tol=1e-12)]
+    return sum(tied) / len(tied)
+
+
+def select(pool, rule):
+    """Expected correctness of `rule`'s pick from a whole pool (a list of candidate dicts)."""
+    return expected(prepare(pool, rule), parse_rule(rule)[0])
+
+
+def subsets(m, n, draws=8, seed=0, name=""):
+    """Index subsets of size n from a pool of m. Each draw: a seeded random permutation cut into its m cyclic windows
+    of n, so each window is a uniform random n-subset and every candidate sits in exactly n of the m windows (a
+    random pick then averages to the pool's mean exactly). Same (seed, name, n, draw), same subsets. n >= m: the
+    whole pool, once."""
+    if n >= m:
+        return [tuple(range(m))]
+    out = []
+    for d in range(draws):
+        perm = list(range(m))
+        random.Random(seed_of(seed, name, n, d)).shuffle(perm)
+        out += [tuple(perm[(i + j) % m] for j in range(n)) for i in range(m)]
+    return out
+
+
+def per_problem(pools, rule, n, draws=8, seed=0):
+    """{problem id: [expected correctness of the rule's pick on each of its subsets]} (subsets seeded by the id,
+    so every rule sees the same subsets: comparisons are paired)."""
+    kind, out = parse_rule(rule)[0], {}
+    for pid, pool in pools.items():
+        items = prepare(pool, rule)
+        out[pid] = [expected([items[i] for i in s], kind) for s in subsets(len(items), n, draws, seed, pid)]
+    return out
+
+
+def accuracy_at_n(pools, methods, ns=NS, draws=8, seed=0):
+    """{method: {"N": {"mean", "std"}}} for pools {problem id: [candidate, ...]} and methods {name: rule}.
+    mean: over problems of the mean over that problem's subsets (draws x pool size of them; one when N >= pool).
+    std: across replicates, each one subset per problem, of the dataset-level accuracy: the spread of one
+    Best-of-N run over the subsets it happens to draw. An N above the largest pool becomes the pool size."""
+    top = max(len(p) for p in pools.values())
+    ns = sorted({min(int(n), top) for n in ns})
+    out = {}
+    for name, rule in methods.items():
+        out[name] = {}
+        for n in ns:
+            per = list(per_problem(pools, rule, n, draws, seed).values())
+            reps = [sum(v[r % len(v)] for v in per) / len(per) for r in range(max(map(len, per)))]
+            out[name][str(n)] = {"mean": sum(sum(v) / len(v) for v in per) / len(per),
+                                 "std": statistics.pstdev(reps)}
+    return out
+
+
+def means(results):
+    """{method: {"N": {"mean", "std"}}} -> {method: {"N": mean}} (the shape of results.json's "bon")."""
+    return {m: {n: v["mean"] for n, v in r.items()} for m, r in results.items()}
+
+
+def vilbench_filter(pools, pairs, n=16, draws=8, seed=0):
+    """ViLBench's selection: per problem, the PRM-preference indicator = the mean over reward models (pairs of
+    (PRM rule, ORM rule)) of Best-of-n accuracy with the PRM rule minus with the ORM rule. Keeps problems where it
+    is > 0. Returns (kept problem ids in pool order, {problem id: indicator})."""
+    gain = {pid: 0.0 for pid in pools}
+    for prm_rule, orm_rule in pairs:
+        a, b = per_problem(pools, prm_rule, n, draws, seed), per_problem(pools, orm_rule, n, draws, seed)
+        for pid in pools:
+            gain[pid] += (sum(a[pid]) / len(a[pid]) - sum(b[pid]) / len(b[pid])) / len(pairs)
+    return [pid for pid in pools if gain[pid] > 1e-12], gain
 
 
 def auc(scores, labels):
@@ -30,10 +192,201 @@ def predicted_first_error(step_scores, threshold):
 
 def first_error_f1(all_scores, true_first_errors, threshold):
     """ProcessBench F1: harmonic mean of the accuracy on erroneous solutions (the predicted first error must be the
-    true one) and on correct solutions (no error predicted)."""
+    true one) and on correct solutions (no error predicted). A class with no solution has accuracy None and drops
+    out: the F1 is then the other class's accuracy (0.0 with no solution at all)."""
     err = [predicted_first_error(s, threshold) == t for s, t in zip(all_scores, true_first_errors) if t != -1]
     ok = [predicted_first_error(s, threshold) == -1 for s, t in zip(all_scores, true_first_errors) if t == -1]
-    acc_err = sum(err) / len(err) if err else 0.0
-    acc_ok = sum(ok) / len(ok) if ok else 0.0
-    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if acc_err + acc_ok else 0.0
+    acc_err = sum(err) / len(err) if err else None
+    acc_ok = sum(ok) / len(ok) if ok else None
+    accs = [a for a in (acc_err, acc_ok) if a is not None]
+    f1 = 0.0 if not accs or 0 in accs else len(accs) / sum(1 / a for a in accs)
     return {"f1": f1, "acc_error": acc_err, "acc_correct": acc_ok}
+
+
+def choose_threshold(dev_scores, dev_first_errors, grid=None):
+    """The step-score threshold with the best first-error F1 on a dev split, from `grid` (default 0.01 .. 0.99).
+    Several best: their median (the lower middle), i.e. the centre of the best range, not its edge."""
+    grid = grid or [i / 100 for i in range(1, 100)]
+    f1s = [first_error_f1(dev_scores, dev_first_errors, t)["f1"] for t in grid]
+    best = [t for t, f in zip(grid, f1s) if f == max(f1s)]
+    return best[(len(best) - 1) // 2]
+
+
+def table(results, methods=None, ns=None):
+    """A markdown table, rows methods, columns N; cells are accuracies, or "mean ± std" from accuracy_at_n."""
+    methods = [m for m in (methods or list(results)) if m in results]
+    ns = [str(n) for n in (ns or next(iter(results.values()), {}))]
+    cell = lambda v: "-" if v is None else (f"{v:.3f}" if not isinstance(v, dict) else  # noqa: E731
+                                            f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("std") else f"{v['mean']:.3f}")
+    lines = ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+    lines += [f"| {m} | " + " | ".join(cell(results[m].get(n)) for n in ns) + " |" for m in methods]
+    return "\n".join(lines)
+
+
+def make_pools(problems, candidates, score_sets=None):
+    """{problem id: [pool candidate]} from problem and candidate records and score_sets {key: {candidate id: score}}.
+    A candidate with correct = null is matched against the gold answer."""
+    probs, pools = {p["id"]: p for p in problems}, {p["id"]: [] for p in problems}
+    for c in candidates:
+        p = probs.get(c["problem_id"])
+        if p is None:
+            continue
+        correct = c["correct"] if c.get("correct") is not None else match_answer(c["answer"], p["answer"],
+                                                                                  p.get("options"))
+        pools[p["id"]].append({"id": c["id"], "answer": c["answer"], "key": answer_key(c["answer"], p.get("options")),
+                               "correct": correct, "first_error": c.get("first_error"), "scores": {
+                                   k: s[c["id"]] for k, s in (score_sets or {}).items() if c["id"] in s}})
+    return {pid: pool for pid, pool in pools.items() if pool}
+
+
+def rules_for(score_sets):
+    """Methods {name: rule} for the score keys at hand: KEY for a float (ORM) score; KEY_AGG per aggregation and
+    weighted_KEY for step (PRM) scores; "prm"/"orm" keys give bench.py's names. Plus random, majority, oracle."""
+    rules = {"random": "random", "majority": "majority"}
+    for k, s in score_sets.items():
+        if any(isinstance(v, list) for v in s.values()):
+            rules[f"weighted_{k}"] = f"vote:{k}:min"
+            rules.update({f"{k}_{a}": f"max:{k}:{a}" for a in AGGS})
+        else:
+            rules[k] = f"max:{k}"
+    return {**rules, "oracle": "oracle"}
+
+
+def load_scores(paths):
+    """Score files -> {key: {candidate id: float | [floats]}}, key = the records' "method" field or the file stem
+    (the stem when the method is taken, e.g. a judge PRM and a judge ORM both called "judge-logits")."""
+    sets = {}
+    for path in paths:
+        recs = data.read_jsonl(path, "score")
+        key = ((recs[0].get("method") if recs else None) or Path(path).stem).replace("-", "_")
+        key = Path(path).stem.replace("-", "_") if key in sets else key
+        if key in sets:
+            raise SystemExit(f"{path}: score key {key!r} used twice; rename the file")
+        sets[key] = {r["candidate_id"]: r.get("scores", r.get("score")) for r in recs}
+    return sets
+
+
+def step_f1(pools, key, dev_frac=0.5, seed=0):
+    """First-error F1 of one step-score key over the candidates that carry first_error: the threshold is chosen on
+    a dev share of the problems (a stable hash of the id), the F1 measured on the rest (and at 0.5 for reference)."""
+    dev, test = ([], []), ([], [])
+    for pid, pool in pools.items():
+        part = dev if seed_of(seed, "dev", pid) % 1000 < 1000 * dev_frac else test
+        for c in pool:
+            if c.get("first_error") is not None and c["scores"].get(key):
+                part[0].append(c["scores"][key])
+                part[1].append(c["first_error"])
+    t = choose_threshold(*dev)
+    r = first_error_f1(*test, t)
+    return {"first_error_f1": r["f1"], "threshold": t, "acc_error": r["acc_error"], "acc_correct": r["acc_correct"],
+            "f1_at_0.5": first_error_f1(*test, 0.5)["f1"], "dev": len(dev[0]), "test": len(test[0])}
+
+
+def report(pools, rules, ns, a, families=None):
+    """Print accuracy@N (all, per family), first-error F1 per step-score key and the ViLBench filter (for each
+    PRM key with its ORM twin, "prm" -> "orm"); return the numbers."""
+    parts = {"all": pools, **{f: {p: v for p, v in pools.items() if families[p] == f}
+                              for f in sorted(set((families or {}).values()))}}
+    res = {"bon": {}}
+    for part, pp in parts.items():
+        res["bon"][part] = accuracy_at_n(pp, rules, ns, a.draws, a.seed)
+        print(f"\naccuracy@N, {part} ({len(pp)} problems; ± std over subset draws)\n{table(res['bon'][part])}")
+    scores = [c["scores"] for pool in pools.values() for c in pool]
+    keys = sorted({k for s in scores for k, v in s.items() if isinstance(v, list)})
+    if keys and any(c.get("first_error") is not None for pool in pools.values() for c in pool):
+        res["step"] = {k: step_f1(pools, k, a.dev_frac, a.seed) for k in keys}
+        print("\nfirst-error F1 (ProcessBench), threshold chosen on the dev problems, F1 on the others")
+        print("| scores | threshold | F1 | acc wrong | acc right | F1 at 0.5 |\n|---|---:|---:|---:|---:|---:|")
+        for k, r in res["step"].items():
+            fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+            print(f"| {k} | {r['threshold']:.2f} | " + " | ".join(
+                fmt(r[x]) for x in ("first_error_f1", "acc_error", "acc_correct", "f1_at_0.5")) + " |")
+    pairs = [(f"max:{k}:mean", f"max:{k.replace('prm', 'orm')}") for k in keys
+             if "prm" in k and any(k.replace("prm", "orm") in s for s in scores)]
+    if pairs:
+        n = max(int(x) for x in res["bon"]["all"]["random"])
+        kept, _ = vilbench_filter(pools, pairs, n, a.draws, a.seed)
+        res["filter"] = {"n": n, "kept": len(kept), "of": len(pools), "pairs": pairs}
+        print(f"\nViLBench filter (PRM mean minus ORM at N={n}, {len(pairs)} reward model(s)): kept {len(kept)} "
+              f"of {len(pools)} problems")
+        if kept:
+            res["filter"]["bon"] = accuracy_at_n({p: pools[p] for p in kept}, rules, ns, a.draws, a.seed)
+            print(table(res["filter"]["bon"]))
+    return res
+
+
+@dataclass
+class Args:
+    problems: str = field(default="", metadata={"help": "problems JSONL (with --candidates and --scores)"})
+    candidates: str = field(default="", metadata={"help": "candidates JSONL: the pool of each problem"})
+    scores: list = field(default=None, metadata={"help": "score JSONL files (PRM step scores or ORM scores)"})
+    mathv: str = field(default="", metadata={"help": f"MATH-V folder (bare --mathv: {data.MATHV})"})
+    model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) to score the pool"})
+    orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last tag)"})
+    limit: int = field(default=0, metadata={"help": "with --mathv: only the first K problems (0: all)"})
+    ns: str = field(default="1,2,4,8,16", metadata={"help": "the N of accuracy@N (above the pool size: the pool)"})
+    draws: int = field(default=8, metadata={"help": "random permutations per problem and N (pool-size subsets each)"})
+    seed: int = field(default=0, metadata={"help": "seed of the subsets and of the dev split"})
+    dev_frac: float = field(default=0.5, metadata={"help": "share of problems that choose the first-error threshold"})
+    batch_size: int = field(default=8, metadata={"help": "with --model: answers per forward pass"})
+    max_len: int = field(default=2048, metadata={"help": "with --model: maximum tokens per answer"})
+    device: str = field(default="", metadata={"help": "with --model: cpu | cuda (default: cuda if available)"})
+
+
+def score_pool(a, problems, candidates):
+    """Score the pool's steps with --model (prm.score_steps) and answers with --orm-model (orm.score_answers), or
+    with --model's last-step score (what orm.score_answers returns for the same model, without a second pass)."""
+    import orm
+    import prm
+    from PIL import Image
+    from model import load
+    images = {p["id"]: Image.open(p["image"]).convert("RGB") for p in problems}
+    qs = {p["id"]: p["question"] for p in problems}
+    args = ([images[c["problem_id"]] for c in candidates], [qs[c["problem_id"]] for c in candidates],
+            [c["steps"] for c in candidates], a.batch_size, a.max_len, True)
+    model, processor = load(a.model, device=a.device or None)
+    steps, skipped = prm.score_steps(model, processor, *args)
+    if a.orm_model:
+        model, processor = load(a.orm_model, device=a.device or None)
+        answers, skipped_orm = orm.score_answers(model, processor, *args)
+        print(f"ORM {a.orm_model}: {len(skipped_orm)} of {len(candidates)} answers skipped", file=sys.stderr)
+    else:
+        answers = [s[-1] if s else None for s in steps]
+    print(f"PRM {a.model}: {len(skipped)} of {len(candidates)} answers skipped (too long or no step)", file=sys.stderr)
+    ids = [c["id"] for c in candidates]
+    return {"prm": {i: s for i, s in zip(ids, steps) if s}, "orm": {i: s for i, s in zip(ids, answers) if s is not None}}
+
+
+def main(a: Args):
+    ns = [int(n) for n in a.ns.split(",")]
+    if a.mathv:
+        problems, candidates = data.load_mathv(a.mathv)
+        problems = problems[:a.limit] if a.limit else problems
+        keep = {p["id"] for p in problems}
+        candidates = [c for c in candidates if c["problem_id"] in keep]
+        score_sets = score_pool(a, problems, candidates) if a.model else {}
+        families = None
+    elif a.problems and a.candidates and a.scores:
+        problems, candidates = data.read_jsonl(a.problems, "problem"), data.read_jsonl(a.candidates, "candidate")
+        score_sets = load_scores(a.scores)
+        families = {p["id"]: p["family"] for p in problems if p.get("family")}
+    else:
+        raise SystemExit("give --problems, --candidates and --scores, or --mathv [DIR]")
+    pools = make_pools(problems, candidates, score_sets)
+    if not pools:
+        raise SystemExit("no problem has a candidate")
+    sizes = sorted({len(p) for p in pools.values()})
+    print(f"{len(pools)} problems, pool sizes {sizes}, {sum(map(len, pools.values()))} candidates, "
+          f"score keys {sorted(score_sets) or 'none'}")
+    res = report(pools, rules_for(score_sets), ns, a, families)
+    res.update(problems=len(pools), pool=sizes[-1])
+    print(json.dumps({**{k: v for k, v in res.items() if k != "bon"},
+                      "bon": {part: means(r) for part, r in res["bon"].items()}}, default=str))
+    return res
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--mathv" in argv and (argv[-1] == "--mathv" or argv[argv.index("--mathv") + 1].startswith("--")):
+        argv.insert(argv.index("--mathv") + 1, str(data.MATHV))  # a bare --mathv means the shipped pool
+    main(parse_args(Args, argv, doc=__doc__))

@@ -33,12 +33,11 @@ SIZES = {
 IMAGE_SIZE, PATCH = 64, 8  # 64 px images, 8 px patches: the synthetic suite aligns every shape to this grid
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>", STEP_TAG]
-# Whole words the suite uses a lot: matched before byte-level splitting, so sequences are ~3x shorter.
-# Decoding stays exact (an added token decodes to its own text).
-WORDS = ["There are", "The answer is", "Step", " red", " blue", " green", " yellow", " shapes", " squares",
-         " more", " than", " total", " width", " height", " perimeter", " rectangle", " costs", " each",
-         " pens", " book", " dollars", " How many", " What is", " The", " is", " and", " are", " of", "user",
-         "assistant", " pays"]
+# Whole words the suite uses a lot, matched before byte-level splitting: sequences ~3x shorter, decoding exact.
+# No word carries a space, so a prefix that ends in a space tokenizes as it did in training.
+WORDS = ["There are", "The answer is", "Step", "red", "blue", "green", "yellow", "shapes", "How many", "more",
+         "than", "total", "width", "height", "perimeter", "rectangle", "costs", "each", "pens", "book", "dollars",
+         "What is", "pays", "user", "assistant"]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"

@@ -1,0 +1,242 @@
+"""bon.py: selection rules on literal pools with exact expected values, accuracy@N, first-error F1, AUC, the
+ViLBench filter, the table, the score-file CLI and the MATH-V pool (model-free, and tiny-init on 3 problems)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import bon  # noqa: E402
+import data  # noqa: E402
+from bon import (accuracy_at_n, auc, choose_threshold, first_error_f1, select, subsets, table,  # noqa: E402
+                 vilbench_filter)
+
+
+def cand(answer, correct, **scores):
+    return {"answer": answer, "correct": correct, "scores": scores}
+
+
+def test_random_is_the_exact_mean_correctness():
+    pool = [cand("1", True), cand("2", False), cand("3", False), cand("1", True), cand("4", False)]
+    assert select(pool, "random") == pytest.approx(2 / 5, abs=0)
+    assert select([], "random") == 0.0
+
+
+def test_majority_groups_normalized_answers_and_averages_a_tie():
+    # "3", "3.0" and "\boxed{3}" are one answer (as tasks.match_answer says); "(B)" and "b" too
+    pool = [cand("3", True), cand("3.0", True), cand("\\boxed{4}", False), cand("4", False), cand("", False)]
+    assert select(pool, "majority") == 0.5  # 3 and 4 tie with 2 votes each: half the time right
+    pool += [cand("\\boxed{3}", True)]
+    assert select(pool, "majority") == 1.0
+    assert select([cand("(B)", True), cand("b", True), cand("C", False)], "majority") == 1.0
+    # no candidate has an answer: nobody votes, a random pick
+    assert select([cand(None, False), cand("", True)], "majority") == 0.5
+
+
+def test_weighted_vote_changes_the_winner():
+    pool = [cand("4", False, prm=[0.9, 0.1]), cand("4", False, prm=[0.2]), cand("4", False, prm=[0.8, 0.1]),
+            cand("7", True, prm=[0.9, 0.8]), cand("7", True, prm=[0.7, 0.9])]
+    assert select(pool, "majority") == 0.0  # three votes for 4
+    assert select(pool, "vote:prm:min") == 1.0  # min scores: 4 -> 0.1+0.2+0.1 = 0.4, 7 -> 0.8+0.7 = 1.5
+    assert select(pool, "vote:prm:last") == 1.0  # last: 4 -> 0.4, 7 -> 1.7
+    assert bon.METHODS["weighted_prm"] == "vote:prm:min"
+
+
+def test_argmax_ties_count_their_expected_correctness():
+    pool = [cand("1", True, orm=0.9), cand("2", False, orm=0.9), cand("3", True, orm=0.5)]
+    assert select(pool, "max:orm") == 0.5
+    pool[1]["scores"]["orm"] = 0.95
+    assert select(pool, "max:orm") == 0.0
+    # a candidate without a score is never picked, unless none has one (then: random)
+    assert select([cand("1", True), cand("2", False, orm=0.1)], "max:orm") == 0.0
+    assert select([cand("1", True), cand("2", False)], "max:orm") == 0.5
+
+
+def test_prm_max_with_each_aggregation():
+    a = cand("1", True, prm=[0.6, 0.6, 0.6])   # min 0.6  mean 0.6  prod 0.216  last 0.6  last2 0.6
+    b = cand("2", False, prm=[0.9, 0.5, 0.95])  # min 0.5  mean .783 prod .4275  last .95  last2 0.725
+    c = cand("3", False, prm=[0.3, 0.99, 0.7])  # min 0.3  mean .663 prod .2079  last 0.7  last2 0.845
+    def winner(pool, rule):  # which candidate the rule picks: the one that scores 1.0 when only it is right
+        return [select([dict(c, correct=j == i) for j, c in enumerate(pool)], rule) for i in range(3)].index(1.0)
+    picks = {agg: "abc"[winner([a, b, c], f"max:prm:{agg}")] for agg in bon.AGGS}
+    assert picks == {"min": "a", "mean": "b", "prod": "b", "last": "b", "last2": "c"}
+    assert select([a, b, c], "max:prm:min") == 1.0 and select([a, b, c], "max:prm:mean") == 0.0
+    with pytest.raises(ValueError, match="aggregation"):
+        select([a], "max:prm")
+    with pytest.raises(ValueError, match="bad rule"):
+        select([a], "best:prm")
+
+
+def test_oracle_is_pass_at_n():
+    assert select([cand("1", False), cand("2", False), cand("3", True)], "oracle") == 1.0
+    assert select([cand("1", False), cand("2", None)], "oracle") == 0.0  # unknown correctness counts as wrong
+
+
+def test_subsets_are_seeded_balanced_windows():
+    s = subsets(16, 4, draws=3, seed=1, name="p7")
+    assert s == subsets(16, 4, draws=3, seed=1, name="p7")
+    assert s != subsets(16, 4, draws=3, seed=2, name="p7") and s != subsets(16, 4, draws=3, seed=1, name="p8")
+    assert len(s) == 3 * 16 and all(len(set(w)) == 4 for w in s)
+    assert all(sum(i in w for w in s) == 3 * 4 for i in range(16))  # every candidate in n windows per draw
+    assert subsets(16, 16) == subsets(16, 40) == [tuple(range(16))]
+
+
+def _pools():
+    """Two problems, 16 candidates each, with PRM step scores and ORM scores."""
+    pools = {}
+    for p in range(2):
+        pools[f"p{p}"] = [cand(str(i % (3 + p)), i % (3 + p) == 1, prm=[0.5, ((7 * i + p) % 16) / 16],
+                               orm=((5 * i + 3 * p) % 16) / 16) for i in range(16)]
+    return pools
+
+
+def test_accuracy_at_16_is_the_full_pool_selection_and_random_is_exact():
+    pools, methods = _pools(), {"random": "random", "majority": "majority", "orm": "max:orm",
+                                "prm_min": "max:prm:min", "prm_last": "max:prm:last", "oracle": "oracle"}
+    res = accuracy_at_n(pools, methods, draws=4, seed=0)
+    for m, rule in methods.items():
+        full = sum(select(pool, rule) for pool in pools.values()) / 2
+        assert res[m]["16"] == {"mean": pytest.approx(full, abs=1e-12), "std": 0.0}
+        assert res[m]["1"]["mean"] == pytest.approx(res["random"]["1"]["mean"], abs=1e-12)  # N=1: any rule is random
+    mean_correct = (5 / 16 + 4 / 16) / 2  # p0: 5 of 16 right (i % 3 == 1), p1: 4 (i % 4 == 1)
+    assert all(res["random"][n]["mean"] == pytest.approx(mean_correct, abs=1e-12) for n in res["random"])
+    assert res["oracle"]["16"]["mean"] == 1.0 and res["oracle"]["1"]["mean"] < res["oracle"]["4"]["mean"] < 1.0
+    assert res["random"]["4"]["std"] > 0
+    assert accuracy_at_n(pools, methods, draws=4, seed=0) == res  # deterministic
+    assert accuracy_at_n(pools, methods, draws=4, seed=1)["orm"]["4"] != res["orm"]["4"]
+    assert list(accuracy_at_n({"p": pools["p0"][:5]}, {"r": "random"}, ns=(1, 4, 8, 16))["r"]) == ["1", "4", "5"]
+
+
+def test_first_error_f1_on_hand_cases():
+    scores = [[0.9, 0.2, 0.8], [0.9, 0.9], [0.3, 0.9], [0.9, 0.4]]
+    truth = [1, -1, 1, -1]  # predicted at 0.5: 1 (right), -1 (right), 0 (wrong step), 1 (false alarm)
+    assert first_error_f1(scores, truth, 0.5) == {"f1": pytest.approx(0.5), "acc_error": 0.5, "acc_correct": 0.5}
+    assert first_error_f1(scores, truth, 0.1) == {"f1": 0.0, "acc_error": 0.0, "acc_correct": 1.0}
+    # only right solutions: the F1 is the accuracy on them; only wrong ones: the accuracy on those
+    assert first_error_f1([[0.9], [0.4, 0.9]], [-1, -1], 0.5) == {"f1": 0.5, "acc_error": None, "acc_correct": 0.5}
+    assert first_error_f1([[0.9, 0.1]], [1], 0.5) == {"f1": 1.0, "acc_error": 1.0, "acc_correct": None}
+    assert first_error_f1([], [], 0.5)["f1"] == 0.0
+    assert bon.predicted_first_error([0.7, 0.6, 0.2, 0.1], 0.65) == 1
+
+
+def test_threshold_is_the_centre_of_the_separating_range():
+    # right steps score 0.8, wrong ones 0.3: every threshold in (0.3, 0.8] is perfect; the grid's middle is 0.55
+    dev = [[0.8, 0.8, 0.3], [0.8, 0.8], [0.3, 0.8], [0.8]]
+    fe = [2, -1, 0, -1]
+    assert choose_threshold(dev, fe) == 0.55
+    assert first_error_f1(dev, fe, 0.55)["f1"] == 1.0
+    assert choose_threshold(dev, fe, grid=[0.1, 0.2, 0.9]) == 0.2  # all three give F1 = 0: the middle one
+    assert choose_threshold(dev, fe, grid=[0.1, 0.5, 0.9]) == 0.5
+
+
+def test_auc_on_literal_inputs():
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auc([0.5, 0.5], [1, 0]) == 0.5  # a tie counts half
+    assert auc([0.5, 0.5, 0.9], [0, 1, 1]) == 0.75  # (0.5 + 1) / 2
+    assert auc([0.2, 0.9], [True, False]) == 0.0
+    assert auc([0.1, 0.2], [1, 1]) == 0.5  # one class
+
+
+def test_vilbench_filter_keeps_problems_where_prms_beat_orms():
+    # pools of 2, n=2 (the whole pool). Reward model 1: prm/orm; reward model 2: jprm/jorm.
+    a = [cand("1", True, prm=[0.9], orm=0.1, jprm=[0.5], jorm=0.5), cand("2", False, prm=[0.1], orm=0.9,
+                                                                              jprm=[0.5], jorm=0.5)]
+    b = [cand("1", True, prm=[0.9], orm=0.9, jprm=[0.9], jorm=0.1), cand("2", False, prm=[0.1], orm=0.1,
+                                                                              jprm=[0.1], jorm=0.9)]
+    c = [cand("1", True, prm=[0.1], orm=0.9, jprm=[0.9], jorm=0.1), cand("2", False, prm=[0.9], orm=0.1,
+                                                                              jprm=[0.9], jorm=0.9)]
+    pairs = [("max:prm:mean", "max:orm"), ("max:jprm:mean", "max:jorm")]
+    kept, gain = vilbench_filter({"a": a, "b": b, "c": c}, pairs, n=2)
+    # a: RM1 +1, RM2 0.5-0.5=0 -> 0.5 | b: RM1 0, RM2 +1 -> 0.5 | c: RM1 -1, RM2 0.5-0 -> -0.25
+    assert gain == {"a": 0.5, "b": 0.5, "c": -0.25} and kept == ["a", "b"]
+    assert vilbench_filter({"a": a, "b": b, "c": c}, pairs[:1], n=2)[0] == ["a"]
+
+
+def test_table_is_markdown():
+    res = {"random": {"1": {"mean": 0.5, "std": 0.125}, "16": {"mean": 0.5, "std": 0.0}},
+           "oracle": {"1": 0.5, "16": 1.0}}
+    assert table(res, ["oracle", "random", "missing"], [1, 16]) == (
+        "| method | N=1 | N=16 |\n|---|---:|---:|\n| oracle | 0.500 | 1.000 |\n| random | 0.500 ± 0.125 | 0.500 |")
+    assert table(res) == table(res, ["random", "oracle"], ["1", "16"])
+
+
+def test_cli_on_score_files(tmp_path):
+    pools = _pools()
+    probs = [{"id": pid, "image": "x.png", "question": "q", "answer": "1", "family": f}
+             for pid, f in zip(pools, ("text", "visual"))]
+    cands = [{"id": f"{pid}-{i}", "problem_id": pid, "steps": ["a", "b"], "answer": c["answer"],
+              "correct": c["correct"], "first_error": -1 if c["correct"] else 1} for pid, pool in pools.items()
+             for i, c in enumerate(pool)]
+    data.write_jsonl(tmp_path / "p.jsonl", probs, "problem")
+    data.write_jsonl(tmp_path / "c.jsonl", cands, "candidate")
+    data.write_jsonl(tmp_path / "prm.jsonl", [{"candidate_id": f"{pid}-{i}", "scores": c["scores"]["prm"],
+                                               "method": "prm"} for pid, pool in pools.items()
+                                              for i, c in enumerate(pool)], "score")
+    data.write_jsonl(tmp_path / "orm_scores.jsonl", [{"candidate_id": f"{pid}-{i}", "score": c["scores"]["orm"]}
+                                                     for pid, pool in pools.items() for i, c in enumerate(pool)],
+                     "score")
+    out = subprocess.run([sys.executable, str(ROOT / "bon.py"), "--problems", str(tmp_path / "p.jsonl"),
+                          "--candidates", str(tmp_path / "c.jsonl"), "--scores", str(tmp_path / "prm.jsonl"),
+                          str(tmp_path / "orm_scores.jsonl"), "--draws", "2"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    methods = {"random", "majority", "weighted_prm", "prm_min", "prm_mean", "prm_prod", "prm_last", "prm_last2",
+               "orm_scores", "oracle"}
+    assert set(res["bon"]) == {"all", "text", "visual"} and set(res["bon"]["all"]) == methods
+    named = [[dict(c, scores={"prm": c["scores"]["prm"], "orm_scores": c["scores"]["orm"]}) for c in pool]
+             for pool in pools.values()]  # the ORM file has no "method": its key is the file stem
+    full = {m: sum(select(p, r) for p in named) / 2 for m, r in bon.rules_for(
+        {"prm": {"x": [0.1]}, "orm_scores": {"x": 0.1}}).items()}
+    assert {m: v["16"] for m, v in res["bon"]["all"].items()} == pytest.approx(full)
+    step = res["step"]["prm"]
+    assert 0 <= step["first_error_f1"] <= 1 and step["dev"] + step["test"] == 32 and 0 < step["threshold"] < 1
+    assert "| prm_min |" in out.stdout and "first-error F1" in out.stdout
+
+
+def test_score_keys_from_method_or_file_stem(tmp_path):
+    for name, rec in [("jp.jsonl", {"candidate_id": "a", "scores": [0.5], "method": "judge-logits"}),
+                      ("jo.jsonl", {"candidate_id": "a", "score": 0.5, "method": "judge-logits"})]:
+        data.write_jsonl(tmp_path / name, [rec], "score")
+    assert bon.load_scores([tmp_path / "jp.jsonl", tmp_path / "jo.jsonl"]) == {
+        "judge_logits": {"a": [0.5]}, "jo": {"a": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def mathv_run():
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        res = bon.main(bon.Args(mathv=str(data.MATHV), ns="1,2,4,8,16", draws=4))
+    return res, buf.getvalue()
+
+
+def test_mathv_model_free(mathv_run):
+    res, stdout = mathv_run
+    raw = [json.loads(line) for line in open(data.MATHV / "responses.jsonl", encoding="utf-8")]
+    last = json.loads(stdout.strip().splitlines()[-1])
+    assert last["problems"] == 304 and last["pool"] == 15
+    bo = last["bon"]["all"]
+    assert set(bo) == {"random", "majority", "oracle"} and all(list(v) == ["1", "2", "4", "8", "15"]
+                                                                 for v in bo.values())
+    pool_mean = sum(r["correct"] for r in raw) / len(raw)  # 576 / 4560
+    assert all(v == pytest.approx(pool_mean, abs=1e-12) for v in bo["random"].values())
+    assert bo["majority"]["1"] == pytest.approx(pool_mean, abs=1e-12) == bo["oracle"]["1"]
+    any_right = {r["id"] for r in raw if r["correct"]}
+    assert bo["oracle"]["15"] == pytest.approx(len(any_right) / 304, abs=1e-12)
+    for n in ("2", "4", "8", "15"):
+        assert 0 <= bo["random"][n] <= bo["majority"][n] + 1e-12 <= bo["oracle"][n] <= 1
+    assert "| majority |" in stdout
+
+
+def test_mathv_with_tiny_init_on_3_problems(capsys):
+    res = bon.main(bon.Args(mathv=str(data.MATHV), model="tiny-init", limit=3, ns="1,15", draws=2, device="cpu"))
+    bo = res["bon"]["all"]
+    assert res["problems"] == 3 and {"prm_min", "prm_last2", "weighted_prm", "orm"} <= set(bo)
+    assert all(0 <= v[n]["mean"] <= 1 for v in bo.values() for n in v)
+    assert bo["prm_last"]["15"] == bo["orm"]["15"]  # no --orm-model: the ORM is the PRM's last tag
+    assert res["filter"]["of"] == 3 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["problems"] == 3

@@ -1,0 +1,327 @@
+"""Step labels without a human: Monte-Carlo rollouts (Math-Shepherd) and MCTS with binary search for the first
+error (OmegaPRM, the paper's "enhanced tree search" that built ViLReward-73K).
+
+    python tree_search.py --policy synthetic --method mcts --n-problems 20 --rollouts 8 --out out/ts/labels.jsonl
+    python tree_search.py --policy tiny --method mc --n-problems 8 --rollouts 4 --out out/ts/tiny.jsonl [--resume]
+    python tree_search.py --eval [--n-problems 200] [--seed 0]     # both methods against the oracle, JSON last line
+
+A policy continues a partial solution: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer"}]. The value
+of a prefix is the share of k rollouts from it that reach the gold answer (a Monte-Carlo estimate of "can this
+partial solution still succeed"). A prefix counts as right when its value > tau (Math-Shepherd's hard label: tau 0).
+- mc (Wang et al. 2024, Math-Shepherd): k rollouts from every step prefix of every sampled solution.
+- mcts (Luo et al. 2024, OmegaPRM): the sampled solutions are the root's rollouts; a right one is right at every
+  step (it reached the answer); a wrong one gets a binary search for its first error, ~log2(n) estimates instead of
+  n - 1; estimates are cached per prefix, so solutions sharing steps share them; a value-plus-exploration score
+  picks which wrong solution to search next, inside a rollout budget per question (see select_score).
+Output: one step-labelled record (data.py "labelled") per sampled solution, soft values as labels, appended as it
+is made; OUT.done lists the finished problems, so --resume after a kill loses and duplicates nothing.
+"""
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+import data
+import tasks
+
+# A prefix is right when its value > TAU. Math-Shepherd and OmegaPRM use 0, but a policy that sometimes reaches the
+# gold answer by luck after a wrong step (the synthetic one does ~5% of rollouts from a wrong prefix; real models
+# guess multiple choice) gives a wrong prefix value > 0 with P = 1 - 0.95^K (0.56 at K = 16), and a larger K, which
+# cures chance zeros of right prefixes, makes it worse. A floor above the luck rate fixes both (see --eval).
+TAU = 0.2
+# OmegaPRM's selection constants (their Sec. 3): alpha 0.5, beta 0.9, c_puct 0.125; their L is 500 tokens, ours steps.
+ALPHA, BETA, L_STEPS, C_PUCT = 0.5, 0.9, 8, 0.125
+
+
+@dataclass
+class Args:
+    policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny-init | tiny | a checkpoint folder"})
+    method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)"})
+    n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 200)"})
+    rollouts: int = field(default=16, metadata={"help": "K: rollouts per value estimate"})
+    budget: int = field(default=0, metadata={"help": "mcts: rollouts per question (0: 2 * samples * K)"})
+    samples: int = field(default=4, metadata={"help": "sampled solutions per problem (one record each)"})
+    tau: float = field(default=TAU, metadata={"help": "a prefix is right when its value > tau (0: Math-Shepherd)"})
+    out: str = field(default="out/tree_search/labels.jsonl", metadata={"help": "output JSONL (images next to it)"})
+    seed: int = field(default=0, metadata={"help": "seed of the problems, the samples and every rollout"})
+    split: str = field(default="train", metadata={"help": "split of the synthetic problems"})
+    strength: str = field(default="default", metadata={"help": "synthetic policy strength: strong | default | weak"})
+    temperature: float = field(default=1.0, metadata={"help": "VLM policy sampling temperature"})
+    max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
+    batch_size: int = field(default=16, metadata={"help": "VLM policy continuations per generate call"})
+    resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
+    eval: bool = field(default=False, metadata={"help": "label held-out problems with both methods, score vs the oracle"})
+
+
+class SyntheticPolicy:
+    """tasks.sample continuing a prefix; deterministic in (seed, problem, prefix)."""
+    def __init__(self, strength="default"):
+        self.strength = strength
+
+    def rollout(self, problem, prefix_steps, n, seed):
+        rng = random.Random(tasks.seed_of(seed, problem["id"], len(prefix_steps), *prefix_steps))
+        return tasks.sample(problem, n, prefix=list(prefix_steps), rng=rng, strength=self.strength)
+
+
+class VLMPolicy:
+    """Any checkpoint model.load reads, continuing "Step 1: ... Step i+1: " sampled at a temperature."""
+    def __init__(self, model_name_or_path, temperature=1.0, max_new_tokens=96, batch_size=16, device=None):
+        import model as M
+        self.M, (self.model, self.processor) = M, M.load(model_name_or_path, device=device)
+        self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
+
+    def rollout(self, problem, prefix_steps, n, seed):
+        import prm
+        from PIL import Image
+        image = Image.open(problem["image"]).convert("RGB") if problem.get("image") else tasks.render(problem)
+        marker = f"Step {len(prefix_steps) + 1}: "
+        head = tasks.format_steps(prefix_steps, "step") + "\n" + marker if prefix_steps else marker
+        out = []
+        for b in range(0, n, self.batch_size):
+            m = min(self.batch_size, n - b)
+            texts = self.M.generate(self.model, self.processor, [image] * m, [problem["question"]] * m, [head] * m,
+                                    self.max_new_tokens, self.temperature,
+                                    seed=tasks.seed_of(seed, problem["id"], b, *prefix_steps))
+            for t in texts:  # the prefix kept verbatim (it is a node of the tree), only the new text split
+                steps = list(prefix_steps) + prm.split_steps(marker + t)
+                out.append({"steps": steps, "answer": tasks.extract_answer(steps) if steps else None})
+        return out
+
+
+def reaches(problem, rollout):
+    """Does a rollout state the gold answer? An empty or answerless rollout does not."""
+    return bool(rollout["steps"]) and tasks.match_answer(rollout["answer"], problem["answer"], problem.get("options"))
+
+
+def mc_value(problem, policy, prefix, k, seed, cache=None):
+    """(value, rollouts spent): the share of k rollouts from `prefix` that reach the gold answer. With a cache (a dict
+    keyed by tuple(prefix)) a prefix is estimated once; a repeat costs nothing."""
+    key = tuple(prefix)
+    if cache is not None and key in cache:
+        return cache[key], 0
+    rs = policy.rollout(problem, list(prefix), k, seed)
+    v = sum(reaches(problem, r) for r in rs) / max(len(rs), 1)
+    if cache is not None:
+        cache[key] = v
+    return v, len(rs)
+
+
+def label_mc(problem, policy, sol, k, seed, tau=TAU):
+    """Math-Shepherd: the value of every prefix steps[:i+1] from k rollouts; the last step's value is whether the
+    solution's own answer is right (no rollout needed). Soft label = value; predicted first error = the first step
+    with value <= tau (hard label value > tau). -> (labels, first_error, rollouts)."""
+    steps, values, spent = sol["steps"], [], 0
+    for i in range(len(steps) - 1):
+        v, n = mc_value(problem, policy, steps[:i + 1], k, seed)
+        values.append(v)
+        spent += n
+    values.append(float(reaches(problem, sol)))
+    return values, next((i for i, v in enumerate(values) if v <= tau), -1), spent
+
+
+class OutOfBudget(Exception):
+    pass
+
+
+def first_error_search(steps, value, tau=TAU):
+    """Binary search for the first wrong step of a solution that missed the answer (OmegaPRM's insight: ~log2(n)
+    value estimates, not n - 1). Invariant: the error is in steps[lo..hi]; at first hi = n - 1, since the whole
+    solution has value 0. value(prefix) <= tau: no continuation succeeds, the error is at or before its last step
+    (search left); value > tau: that prefix is right, the error comes later (search right)."""
+    lo, hi = 0, len(steps) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if value(steps[:mid + 1]) > tau:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def select_score(steps, cache, visits, tau=TAU):
+    """OmegaPRM's selection (Luo et al. 2024, Sec. 3.2), a PUCT variant over (state s, rollout r) pairs:
+        Q(s, r) = alpha^(1 - MC(s)) * beta^(len(r) / L)      U(s) = c_puct * sqrt(sum_i N(s_i)) / (1 + N(s))
+    and select argmax Q + U over pairs with 0 < MC(s) < 1 (states with both right and wrong continuations).
+    Here r is a wrong sampled solution, s its longest prefix known right (the root at first), len(r) the steps
+    after s, N(s) the searches started from s. Pairs with MC(s) in {0, 1} come after all others (OmegaPRM drops
+    them; we still want every solution labelled). -> a sortable key."""
+    a = 0
+    for i in range(len(steps) - 1):
+        v = cache.get(tuple(steps[:i + 1]))
+        if v is not None and v <= tau:
+            break
+        a = i + 1 if v is not None else a
+    s, mc = tuple(steps[:a]), cache[tuple(steps[:a])]
+    q = ALPHA ** (1 - mc) * BETA ** ((len(steps) - a) / L_STEPS)
+    u = C_PUCT * math.sqrt(sum(visits.values())) / (1 + visits[s])
+    return (0 < mc < 1, q + u), s
+
+
+def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
+    """OmegaPRM-style labelling of one question's sampled solutions (they are the root's rollouts).
+    Labels (soft): before the first error, the prefix's estimate where the search made one, else 1.0 (known right
+    without an estimate: on a solution that reached the answer, or before a prefix with value > tau, and a step
+    cannot be wrong before a right prefix); the first error and every later step 0.0 (OmegaPRM: a prefix with
+    value 0 and all that follows it). Rollouts are charged to the solution whose search spent them; a search the
+    budget cuts leaves its solution, and every later one, unlabelled.
+    -> ({j: (labels, first_error, rollouts)}, rollouts spent)."""
+    right = [reaches(problem, s) for s in sols]
+    cache = {(): sum(right) / max(len(sols), 1)}  # MC(root) from the sampled solutions themselves
+    found = {j: -1 for j, ok in enumerate(right) if ok and sols[j]["steps"]}
+    spent, visits = Counter(), Counter()
+    pool = [j for j, ok in enumerate(right) if not ok and sols[j]["steps"]]
+    while pool:
+        keyed = {j: select_score(sols[j]["steps"], cache, visits, tau) for j in pool}
+        j = max(pool, key=lambda i: keyed[i][0])
+        pool.remove(j)
+        visits[keyed[j][1]] += 1
+
+        def value(prefix):
+            if tuple(prefix) not in cache and sum(spent.values()) + k > budget:
+                raise OutOfBudget
+            v, n = mc_value(problem, policy, prefix, k, seed, cache)
+            spent[j] += n
+            return v
+        try:
+            found[j] = first_error_search(sols[j]["steps"], value, tau)
+        except OutOfBudget:
+            break
+    out = {}
+    for j, fe in found.items():
+        steps = sols[j]["steps"]
+        labels = [0.0 if fe != -1 and i >= fe else cache.get(tuple(steps[:i + 1]), 1.0) for i in range(len(steps))]
+        if fe == -1:
+            labels[-1] = 1.0  # the whole solution reached the answer
+        out[j] = (labels, fe, spent[j])
+    return out, sum(spent.values())
+
+
+def label_problem(problem, policy, method, k, budget, seed, samples, tau=TAU, image=None):
+    """-> (records, rollouts spent, solutions sampled) for one problem: `samples` solutions from the root, each
+    labelled (a solution with no step, possible from a VLM, has nothing to label and is left out)."""
+    sols = policy.rollout(problem, [], samples, tasks.seed_of(seed, "solutions"))
+    if method == "mc":
+        res = {j: label_mc(problem, policy, s, k, tasks.seed_of(seed, "mc", j), tau) for j, s in enumerate(sols)
+               if s["steps"]}
+        spent = sum(n for _, _, n in res.values())
+    elif method == "mcts":
+        res, spent = label_mcts(problem, policy, sols, k, budget, tasks.seed_of(seed, "mcts"), tau)
+    else:
+        raise ValueError(f"unknown method {method!r}: expected mcts or mc")
+    image = image or problem.get("image") or f"images/{problem['id']}.png"
+    records = [{"id": f"{problem['id']}-{method}{j:02d}", "images": [image], "prompt": problem["question"],
+                "completions": list(sols[j]["steps"]), "labels": labels, "first_error": fe,
+                "meta": {"rollouts": n, "method": method, "problem_id": problem["id"],
+                         "correct": reaches(problem, sols[j])}}
+               for j, (labels, fe, n) in sorted(res.items())]
+    return records, spent, len(sols)
+
+
+def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=False):
+    """In memory: -> (records, stats {rollouts, records, solutions, seconds, rollouts_per_solution})."""
+    t0, records, rollouts, sols = time.time(), [], 0, 0
+    for p in tqdm(problems, desc=method, disable=not progress):
+        recs, n, m = label_problem(p, policy, method, k, budget, seed, samples, tau)
+        records += recs
+        rollouts, sols = rollouts + n, sols + m
+    return records, {"rollouts": rollouts, "records": len(records), "solutions": sols,
+                     "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(sols, 1), 3)}
+
+
+def evaluate(n_problems=200, seed=0, k=8, budget=0, samples=4, tau=TAU):
+    """Both methods at the same K on held-out synthetic problems, against the oracle: first_error_agreement (the
+    predicted first error, or its absence, equals tasks.first_error; a solution left unlabelled counts as a miss)
+    and step_label_accuracy (hard labels: mc value > tau, mcts before its first error, vs tasks.step_labels)."""
+    problems = {p["id"]: p for p in tasks.make_problems(n_problems, seed, "eval")}
+    res = {}
+    for method in ("mc", "mcts"):
+        recs, st = label(list(problems.values()), SyntheticPolicy(), method, k, budget or 2 * samples * k, seed,
+                         samples, tau)
+        agree, steps_ok, steps = 0, 0, 0
+        for r in recs:
+            p, fe = problems[r["meta"]["problem_id"]], r["first_error"]
+            agree += fe == tasks.first_error(p, r["completions"])
+            hard = [float(v > tau) for v in r["labels"]] if method == "mc" else \
+                [float(fe == -1 or i < fe) for i in range(len(r["labels"]))]
+            steps_ok += sum(h == o for h, o in zip(hard, tasks.step_labels(p, r["completions"])))
+            steps += len(hard)
+        res[method] = {"rollouts_per_solution": st["rollouts_per_solution"],
+                       "first_error_agreement": round(agree / max(st["solutions"], 1), 4),
+                       "step_label_accuracy": round(steps_ok / max(steps, 1), 4), "seconds": st["seconds"]}
+    return res
+
+
+def finished(out):
+    """Problem ids listed in OUT.done (written after all of a problem's records are on disk)."""
+    done = Path(str(out) + ".done")
+    return set(done.read_text().split()) if done.exists() else set()
+
+
+def keep_finished(out, done):
+    """Rewrite OUT with only the records of finished problems: a killed run's partial problem (and a line cut off
+    mid-write) goes, to be redone. -> records kept."""
+    kept = []
+    for line in Path(out).read_text(encoding="utf-8").splitlines() if Path(out).exists() else []:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # torn by the kill: its problem is not in OUT.done either
+        if r.get("meta", {}).get("problem_id") in done:
+            kept.append(r)
+    data.write_jsonl(out, kept, "labelled")
+    return len(kept)
+
+
+def main(a: Args):
+    if a.eval:
+        t0 = time.time()
+        res = evaluate(a.n_problems or 200, a.seed, a.rollouts, a.budget, a.samples, a.tau)
+        print(f"{'method':<6} {'rollouts/solution':>18} {'first-error agreement':>22} {'step-label accuracy':>20}")
+        for m, r in res.items():
+            print(f"{m:<6} {r['rollouts_per_solution']:>18.2f} {r['first_error_agreement']:>22.3f} "
+                  f"{r['step_label_accuracy']:>20.3f}")
+        print(f"K={a.rollouts} tau={a.tau} samples={a.samples}, {a.n_problems or 200} eval problems, "
+              f"{time.time() - t0:.1f}s; mcts/mc rollouts "
+              f"{res['mcts']['rollouts_per_solution'] / max(res['mc']['rollouts_per_solution'], 1e-9):.2f}")
+        print(json.dumps(res))
+        return res
+    out, t0 = Path(a.out), time.time()
+    done_file = Path(str(out) + ".done")
+    if not a.resume and (out.exists() or done_file.exists()):
+        raise SystemExit(f"{out} exists: pass --resume to continue it, or delete it (and {done_file})")
+    done = finished(out) if a.resume else set()
+    kept = keep_finished(out, done) if a.resume else 0
+    policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else VLMPolicy(
+        a.policy, a.temperature, a.max_new_tokens, a.batch_size)
+    budget = a.budget or 2 * a.samples * a.rollouts
+    problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
+    (out.parent / "images").mkdir(parents=True, exist_ok=True)
+    rollouts = written = 0
+    bar = tqdm(problems, desc=f"{a.method} K={a.rollouts}")
+    for p in bar:
+        if p.get("image"):  # a problem file's image: its path relative to the output's folder
+            image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute())
+        else:
+            image = f"images/{p['id']}.png"
+            tasks.render(p).save(out.parent / image)
+        recs, n, _ = label_problem(p, policy, a.method, a.rollouts, budget, a.seed, a.samples, a.tau, image)
+        for r in recs:
+            data.append_jsonl(out, r, "labelled")
+        with open(done_file, "a") as f:  # the problem is finished only once all its records are on disk
+            f.write(p["id"] + "\n")
+        rollouts, written = rollouts + n, written + len(recs)
+        bar.set_postfix(rollouts=rollouts, records=written)
+    print(f"rollouts {rollouts}, records {written} (+{kept} kept from before), {len(problems)} problems, "
+          f"{time.time() - t0:.1f}s -> {out}")
+    return {"rollouts": rollouts, "records": written, "kept": kept, "seconds": round(time.time() - t0, 2)}
+
+
+if __name__ == "__main__":
+    import model
+    main(model.parse_args(Args, doc=__doc__))
