@@ -4,16 +4,13 @@
     python bon.py --mathv                                  # random, majority, oracle on the real MATH-V pool (15)
     python bon.py --mathv --model out/prm --limit 20       # ... plus PRM and ORM selection with a checkpoint
 
-A pool is, per problem, a list of candidates {"answer", "correct", "scores": {key: float | [float per step]}}
-(optional "key": the normalized answer). A rule picks one answer from a subset of a pool:
-    random          one uniformly random candidate: its expected accuracy is the subset's mean correctness
-    majority        the most frequent normalized answer (candidates without an answer do not vote)
-    oracle          pass@N: right if any candidate is right
-    max:KEY[:AGG]   the highest score; step scores are aggregated first (min mean prod last lastK, prm.aggregate)
-    vote:KEY[:AGG]  weighted majority: the answer whose candidates' scores (probabilities) sum highest
-Every tie counts as its exact expectation: a uniform pick among the tied candidates, or among the tied answer
-groups (each worth the mean correctness of its members). So a rule's value is exact and deterministic, never sampled.
+A pool: per problem, candidates {"answer", "correct", "scores": {key: float | [float per step]}}, optional "key"
+(the normalized answer). Rules: random (one uniform pick: the mean correctness), majority (most frequent normalized
+answer; no answer, no vote), oracle (pass@N), max:KEY[:AGG] (highest score, step scores aggregated by prm.aggregate),
+vote:KEY[:AGG] (weighted majority: the answer whose scores sum highest). A tie counts as its exact expectation: a
+uniform pick among the tied candidates or answer groups (a group is worth its members' mean correctness).
 """
+import itertools
 import json
 import math
 import random
@@ -87,17 +84,15 @@ def expected(items, kind):
         best = max(v for v, _ in scored)
         tied = [c for v, c in scored if v == best]
         return sum(tied) / len(tied)
-    groups = {}  # answer key -> [weight, correct sum, count]
+    votes, right = {}, {}  # answer key -> summed weight, -> correctness of its members
     for k, c, v in items:
         if k is not None:
-            g = groups.setdefault(k, [0.0, 0.0, 0])
-            g[0] += 1.0 if kind == "majority" else (v or 0.0)
-            g[1] += c
-            g[2] += 1
-    if not groups:
+            votes[k] = votes.get(k, 0.0) + (1.0 if kind == "majority" else v or 0.0)
+            right.setdefault(k, []).append(c)
+    if not votes:
         return mean
-    best = max(g[0] for g in groups.values())
-    tied = [g[1] / g[2] for g in groups.values() if math.isclose(g[0], best, rel_tol=1e-9, abs_tol=1e-12)]
+    best = max(votes.values())
+    tied = [sum(right[k]) / len(right[k]) for k, w in votes.items() if math.isclose(w, best, rel_tol=1e-9)]
     return sum(tied) / len(tied)
 
 
@@ -168,21 +163,15 @@ def vilbench_filter(pools, pairs, n=16, draws=8, seed=0):
 
 def auc(scores, labels):
     """ROC AUC: the chance a random positive scores above a random negative (ties count half). 0.5 if one class."""
-    pos = [s for s, y in zip(scores, labels) if y]
-    neg = [s for s, y in zip(scores, labels) if not y]
-    if not pos or not neg:
+    pos = sum(bool(y) for y in labels)
+    if pos in (0, len(labels)):
         return 0.5
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks, i = [0.0] * len(scores), 0
-    while i < len(order):  # average ranks over ties
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    r_pos = sum(r for r, y in zip(ranks, labels) if y)
-    return (r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    wins, below = 0.0, 0  # below: negatives with a lower score than the current group
+    for _, group in itertools.groupby(sorted(zip(scores, map(bool, labels))), key=lambda t: t[0]):
+        ys = [y for _, y in group]
+        wins += sum(ys) * (below + (len(ys) - sum(ys)) / 2)
+        below += len(ys) - sum(ys)
+    return wins / (pos * (len(labels) - pos))
 
 
 def predicted_first_error(step_scores, threshold):
@@ -216,8 +205,10 @@ def table(results, methods=None, ns=None):
     """A markdown table, rows methods, columns N; cells are accuracies, or "mean ± std" from accuracy_at_n."""
     methods = [m for m in (methods or list(results)) if m in results]
     ns = [str(n) for n in (ns or next(iter(results.values()), {}))]
-    cell = lambda v: "-" if v is None else (f"{v:.3f}" if not isinstance(v, dict) else  # noqa: E731
-                                            f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("std") else f"{v['mean']:.3f}")
+    def cell(v):
+        if not isinstance(v, dict):
+            return "-" if v is None else f"{v:.3f}"
+        return f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("std") else f"{v['mean']:.3f}"
     lines = ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
     lines += [f"| {m} | " + " | ".join(cell(results[m].get(n)) for n in ns) + " |" for m in methods]
     return "\n".join(lines)
@@ -285,7 +276,7 @@ def step_f1(pools, key, dev_frac=0.5, seed=0):
 def report(pools, rules, ns, a, families=None):
     """Print accuracy@N (all, per family), first-error F1 per step-score key and the ViLBench filter (for each
     PRM key with its ORM twin, "prm" -> "orm"); return the numbers."""
-    parts = {"all": pools, **{f: {p: v for p, v in pools.items() if families[p] == f}
+    parts = {"all": pools, **{f: {p: v for p, v in pools.items() if families.get(p) == f}
                               for f in sorted(set((families or {}).values()))}}
     res = {"bon": {}}
     for part, pp in parts.items():
@@ -321,8 +312,8 @@ class Args:
     candidates: str = field(default="", metadata={"help": "candidates JSONL: the pool of each problem"})
     scores: list = field(default=None, metadata={"help": "score JSONL files (PRM step scores or ORM scores)"})
     mathv: str = field(default="", metadata={"help": f"MATH-V folder (bare --mathv: {data.MATHV})"})
-    model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) to score the pool"})
-    orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last tag)"})
+    model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) scores the pool"})
+    orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last)"})
     limit: int = field(default=0, metadata={"help": "with --mathv: only the first K problems (0: all)"})
     ns: str = field(default="1,2,4,8,16", metadata={"help": "the N of accuracy@N (above the pool size: the pool)"})
     draws: int = field(default=8, metadata={"help": "random permutations per problem and N (pool-size subsets each)"})
@@ -354,7 +345,8 @@ def score_pool(a, problems, candidates):
         answers = [s[-1] if s else None for s in steps]
     print(f"PRM {a.model}: {len(skipped)} of {len(candidates)} answers skipped (too long or no step)", file=sys.stderr)
     ids = [c["id"] for c in candidates]
-    return {"prm": {i: s for i, s in zip(ids, steps) if s}, "orm": {i: s for i, s in zip(ids, answers) if s is not None}}
+    return {"prm": {i: s for i, s in zip(ids, steps) if s},
+            "orm": {i: s for i, s in zip(ids, answers) if s is not None}}
 
 
 def main(a: Args):

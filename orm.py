@@ -56,7 +56,7 @@ def main(a: Args):
             print(f"skipped {cands[i]['id']}: {why}")
     for cid in empty:
         print(f"skipped {cid}: no steps")
-    recs = [{"candidate_id": c["id"], "score": s, "model": a.model, "method": f"judge-{a.judge}" if a.judge else "orm"}
+    recs = [{"candidate_id": c["id"], "score": s, "model": a.model, "method": "judge_orm" if a.judge else "orm"}
             for c, s in zip(cands, scores) if s is not None]
     data.write_jsonl(a.out, recs, "score")
     print(f"wrote {len(recs)} score records to {a.out} ({len(cands) + len(empty) - len(recs)} skipped)")

@@ -361,7 +361,7 @@ def main(a: Args):
              f"{cands[0]['id']}  model {a.model}  correct={cands[0].get('correct')}")
         print(f"wrote {a.show}")
         return scores
-    recs = [{"candidate_id": c["id"], "scores": s, "model": a.model, "method": f"judge-{a.judge}" if a.judge else "prm"}
+    recs = [{"candidate_id": c["id"], "scores": s, "model": a.model, "method": "judge_prm" if a.judge else "prm"}
             for c, s in zip(cands, scores) if s is not None and None not in s]
     data.write_jsonl(a.out, recs, "score")
     print(f"wrote {len(recs)} score records to {a.out} ({len(cands) - len(recs)} skipped)")

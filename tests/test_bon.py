@@ -59,6 +59,7 @@ def test_prm_max_with_each_aggregation():
     a = cand("1", True, prm=[0.6, 0.6, 0.6])   # min 0.6  mean 0.6  prod 0.216  last 0.6  last2 0.6
     b = cand("2", False, prm=[0.9, 0.5, 0.95])  # min 0.5  mean .783 prod .4275  last .95  last2 0.725
     c = cand("3", False, prm=[0.3, 0.99, 0.7])  # min 0.3  mean .663 prod .2079  last 0.7  last2 0.845
+
     def winner(pool, rule):  # which candidate the rule picks: the one that scores 1.0 when only it is right
         return [select([dict(c, correct=j == i) for j, c in enumerate(pool)], rule) for i in range(3)].index(1.0)
     picks = {agg: "abc"[winner([a, b, c], f"max:prm:{agg}")] for agg in bon.AGGS}
@@ -68,6 +69,18 @@ def test_prm_max_with_each_aggregation():
         select([a], "max:prm")
     with pytest.raises(ValueError, match="bad rule"):
         select([a], "best:prm")
+
+
+def test_make_pools_matches_null_correctness_and_option_text():
+    probs = [{"id": "p", "image": "x.png", "question": "q", "answer": "B", "options": ["12", "15"]},
+             {"id": "empty", "image": "x.png", "question": "q", "answer": "1"}]
+    cands = [{"id": "a", "problem_id": "p", "steps": ["s"], "answer": "15", "correct": None},
+             {"id": "b", "problem_id": "p", "steps": ["s"], "answer": "(B)", "correct": None},
+             {"id": "c", "problem_id": "p", "steps": ["s"], "answer": "12", "correct": True}]  # kept as given
+    pools = bon.make_pools(probs, cands, {"orm": {"a": 0.25, "c": 0.5}})
+    assert list(pools) == ["p"]  # a problem without candidates has no pool
+    assert [(c["key"], c["correct"], c["scores"]) for c in pools["p"]] == [
+        ("B", True, {"orm": 0.25}), ("B", True, {}), ("A", True, {"orm": 0.5})]
 
 
 def test_oracle_is_pass_at_n():
