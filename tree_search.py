@@ -3,7 +3,7 @@ error (OmegaPRM, the paper's "enhanced tree search" that built ViLReward-73K).
 
     python tree_search.py --policy synthetic --method mcts --n-problems 20 --rollouts 8 --out out/ts/labels.jsonl
     python tree_search.py --policy tiny --method mc --n-problems 8 --rollouts 4 --out out/ts/tiny.jsonl [--resume]
-    python tree_search.py --eval [--n-problems 200] [--seed 0]     # both methods against the oracle, JSON last line
+    python tree_search.py --eval [--n-problems 500] [--seed 0]     # both methods against the oracle, JSON last line
 
 A policy continues a partial solution: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer"}]. The value
 of a prefix is the share of k rollouts from it that reach the gold answer (a Monte-Carlo estimate of "can this
@@ -43,7 +43,7 @@ ALPHA, BETA, L_STEPS, C_PUCT = 0.5, 0.9, 8, 0.125
 class Args:
     policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny-init | tiny | a checkpoint folder"})
     method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)"})
-    n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 200)"})
+    n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 500)"})
     rollouts: int = field(default=16, metadata={"help": "K: rollouts per value estimate"})
     budget: int = field(default=0, metadata={"help": "mcts: rollouts per question (0: 2 * samples * K)"})
     samples: int = field(default=4, metadata={"help": "sampled solutions per problem (one record each)"})
@@ -56,7 +56,7 @@ class Args:
     max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
     batch_size: int = field(default=16, metadata={"help": "VLM policy continuations per generate call"})
     resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
-    eval: bool = field(default=False, metadata={"help": "label held-out problems with both methods, score vs the oracle"})
+    eval: bool = field(default=False, metadata={"help": "both methods on held-out problems (synthetic policy) vs the oracle"})
 
 
 class SyntheticPolicy:
@@ -165,7 +165,8 @@ def select_score(steps, cache, visits, tau=TAU):
 
 def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
     """OmegaPRM-style labelling of one question's sampled solutions (they are the root's rollouts).
-    Labels (soft): before the first error, the prefix's estimate where the search made one, else 1.0 (known right
+    Labels (soft): before the first error, the prefix's estimate where a search made one (as it is, even a chance
+    low one on a solution that reached the answer: the soft label hides nothing), else 1.0 (known right
     without an estimate: on a solution that reached the answer, or before a prefix with value > tau, and a step
     cannot be wrong before a right prefix); the first error and every later step 0.0 (OmegaPRM: a prefix with
     value 0 and all that follows it). Rollouts are charged to the solution whose search spent them; a search the
@@ -204,7 +205,9 @@ def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
 
 def label_problem(problem, policy, method, k, budget, seed, samples, tau=TAU, image=None):
     """-> (records, rollouts spent, solutions sampled) for one problem: `samples` solutions from the root, each
-    labelled (a solution with no step, possible from a VLM, has nothing to label and is left out)."""
+    labelled (a solution with no step, possible from a VLM, has nothing to label and is left out). budget <= 0:
+    2 * samples * k, two estimates per solution, which a search of a <= 4-step solution never needs more than."""
+    budget = budget if budget > 0 else 2 * samples * k
     sols = policy.rollout(problem, [], samples, tasks.seed_of(seed, "solutions"))
     if method == "mc":
         res = {j: label_mc(problem, policy, s, k, tasks.seed_of(seed, "mc", j), tau) for j, s in enumerate(sols)
@@ -224,7 +227,8 @@ def label_problem(problem, policy, method, k, budget, seed, samples, tau=TAU, im
 
 
 def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=False):
-    """In memory: -> (records, stats {rollouts, records, solutions, seconds, rollouts_per_solution})."""
+    """In memory: -> (records, stats {rollouts, records, solutions, seconds, rollouts_per_solution}). A record's
+    image is the problem's "image", else images/<id>.png (main writes it there, next to the output)."""
     t0, records, rollouts, sols = time.time(), [], 0, 0
     for p in tqdm(problems, desc=method, disable=not progress):
         recs, n, m = label_problem(p, policy, method, k, budget, seed, samples, tau)
@@ -234,15 +238,14 @@ def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=
                      "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(sols, 1), 3)}
 
 
-def evaluate(n_problems=200, seed=0, k=8, budget=0, samples=4, tau=TAU):
+def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU):
     """Both methods at the same K on held-out synthetic problems, against the oracle: first_error_agreement (the
     predicted first error, or its absence, equals tasks.first_error; a solution left unlabelled counts as a miss)
     and step_label_accuracy (hard labels: mc value > tau, mcts before its first error, vs tasks.step_labels)."""
     problems = {p["id"]: p for p in tasks.make_problems(n_problems, seed, "eval")}
     res = {}
     for method in ("mc", "mcts"):
-        recs, st = label(list(problems.values()), SyntheticPolicy(), method, k, budget or 2 * samples * k, seed,
-                         samples, tau)
+        recs, st = label(list(problems.values()), SyntheticPolicy(), method, k, budget, seed, samples, tau)
         agree, steps_ok, steps = 0, 0, 0
         for r in recs:
             p, fe = problems[r["meta"]["problem_id"]], r["first_error"]
@@ -281,12 +284,12 @@ def keep_finished(out, done):
 def main(a: Args):
     if a.eval:
         t0 = time.time()
-        res = evaluate(a.n_problems or 200, a.seed, a.rollouts, a.budget, a.samples, a.tau)
+        res = evaluate(a.n_problems or 500, a.seed, a.rollouts, a.budget, a.samples, a.tau)
         print(f"{'method':<6} {'rollouts/solution':>18} {'first-error agreement':>22} {'step-label accuracy':>20}")
         for m, r in res.items():
             print(f"{m:<6} {r['rollouts_per_solution']:>18.2f} {r['first_error_agreement']:>22.3f} "
                   f"{r['step_label_accuracy']:>20.3f}")
-        print(f"K={a.rollouts} tau={a.tau} samples={a.samples}, {a.n_problems or 200} eval problems, "
+        print(f"K={a.rollouts} tau={a.tau} samples={a.samples}, {a.n_problems or 500} eval problems, "
               f"{time.time() - t0:.1f}s; mcts/mc rollouts "
               f"{res['mcts']['rollouts_per_solution'] / max(res['mc']['rollouts_per_solution'], 1e-9):.2f}")
         print(json.dumps(res))
@@ -299,7 +302,6 @@ def main(a: Args):
     kept = keep_finished(out, done) if a.resume else 0
     policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else VLMPolicy(
         a.policy, a.temperature, a.max_new_tokens, a.batch_size)
-    budget = a.budget or 2 * a.samples * a.rollouts
     problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
     (out.parent / "images").mkdir(parents=True, exist_ok=True)
     rollouts = written = 0
@@ -310,7 +312,7 @@ def main(a: Args):
         else:
             image = f"images/{p['id']}.png"
             tasks.render(p).save(out.parent / image)
-        recs, n, _ = label_problem(p, policy, a.method, a.rollouts, budget, a.seed, a.samples, a.tau, image)
+        recs, n, _ = label_problem(p, policy, a.method, a.rollouts, a.budget, a.seed, a.samples, a.tau, image)
         for r in recs:
             data.append_jsonl(out, r, "labelled")
         with open(done_file, "a") as f:  # the problem is finished only once all its records are on disk

@@ -1,0 +1,204 @@
+"""tree_search.py: exact values and binary-search cost on a policy that never recovers, MC and MCTS against the
+oracle, the selection score on literals, the budget, kill + resume, the CLI, and the VLM policy."""
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import data  # noqa: E402
+import tasks  # noqa: E402
+import tree_search as ts  # noqa: E402
+
+GOLD = [f"right {i}" for i in range(6)]  # the gold chain of the hand-made problem; its answer is "42"
+PROB = {"id": "hand", "question": "q", "answer": "42"}
+
+
+def wrong_from(e, n=len(GOLD)):
+    """A solution right before step e, wrong from it on (e = n: all right)."""
+    steps = GOLD[:e] + [f"wrong {i}" for i in range(e, n)]
+    return {"steps": steps, "answer": "42" if e == n else "7"}
+
+
+class NeverRecovers:
+    """A rollout reaches the answer iff its prefix has no wrong step. From the root it samples solutions whose
+    first errors are given. Counts the value estimates it is asked for."""
+    def __init__(self, errors=(2, 6, 0, 5)):
+        self.errors, self.calls = errors, Counter()
+
+    def rollout(self, problem, prefix, n, seed):
+        if not prefix:
+            return [wrong_from(e) for e in self.errors][:n]
+        self.calls[tuple(prefix)] += 1
+        ok = list(prefix) == GOLD[:len(prefix)]
+        return [{"steps": GOLD if ok else list(prefix) + ["wrong end"], "answer": "42" if ok else "7"}] * n
+
+
+def oracle(steps):
+    return next((i for i, s in enumerate(steps) if s != GOLD[i]), -1)
+
+
+def test_mc_values_exact_on_a_policy_that_never_recovers():
+    pol = NeverRecovers()
+    for e in range(len(GOLD) + 1):
+        labels, fe, spent = ts.label_mc(PROB, pol, wrong_from(e), k=3, seed=0)
+        assert labels == [1.0] * e + [0.0] * (len(GOLD) - e)
+        assert fe == (-1 if e == len(GOLD) else e)
+        assert spent == 3 * (len(GOLD) - 1)  # every prefix but the whole solution
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_binary_search_finds_the_first_error_in_log2_n_estimates(n):
+    for e in range(n):
+        steps = ["ok"] * e + ["bad"] * (n - e)
+        asked = []
+
+        def value(prefix):
+            asked.append(len(prefix))
+            return 0.0 if "bad" in prefix else 1.0
+        assert ts.first_error_search(steps, value) == e
+        assert len(asked) <= math.ceil(math.log2(n)), (n, e, asked)
+        assert len(asked) <= math.ceil(math.log2(n)) + 1
+
+
+def test_mc_and_mcts_match_the_oracle_and_mcts_spends_less():
+    out = {}
+    for method in ("mc", "mcts"):
+        pol = NeverRecovers(errors=(2, 6, 0, 5, 3, 6))
+        recs, spent, n = ts.label_problem(PROB, pol, method, k=4, budget=1000, seed=0, samples=6)
+        assert n == 6 and len(recs) == 6
+        for r in recs:
+            fe = oracle(r["completions"])
+            assert r["first_error"] == fe
+            assert r["labels"] == [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(GOLD))]
+            assert r["meta"]["correct"] == (fe == -1)
+        out[method] = (recs, spent, pol.calls)
+    assert [r["labels"] for r in out["mc"][0]] == [r["labels"] for r in out["mcts"][0]]
+    assert out["mc"][1] == 6 * 5 * 4  # 6 solutions x 5 prefixes x K
+    # mcts: no estimate for a right solution, each prefix estimated once (the cache), <= ceil(log2 6) per search
+    assert max(out["mcts"][2].values()) == 1 and out["mcts"][1] <= 4 * 3 * 4 and out["mcts"][1] < out["mc"][1] / 3
+    rec = {r["first_error"]: r["meta"]["rollouts"] for r in out["mcts"][0]}
+    assert rec[-1] == 0
+
+
+def test_mcts_respects_the_budget():
+    pol = NeverRecovers(errors=(2, 0, 5, 3))
+    res, spent = ts.label_mcts(PROB, pol, [wrong_from(e) for e in pol.errors], k=4, budget=12, seed=0)
+    assert spent <= 12 and sum(pol.calls.values()) == spent // 4
+    assert 0 < len(res) < 4  # some searches fit, the rest are left unlabelled, not guessed
+    for j, (_, fe, _) in res.items():
+        assert fe == pol.errors[j]
+
+
+def test_select_score_literal():
+    cache, visits = {(): 0.5}, Counter()
+    key, state = ts.select_score(["a", "b"], cache, visits)
+    assert state == () and key == (True, pytest.approx(0.5 ** 0.5 * 0.9 ** (2 / 8)))
+    short, _ = ts.select_score(["a", "b"], cache, visits)
+    long, _ = ts.select_score(["a", "b", "c", "d"], cache, visits)
+    assert short > long  # beta < 1: a shorter rollout is searched first
+    cache[("a",)] = 0.75  # "a" is known right: the state moves down to it
+    visits[()] = 3
+    key, state = ts.select_score(["a", "b", "c"], cache, visits)
+    assert state == ("a",)
+    assert key[1] == pytest.approx(0.5 ** 0.25 * 0.9 ** (2 / 8) + 0.125 * math.sqrt(3) / 1)
+    cache2 = {(): 0.0}  # a root where every sample failed: after every pair with 0 < MC < 1
+    assert ts.select_score(["a", "b"], cache2, Counter())[0] < (True, 0.0)
+
+
+def test_synthetic_policy_is_deterministic():
+    p = tasks.make_problems(1, 0)[0]
+    pol = ts.SyntheticPolicy()
+    a, b = pol.rollout(p, [], 5, 7), pol.rollout(p, [], 5, 7)
+    assert a == b and a != pol.rollout(p, [], 5, 8)
+    cont = pol.rollout(p, a[0]["steps"][:1], 3, 7)
+    assert all(c["steps"][0] == a[0]["steps"][0] for c in cont)
+
+
+def test_eval_meets_the_target_and_tau_zero_does_not():
+    res = ts.evaluate(n_problems=300, seed=0)
+    assert res["mcts"]["first_error_agreement"] >= 0.90
+    assert res["mcts"]["rollouts_per_solution"] <= res["mc"]["rollouts_per_solution"] / 3
+    assert 0.9 <= res["mc"]["step_label_accuracy"] <= 1 and 0.9 <= res["mcts"]["step_label_accuracy"] <= 1
+    luck = ts.evaluate(n_problems=300, seed=0, tau=0.0)  # Math-Shepherd's > 0: lucky rollouts mark wrong steps right
+    assert luck["mcts"]["first_error_agreement"] < res["mcts"]["first_error_agreement"] - 0.1
+
+
+def run_main(out, **kw):
+    return ts.main(ts.Args(**{"policy": "synthetic", "method": "mcts", "n_problems": 6, "rollouts": 4,
+                              "out": str(out), **kw}))
+
+
+def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path, monkeypatch):
+    run_main(tmp_path / "full" / "l.jsonl")
+    full = data.read_jsonl(tmp_path / "full" / "l.jsonl", "labelled")
+    assert len(full) == 24 and len({r["id"] for r in full}) == 24
+
+    out = tmp_path / "killed" / "l.jsonl"
+    real, n = data.append_jsonl, Counter()
+
+    def dies(path, record, kind=None):  # the kill: after 10 records, mid-way through the 3rd problem
+        if n["x"] == 10:
+            raise KeyboardInterrupt
+        n["x"] += 1
+        real(path, record, kind)
+    monkeypatch.setattr(data, "append_jsonl", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_main(out)
+    monkeypatch.setattr(data, "append_jsonl", real)
+    with open(out, "a") as f:  # and a line the kill cut in half
+        f.write('{"id": "train-00002-mcts03", "images": ["ima')
+    assert ts.finished(out) == {"train-00000", "train-00001"}
+    with pytest.raises(SystemExit):  # no silent overwrite
+        run_main(out)
+    res = run_main(out, resume=True)
+    assert res["kept"] == 8 and res["records"] == 16
+    again = data.read_jsonl(out, "labelled")
+    assert [r["id"] for r in again] == [r["id"] for r in full]
+    assert again == full  # same labels, same meta, same image paths
+    assert (out.parent / "l.jsonl.done").read_text().split() == [f"train-{i:05d}" for i in range(6)]
+
+
+def test_cli_writes_valid_records(tmp_path):
+    out = tmp_path / "ts" / "labels.jsonl"
+    res = subprocess.run([sys.executable, str(ROOT / "tree_search.py"), "--policy", "synthetic", "--method", "mcts",
+                          "--n-problems", "20", "--rollouts", "8", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "rollouts" in res.stdout.splitlines()[-1] and "records 80" in res.stdout.splitlines()[-1]
+    recs = data.read_jsonl(out, "labelled")
+    data.check_images(out, recs)
+    assert len(recs) == 80 and all(0 <= x <= 1 for r in recs for x in r["labels"])
+    assert {r["meta"]["method"] for r in recs} == {"mcts"} and any(r["first_error"] >= 0 for r in recs)
+    assert any(0 < x < 1 for r in recs for x in r["labels"])  # soft values, not only 0/1
+
+
+def vlm_run(tmp_path, policy, method):
+    out = tmp_path / policy / "l.jsonl"
+    res = ts.main(ts.Args(policy=policy, method=method, n_problems=1, rollouts=2, budget=4, samples=2,
+                          max_new_tokens=24, out=str(out)))
+    recs = data.read_jsonl(out, "labelled")
+    data.check_images(out, recs)
+    assert all(len(r["labels"]) == len(r["completions"]) >= 1 for r in recs)
+    assert res["records"] == len(recs) and res["rollouts"] <= 4
+    return recs
+
+
+def test_vlm_policy_tiny_init_writes_valid_records(tmp_path):
+    pol = ts.VLMPolicy("tiny-init", max_new_tokens=24, batch_size=2, device="cpu")
+    p = tasks.make_problems(1, 0)[0]
+    rs = pol.rollout(p, ["There are 3 red shapes."], 3, seed=1)
+    assert len(rs) == 3 and all(r["steps"][0] == "There are 3 red shapes." for r in rs)
+    assert rs == pol.rollout(p, ["There are 3 red shapes."], 3, seed=1)  # seeded sampling
+    vlm_run(tmp_path, "tiny-init", "mcts")
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "tiny-base" / "config.json").exists(),
+                    reason="checkpoints/tiny-base not made yet")
+def test_vlm_policy_tiny_base(tmp_path):
+    recs = vlm_run(tmp_path, "tiny", "mcts")
+    assert recs and all(r["meta"]["problem_id"] == "train-00000" for r in recs)
