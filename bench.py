@@ -1,0 +1,402 @@
+"""The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
+
+    python bench.py                  # default run (~15 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
+    python bench.py --quick          # reduced run (~3 min)
+    python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
+
+Stages, each cached under --out (a rerun skips finished ones; delete a file to redo its stage):
+problems (train/dev/test) -> candidate pools for dev/test (synthetic weak+strong, and the tiny base sampled at a
+temperature) -> tree-search labels of the train problems (MCTS, synthetic policy) -> PRM and ORM fine-tuned from the
+shipped tiny base -> scores (PRM, ORM, judge PRM/ORM, controls) -> Best-of-N, first-error F1, labelling cost,
+speed, segmentation. The last stdout line is one JSON object with the headline numbers.
+"""
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import bon
+import controls as C
+import data
+import model as M
+import prm
+import tasks
+import train
+import tree_search
+
+
+@dataclass
+class Args:
+    out: str = field(default="out/bench", metadata={"help": "output folder (stages cached here)"})
+    quick: bool = field(default=False, metadata={"help": "reduced run, ~3 CPU minutes"})
+    gpu: bool = field(default=False, metadata={"help": "run the one-GPU speed benchmark (speed.py) instead"})
+    seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, subsets"})
+    base: str = field(default="tiny", metadata={"help": "the base model the reward models start from"})
+    n_train: int = field(default=500, metadata={"help": "train problems (tree-search labels)"})
+    n_dev: int = field(default=60, metadata={"help": "dev problems (thresholds)"})
+    n_test: int = field(default=160, metadata={"help": "test problems (Best-of-N)"})
+    pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
+    labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
+    rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
+    samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
+    steps: int = field(default=700, metadata={"help": "PRM / ORM fine-tuning steps"})
+    lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
+    batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
+    judge_n: int = field(default=40, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
+    temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
+    draws: int = field(default=8, metadata={"help": "Best-of-N subset draws per problem and N"})
+
+
+QUICK = dict(n_train=150, n_dev=30, n_test=48, steps=200, judge_n=12, draws=4)
+
+
+def cached(path, make):
+    """Run `make` unless `path` exists; JSON in, JSON out."""
+    path = Path(path)
+    if path.exists():
+        return json.loads(path.read_text())
+    t0 = time.time()
+    out = make()
+    path.write_text(json.dumps(out))
+    print(f"[bench] {path.name}: {time.time() - t0:.0f}s")
+    return out
+
+
+def stage_problems(a, out):
+    def make():
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        res = {}
+        for split, n in (("train", a.n_train), ("dev", a.n_dev), ("test", a.n_test)):
+            probs = tasks.make_problems(n, a.seed, split)
+            for p in probs:
+                tasks.render(p).save(out / "images" / f"{p['id']}.png")
+                p["image"] = f"images/{p['id']}.png"
+            data.write_jsonl(out / f"problems_{split}.jsonl", probs, "problem")
+            res[split] = len(probs)
+        return res
+    cached(out / "problems.done", make)
+    return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in ("train", "dev", "test")}
+
+
+def base_policy_pool(a, probs, model, processor):
+    """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
+    jobs = [(p, j) for p in probs for j in range(a.pool)]
+    cands = []
+    for b in range(0, len(jobs), 64):
+        chunk = jobs[b:b + 64]
+        texts = M.generate(model, processor, [tasks.render(p) for p, _ in chunk], [p["question"] for p, _ in chunk],
+                           max_new_tokens=96, temperature=a.temperature, seed=tasks.seed_of(a.seed, "base-pool", b))
+        for (p, j), t in zip(chunk, texts):
+            steps = prm.split_steps(t)
+            ans = tasks.extract_answer(steps) if steps else None
+            cands.append({"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": steps, "answer": ans,
+                          "correct": tasks.match_answer(ans, p["answer"]), "policy": "tiny-base", "text": t,
+                          "first_error": tasks.first_error(p, steps) if steps else None})
+    return [c for c in cands if c["steps"]]
+
+
+def stage_pools(a, out, P, model, processor):
+    """Pools of `pool` candidates per dev/test problem: "synthetic" (half weak, half strong sampler) and "base"."""
+    def make():
+        res = {}
+        for split in ("dev", "test"):
+            syn = [c for p in P[split] for s in ("weak", "strong") for c in tasks.candidates(p, a.pool // 2, a.seed, s)]
+            data.write_jsonl(out / f"cands_{split}_synthetic.jsonl", syn, "candidate")
+            basec = base_policy_pool(a, P[split], model, processor)
+            data.write_jsonl(out / f"cands_{split}_base.jsonl", basec, "candidate")
+            res[split] = {"synthetic": len(syn), "base": len(basec)}
+        return res
+    cached(out / "pools.done", make)
+    return {(s, k): data.read_jsonl(out / f"cands_{s}_{k}.jsonl", "candidate")
+            for s in ("dev", "test") for k in ("synthetic", "base")}
+
+
+def stage_labels(a, out, P):
+    def make():
+        if a.labels == "oracle":  # the oracle's exact labels: an upper bound on what tree search can give
+            recs = [{**tasks.labelled(p, c, p["image"]), "meta": {"correct": c["correct"]}}
+                    for p in P["train"] for c in tasks.candidates(p, a.samples, a.seed)]
+            st = {"records": len(recs), "rollouts": 0, "rollouts_per_solution": 0.0}
+        else:
+            recs, st = tree_search.label(P["train"], tree_search.SyntheticPolicy(), a.labels, a.rollouts, 0, a.seed,
+                                         a.samples, progress=True)
+        data.write_jsonl(out / "labels.jsonl", recs, "labelled")
+        return st
+    return cached(out / "labels.done", make)
+
+
+def stage_train(a, out, objective):
+    ck = out / objective
+    if not (ck / "config.json").exists():
+        train.main(train.Args(objective=objective, model=a.base, data=str(out / "labels.jsonl"), out=str(ck),
+                              max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, warmup=a.steps // 10,
+                              eval_every=a.steps, save_every=a.steps, seed=a.seed, max_len=512))
+    return str(ck)
+
+
+def stage_scores(a, out, P, pools, ck):
+    """Score sets per (split, pool): {key: {candidate id: step scores or a float}}."""
+    res = {}
+    label_recs = data.read_jsonl(out / "labels.jsonl", "labelled")
+    prior = C.prior_table(label_recs)
+    models = {name: M.load(path, device="cpu") for name, path in (("prm", ck["prm"]), ("orm", ck["orm"]),
+                                                                   ("base", a.base))}
+    for (split, pool), cands in pools.items():
+        probs = {p["id"]: p for p in P[split]}
+        ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+        qs = [probs[c["problem_id"]]["question"] for c in cands]
+        st = [c["steps"] for c in cands]
+        ids = [c["id"] for c in cands]
+
+        def keyed(scores):
+            return {i: s for i, s in zip(ids, scores) if s is not None}
+        sets = {}
+        sets["prm"] = keyed(prm.score_steps(*models["prm"], ims, qs, st, 32, 512, progress=True)[0])
+        orm_steps = prm.score_steps(*models["orm"], ims, qs, st, 32, 512)[0]
+        sets["orm"] = keyed([s[-1] if s else None for s in orm_steps])
+        sets["orm_steps"] = keyed(orm_steps)  # the ORM read at every tag, for first-error F1
+        sets["prm_blank"] = keyed(prm.score_steps(*models["prm"], C.blank(ims), qs, st, 32, 512)[0])
+        sets["prior"] = keyed(C.prior_scores(prior, st))
+        sets["base_likelihood"] = keyed(C.step_likelihood(*models["base"], ims, qs, st))
+        if split == "test":
+            for how in ("chunks", "pairs"):
+                seg = [C.segment(s, how) for s in st]
+                sets[f"prm_{how}"] = keyed(prm.score_steps(*models["prm"], ims, qs, seg, 32, 512)[0])
+            judged = {p["id"] for p in P["test"][:a.judge_n]}
+            sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
+            js, _ = prm.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
+            sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, js)}
+            import orm
+            jo, _ = orm.judge_answers(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
+            sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, jo)}
+        res[f"{split}_{pool}"] = sets
+    return res
+
+
+def fresh_auc(cands, probs, scores):
+    """AUC of a step-score set on "fresh" steps (every earlier step right), per step kind: does it check the step?"""
+    by_kind = {}
+    for c in cands:
+        s = scores.get(c["id"])
+        p = probs[c["problem_id"]]
+        if s is None or c.get("first_error") is None:
+            continue
+        kinds = [k for _, k, _ in tasks.gold_steps(p)]
+        fe = c["first_error"]
+        for i in range(min(len(s), len(kinds))):
+            if fe != -1 and i > fe:
+                break
+            k = {"count": "perception", "arith": "visual_arith", "text_arith": "text_arith"}.get(kinds[i])
+            if k:
+                by_kind.setdefault(k, ([], []))
+                by_kind[k][0].append(s[i])
+                by_kind[k][1].append(fe != i)
+    return {k: round(bon.auc(*v), 4) for k, v in sorted(by_kind.items())}
+
+
+def bon_tables(P, cands, sets, methods, a, split="test"):
+    """accuracy@N (mean over subsets) overall and per family for one pool."""
+    fam = {p["id"]: p["family"] for p in P[split]}
+    pools = bon.make_pools(P[split], cands, sets)
+    parts = {"all": pools, **{f: {k: v for k, v in pools.items() if fam[k] == f} for f in ("text", "visual")}}
+    return {part: bon.means(bon.accuracy_at_n(pp, methods, bon.NS, a.draws, a.seed)) for part, pp in parts.items()}
+
+
+def first_error_table(P, pools, scores, judged):
+    """ProcessBench F1 on test, the threshold chosen on dev (judge: on half of the judged test problems)."""
+    out = {}
+    for key, name in (("prm", "prm"), ("orm_steps", "orm"), ("prm_blank", "prm_blank"), ("prior", "prior"),
+                      ("base_likelihood", "base_likelihood")):
+        dev = [(scores["dev_synthetic"][key][c["id"]], c["first_error"]) for c in pools[("dev", "synthetic")]
+               if c["id"] in scores["dev_synthetic"][key]]
+        test = [(scores["test_synthetic"][key][c["id"]], c["first_error"]) for c in pools[("test", "synthetic")]
+                if c["id"] in scores["test_synthetic"][key]]
+        t = bon.choose_threshold([s for s, _ in dev], [f for _, f in dev])
+        r = bon.first_error_f1([s for s, _ in test], [f for _, f in test], t)
+        out[name] = {"first_error_f1": round(r["f1"], 4), "threshold": t, "acc_error": r["acc_error"],
+                     "acc_correct": r["acc_correct"]}
+    jp = bon.make_pools([p for p in P["test"] if p["id"] in judged], pools[("test", "synthetic")],
+                        {"judge_prm": scores["test_synthetic"]["judge_prm"]})
+    r = bon.step_f1(jp, "judge_prm")
+    out["judge_prm"] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
+                        "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
+    return out
+
+
+def speed_bench(ck, P, pools, n=64):
+    """Single-pass scoring (all steps of an answer in one forward) against scoring each prefix on its own."""
+    model, processor = M.load(ck, device="cpu")
+    probs = {p["id"]: p for p in P["test"]}
+    cands = pools[("test", "synthetic")][:n]
+    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    qs = [probs[c["problem_id"]]["question"] for c in cands]
+    st = [c["steps"] for c in cands]
+    prm.score_steps(model, processor, ims[:8], qs[:8], st[:8], 16)  # warm-up
+    t0 = time.time()
+    prm.score_steps(model, processor, ims, qs, st, 16)
+    single = time.time() - t0
+    flat = [(i, k) for i in range(len(st)) for k in range(len(st[i]))]
+    t0 = time.time()
+    prm.score_steps(model, processor, [ims[i] for i, _ in flat], [qs[i] for i, _ in flat],
+                    [st[i][:k + 1] for i, k in flat], 16)
+    per_prefix = time.time() - t0
+    return {"answers": len(cands), "steps": len(flat), "single_pass_s": round(single, 3),
+            "per_prefix_s": round(per_prefix, 3), "slowdown": round(per_prefix / single, 2)}
+
+
+def plot(bon_all, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in ("oracle", "prm_min", "weighted_prm", "orm", "majority", "judge_prm", "random"):
+        if m in bon_all:
+            ns = sorted(bon_all[m], key=int)
+            ax.plot([int(n) for n in ns], [bon_all[m][n] for n in ns], marker="o", label=m,
+                    linestyle="--" if m in ("oracle", "random") else "-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (candidates)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Best-of-N on the synthetic suite (test)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return str(path)
+
+
+def md(rows, cols, cell):
+    lines = ["| | " + " | ".join(map(str, cols)) + " |", "|---|" + "---:|" * len(cols)]
+    return "\n".join(lines + [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows])
+
+
+def f3(x):
+    return "-" if x is None else f"{x:.3f}"
+
+
+def main(a: Args):
+    if a.gpu:
+        import speed
+        return speed.main(speed.Args())
+    if a.quick:
+        a = Args(**{**asdict(a), **QUICK})
+    t0, out = time.time(), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(a.seed)
+    P = stage_problems(a, out)
+    base = M.load(a.base, device="cpu")
+    pools = stage_pools(a, out, P, *base)
+    label_stats = stage_labels(a, out, P)
+    ck = {o: stage_train(a, out, o) for o in ("prm", "orm")}
+    scores = cached(out / "scores.json", lambda: stage_scores(a, out, P, pools, ck))
+    labelling = cached(out / "labelling.json", lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts))
+    spd = cached(out / "speed.json", lambda: speed_bench(ck["prm"], P, pools))
+    judged = {p["id"] for p in P["test"][:a.judge_n]}
+    S = scores["test_synthetic"]
+    # Best-of-N on the main pool; the judge methods only where the judge ran (the first judge_n test problems)
+    main_rules = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
+    res_bon = bon_tables(P, pools[("test", "synthetic")], S, main_rules, a)
+    judge_rules = {k: bon.METHODS[k] for k in ("random", "majority", "orm", "prm_min", "prm_mean", "judge_orm",
+                                               "judge_prm", "oracle")}
+    Pj = {**P, "test": [p for p in P["test"] if p["id"] in judged]}
+    res_judge = bon_tables(Pj, pools[("test", "synthetic")], S, judge_rules, a)
+    for part in res_bon:
+        res_bon[part].update({k: res_judge[part][k] for k in ("judge_orm", "judge_prm")})
+    hybrid_rules = {**{f"prm_{g}": f"max:prm:{g}" for g in ("min", "mean", "last", "last2", "last3")},
+                    "orm": "max:orm"}
+    hybrid = bon_tables(P, pools[("test", "synthetic")], S, hybrid_rules, a)
+    base_rules = {k: v for k, v in main_rules.items()}
+    Sb = scores["test_base"]
+    res_base = bon_tables(P, pools[("test", "base")], Sb, base_rules, a) if pools[("test", "base")] else {}
+    # controls: fresh-step AUC per kind and Best-of-N with each step-score set
+    probs = {p["id"]: p for p in P["test"]}
+    ctrl_keys = ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
+    controls = {k: fresh_auc(pools[("test", "synthetic")], probs, S[k]) for k in ctrl_keys}
+    ctrl_bon = bon_tables(P, pools[("test", "synthetic")], S, {k: f"max:{k}:min" for k in ctrl_keys}, a)["all"]
+    # segmentation: the same answers cut three ways; key-step against equal weights
+    segs = {"steps": "prm", "chunks": "prm_chunks", "pairs": "prm_pairs"}
+    seg_sets = dict(S)
+    seg_sets["prm_key"] = {c["id"]: C.key_weighted(S["prm"][c["id"]], c["steps"])
+                           for c in pools[("test", "synthetic")] if c["id"] in S["prm"]}
+    seg_rules = {**{f"{n}_min": f"max:{k}:min" for n, k in segs.items()},
+                 **{f"{n}_mean": f"max:{k}:mean" for n, k in segs.items()},
+                 "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean"}
+    seg = bon_tables(P, pools[("test", "synthetic")], seg_sets, seg_rules, a)["all"]
+    step = first_error_table(P, pools, scores, judged)
+    acc = lambda part, m, n="16": res_bon[part][m][n]  # noqa: E731
+    results = {
+        "config": asdict(a), "seconds": round(time.time() - t0, 1),
+        "bon": res_bon, "bon_judged_subset": res_judge, "bon_base_policy": res_base, "hybrid": hybrid["all"],
+        "step": step, "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
+        "controls": {"fresh_auc": controls, "bon": ctrl_bon}, "segmentation": seg,
+        "gain_over_one_sample": {f: {m: round(acc(f, m) - acc(f, "random", "1"), 4) for m in
+                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "oracle")}
+                                 for f in ("text", "visual")},
+        "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    curve = plot(res_bon["all"], out / "bon_curve.png")
+    (out / "report.md").write_text(report(results, a, curve))
+    print(report(results, a, curve))
+    best = max((m for m in res_bon["all"] if m.startswith("prm_")), key=lambda m: acc("all", m))
+    print(json.dumps({"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(acc("all", best), 4),
+                      "weighted_prm@16": round(acc("all", "weighted_prm"), 4), "orm@16": round(acc("all", "orm"), 4),
+                      "majority@16": round(acc("all", "majority"), 4), "random@1": round(acc("all", "random", "1"), 4),
+                      "oracle@16": round(acc("all", "oracle"), 4), "prm_f1": step["prm"]["first_error_f1"],
+                      "orm_f1": step["orm"]["first_error_f1"]}))
+    return results
+
+
+def report(r, a, curve):
+    ns = ["1", "2", "4", "8", "16"]
+    order = ["random", "majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_prod", "prm_last", "prm_last2",
+             "judge_orm", "judge_prm", "oracle"]
+    cell = lambda tab: lambda m, n: f3(tab.get(m, {}).get(n))  # noqa: E731
+    t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
+         f"on {os.cpu_count()} CPU cores. Test: {a.n_test} problems, pools of {a.pool} "
+         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models fine-tuned {a.steps} steps "
+         f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: first {a.judge_n} test "
+         f"problems only.\n"]
+    for part in ("all", "visual", "text"):
+        t.append(f"## (1) Best-of-N accuracy, {part}\n\n" + md(order, ns, cell(r["bon"][part])) + "\n")
+    t.append(f"Plot: {curve}\n")
+    hy = ["orm", "prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3"]
+    t.append("## (2) Hybrid: score only the last k steps (N=16)\n\n" +
+             md(hy, ["N=4", "N=16"], lambda m, n: f3(r["hybrid"][m][n[2:]])) + "\n")
+    g = r["gain_over_one_sample"]
+    t.append("## (3) Gain over one sample at N=16, text vs visual\n\n" +
+             md(list(g["text"]), ["text", "visual"], lambda m, f: f"{g[f][m]:+.3f}") + "\n")
+    lab = r["labelling"]
+    t.append("## (4) Labelling cost and quality against the oracle (`tree_search.evaluate`)\n\n" +
+             md(["mc", "mcts"], ["rollouts_per_solution", "first_error_agreement", "step_label_accuracy"],
+                lambda m, c: str(lab[m][c])) +
+             f"\n\nTrain labels ({a.labels}): {lab['train_labels']['records']} records, "
+             f"{lab['train_labels']['rollouts_per_solution']} rollouts per solution.\n")
+    t.append("## (5) First-error F1 (ProcessBench), threshold from dev\n\n" +
+             md(list(r["step"]), ["first_error_f1", "threshold", "acc_error", "acc_correct"],
+                lambda m, c: f3(r["step"][m][c]) if c != "threshold" else f"{r['step'][m][c]:.2f}") + "\n")
+    s = r["speed"]
+    t.append(f"## (6) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
+             f"each prefix separately {s['per_prefix_s']} s: {s['slowdown']}x slower.\n")
+    c = r["controls"]
+    kinds = sorted({k for v in c["fresh_auc"].values() for k in v})
+    t.append("## (7) Controls: fresh-step AUC per kind, and Best-of-16 with each score (min)\n\n" +
+             md(list(c["fresh_auc"]), kinds + ["BoN@16"], lambda m, k: f3(c["bon"][m]["16"]) if k == "BoN@16"
+                else f3(c["fresh_auc"][m].get(k))) + "\n")
+    sg = r["segmentation"]
+    t.append("## (8) Step segmentation (same answers, three cuts) and key-step aggregation\n\n" +
+             md(list(sg), ["N=4", "N=16"], lambda m, n: f3(sg[m][n[2:]])) + "\n")
+    if r.get("bon_base_policy"):
+        t.append("## Best-of-N on the tiny base's own samples (all)\n\n" +
+                 md(order[:-3] + ["oracle"], ns, cell(r["bon_base_policy"]["all"])) + "\n")
+    return "\n".join(t)
+
+
+if __name__ == "__main__":
+    main(M.parse_args(Args, doc=__doc__))
