@@ -57,6 +57,45 @@ def default_dtype(device):
     return torch.float32
 
 
+def windowed_attention(module, q, k, v, attention_mask=None, scaling=None, dropout=0.0, **kw):
+    """The vision tower's attention: one SDPA call per distinct window length, the windows as its batch.
+    q, k, v: (1, heads, N, d), windows packed back to back as kw["cu_seq_lens_q"] (W + 1,) says; -> (1, N, heads, d).
+    Stock transformers calls SDPA once per window without flash-attn (128 calls a layer for 8 images of 448 px)."""
+    cu = kw["cu_seq_lens_q"]
+    lens = cu[1:] - cu[:-1]
+    sizes = lens.unique().tolist()
+    outs, order = [], []
+    for n in sizes:
+        if len(sizes) == 1:  # all windows the same size: a view, no gather
+            win = lambda t: t[0].unflatten(1, (-1, n)).transpose(0, 1)  # noqa: E731  (W, heads, n, d)
+        else:
+            idx = (cu[:-1][lens == n][:, None] + torch.arange(n, device=q.device)).flatten()
+            order.append(idx)
+            win = lambda t: t[0][:, idx].unflatten(1, (-1, n)).transpose(0, 1)  # noqa: E731
+        o = torch.nn.functional.scaled_dot_product_attention(win(q), win(k), win(v), scale=scaling)
+        outs.append(o.transpose(0, 1).flatten(1, 2))  # (heads, W * n, d)
+    out = torch.cat(outs, 1)
+    if order:  # grouped by length: back to the packed order
+        out = out[:, torch.argsort(torch.cat(order))]
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+def use_attention(model, impl="sdpa"):
+    """Attention kernels: "sdpa" | "eager" (transformers' own), or "windows": SDPA everywhere, the vision windows
+    batched (windowed_attention). transformers hands cu_seqlens only to a "flash*" implementation, hence the name."""
+    from transformers import AttentionInterface
+    from transformers.utils.generic import is_flash_attention_requested
+    inner = model.module if hasattr(model, "module") else model
+    inner.config._attn_implementation = "eager" if impl == "eager" else "sdpa"  # sets the sub-configs too
+    if impl == "windows":
+        AttentionInterface.register("flash_windows_sdpa", windowed_attention)
+        inner.model.visual.config._attn_implementation = "flash_windows_sdpa"
+        assert is_flash_attention_requested(inner.model.visual.blocks[0].attn.config)
+    elif impl not in ("sdpa", "eager"):
+        raise ValueError(f"unknown attention {impl!r}: sdpa | eager | windows")
+    return model
+
+
 def tiny_tokenizer():
     """A byte-level tokenizer built in code: 256 byte tokens, the specials, a few whole words. Round-trips any text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

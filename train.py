@@ -8,6 +8,13 @@ step tag), orm (the last tag only).
 
 Checkpoints are HF folders (model + processor + train_config.json) that model.load reads; DIR/last holds the
 optimizer state too, so --resume continues exactly (same data, same weights as an uninterrupted run).
+
+GPU recipe (a 3B PRM, full fine-tuning at 1024 tokens on one 80 GB GPU; `python speed.py` measures it and each idea):
+    python train.py --objective prm --model PATH --data L.jsonl --out out/prm3b --lr 1e-5 --batch-size 8 \
+        --max-len 1024 --bf16-weights --attn windows --grad-ckpt --ckpt-frac 0.5
+Weights and gradients bf16, fp32 master weights and fp32 AdamW moments (fused); bf16 autocast; the loss needs logits
+only at the tags (2 rows of the LM head); the vision tower's windows batched into one SDPA call; vision blocks and
+every other language layer checkpointed. The CPU defaults (fp32, no checkpointing) are unchanged.
 """
 import json
 import math
@@ -49,7 +56,10 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "continue from OUT/last"})
     eval_only: bool = field(default=False, metadata={"help": "evaluate --model and exit"})
     grad_ckpt: bool = field(default=False, metadata={"help": "gradient checkpointing (memory for compute)"})
-    bf16_weights: bool = field(default=False, metadata={"help": "GPU recipe: bf16 weights, fp32 AdamW state via master copy"})
+    bf16_weights: bool = field(default=False, metadata={"help": "GPU recipe: bf16 weights, fp32 master copy and AdamW state"})
+    ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
+    attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
 
@@ -98,6 +108,64 @@ def loss_on(model, batch, ids, objective, labels=None):
         logits, y = logits[last], y
     logp = F.log_softmax(logits, -1)
     return -(y * logp[:, 0] + (1 - y) * logp[:, 1]).mean()  # soft labels stay floats (TRL casts them to int)
+
+
+def prepare(model, a):
+    """The model side of a recipe: attention kernel, gradient checkpointing (all or some layers), compiled blocks."""
+    if a.attn:
+        M.use_attention(model, a.attn)
+    model.train()
+    if a.grad_ckpt:
+        model.gradient_checkpointing_enable()
+        if a.ckpt_frac < 1:  # layer i is checkpointed when floor(i * frac) steps up: frac 0.5 = every other layer
+            for i, layer in enumerate(model.model.language_model.layers):
+                layer.gradient_checkpointing = math.floor((i + 1) * a.ckpt_frac) > math.floor(i * a.ckpt_frac)
+    if a.compile:
+        for block in [*model.model.language_model.layers, *model.model.visual.blocks]:
+            block.compile()
+    return model
+
+
+class MasterAdamW(torch.optim.AdamW):
+    """AdamW for bf16 weights (mixed precision, Micikevicius et al. 2018): it steps fp32 master copies with fp32
+    moments and rounds them into the weights, so updates below a bf16 ulp of the weight (2^-8 of it) add up instead
+    of vanishing. Gradients come in bf16 and are widened for the step. The masters go into state_dict (exact resume)."""
+
+    def __init__(self, params, **kw):
+        self.weights = [p for p in params if p.requires_grad]
+        super().__init__([p.detach().to(torch.float32, copy=True) for p in self.weights], **kw)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        masters = self.param_groups[0]["params"]
+        for w, m in zip(self.weights, masters):
+            m.grad = None if w.grad is None else w.grad.float()
+            w.grad = None  # each bf16 gradient freed as its fp32 copy appears
+        super().step()
+        for w, m in zip(self.weights, masters):
+            w.copy_(m)  # round to nearest bf16
+
+    def zero_grad(self, set_to_none=True):
+        super().zero_grad(set_to_none)
+        for w in self.weights:
+            w.grad = None
+
+    def state_dict(self):
+        return {**super().state_dict(), "master": list(self.param_groups[0]["params"])}
+
+    def load_state_dict(self, state):
+        state = dict(state)
+        masters = state.pop("master")
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for m, saved in zip(self.param_groups[0]["params"], masters):
+                m.copy_(saved)
+
+
+def make_optimizer(model, a, device):
+    """AdamW, fused on CUDA; with --bf16-weights a MasterAdamW (fp32 master weights and moments)."""
+    kw = dict(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.95), fused=str(device).startswith("cuda"))
+    return MasterAdamW(model.parameters(), **kw) if a.bf16_weights else torch.optim.AdamW(model.parameters(), **kw)
 
 
 def make_batch(processor, items, a, objective):
@@ -215,11 +283,8 @@ def main(a: Args):
         if a.objective == "sft":  # any labelled file: its right steps (before the first error) as the target
             eos = processor.tokenizer.eos_token
             rows = [(im, q, tasks.format_steps(st) + eos, lab, o) for im, q, st, lab, o in rows if min(lab) >= 0.5]
-    model.train()
-    if a.grad_ckpt:
-        model.gradient_checkpointing_enable()
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.95),
-                            fused=device.startswith("cuda"))
+    prepare(model, a)
+    opt = make_optimizer(model, a, device)
     start = 0
     if resume:
         st = torch.load(last / "trainer_state.pt", map_location=device, weights_only=False)
