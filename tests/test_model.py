@@ -94,3 +94,17 @@ def test_label_tokens_are_added_to_a_checkpoint_that_lacks_the_tag(tmp_path):
     M.add_special_tokens(m, p)
     assert len(p.tokenizer) == before + 1
     assert m.get_input_embeddings().weight.shape[0] >= len(p.tokenizer)
+
+
+def test_shipped_tiny_base_matches_its_card():
+    """model.load("tiny") returns the shipped base offline, and its held-out greedy accuracy is the card's: a broken
+    loader, tokenizer or processor cannot pass."""
+    import re
+    import train
+    card = (M.TINY_BASE / "README.md").read_text()
+    want = {"step_count": float(re.search(r"\| count \(perception, visual\) \| ([\d.]+)", card).group(1)),
+            "answer_all": float(re.search(r"\| all \| ([\d.]+)", card).group(1))}
+    res = train.main(train.Args(objective="sft", model="tiny", eval_only=True, eval_n=96, device="cpu"))
+    assert abs(res["step_count"] - want["step_count"]) <= 0.03
+    assert abs(res["answer_all"] - want["answer_all"]) <= 0.03
+    assert res["step_arith"] >= 0.95 and res["step_text_arith"] >= 0.95
