@@ -35,14 +35,14 @@ class Args:
     gpu: bool = field(default=False, metadata={"help": "run the one-GPU speed benchmark (speed.py) instead"})
     seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, subsets"})
     base: str = field(default="tiny", metadata={"help": "the base model the reward models start from"})
-    n_train: int = field(default=500, metadata={"help": "train problems (tree-search labels)"})
+    n_train: int = field(default=2000, metadata={"help": "train problems (tree-search labels)"})
     n_dev: int = field(default=60, metadata={"help": "dev problems (thresholds)"})
     n_test: int = field(default=160, metadata={"help": "test problems (Best-of-N)"})
     pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    steps: int = field(default=700, metadata={"help": "PRM / ORM fine-tuning steps"})
+    steps: int = field(default=2000, metadata={"help": "PRM / ORM fine-tuning steps"})
     lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
     judge_n: int = field(default=40, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
@@ -50,7 +50,7 @@ class Args:
     draws: int = field(default=8, metadata={"help": "Best-of-N subset draws per problem and N"})
 
 
-QUICK = dict(n_train=150, n_dev=30, n_test=48, steps=200, judge_n=12, draws=4)
+QUICK = dict(n_train=300, n_dev=30, n_test=48, steps=300, judge_n=12, draws=4)
 
 
 def cached(path, make):

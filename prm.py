@@ -103,34 +103,30 @@ def lost_chars(text: str, steps: list[str]) -> list[str]:
 
 
 
-def encode(processor, images, prompts, answers=None, steps=None, max_len=1024):
+def encode(processor, images, prompts, answers=None, steps=None, max_len=1024, cache=None, keys=None):
     """A right-padded batch of chat prompt (image + question) + assistant text, for training and scoring.
 
     answers: one text each (SFT). steps: one list of steps each (PRM/ORM input: every step followed by the tag).
     A sequence over max_len has its question cut, never its steps; if that is not enough it is skipped.
+    cache (a dict) with keys (one hashable per item): each item is encoded once (a training loop's epochs reuse it).
     Returns (batch or None, kept indices, skipped [(index, reason)]); batch["prompt_lens"] marks where answers start.
     """
     tok, rows, keep, skipped, plens = processor.tokenizer, [], [], [], []
-    for i, q in enumerate(prompts):
-        body = answers[i] if steps is None else "".join(
-            f"{s.replace(STEP_TAG, '').strip()}{STEP_TAG}\n" for s in steps[i])
-        n_body = len(tok.encode(body, add_special_tokens=False))
-        for _ in range(3):
-            enc = processor(text=[chat_prompt(processor, q) + body], images=[images[i]], return_tensors="pt")
-            n = enc["input_ids"].shape[1]
-            if n <= max_len:
-                break
-            q_ids = tok.encode(q, add_special_tokens=False)  # cut the question's end, keep its start
-            q = tok.decode(q_ids[:max(len(q_ids) - (n - max_len) - 4, 0)]) + " ..."
-        if n > max_len:
-            skipped.append((i, f"{n} tokens > max_len {max_len} even with the question cut"))
+    for i in range(len(prompts)):
+        key = keys[i] if cache is not None else None
+        if key is None or key not in cache:
+            res = _encode_one(processor, images[i], prompts[i], answers[i] if steps is None else None,
+                              None if steps is None else steps[i], max_len)
+            if key is not None:
+                cache[key] = res
+        else:
+            res = cache[key]
+        if isinstance(res, str):
+            skipped.append((i, res))
             continue
-        if steps is not None and int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps[i]):
-            skipped.append((i, "step tags in the input do not match the number of steps"))
-            continue
-        rows.append(enc)
+        rows.append(res[0])
         keep.append(i)
-        plens.append(n - n_body)
+        plens.append(res[1])
     if not rows:
         return None, keep, skipped
     S = max(r["input_ids"].shape[1] for r in rows)
@@ -143,6 +139,25 @@ def encode(processor, images, prompts, answers=None, steps=None, max_len=1024):
     if "mm_token_type_ids" in rows[0]:
         batch["mm_token_type_ids"] = torch.cat([pad(r["mm_token_type_ids"], 0) for r in rows])
     return batch, keep, skipped
+
+
+def _encode_one(processor, image, q, answer, steps, max_len):
+    """-> (processor output, prompt length) or the reason it is skipped (a str)."""
+    tok = processor.tokenizer
+    body = answer if steps is None else "".join(f"{s.replace(STEP_TAG, '').strip()}{STEP_TAG}\n" for s in steps)
+    n_body = len(tok.encode(body, add_special_tokens=False))
+    for _ in range(3):
+        enc = processor(text=[chat_prompt(processor, q) + body], images=[image], return_tensors="pt")
+        n = enc["input_ids"].shape[1]
+        if n <= max_len:
+            break
+        q_ids = tok.encode(q, add_special_tokens=False)  # cut the question's end, keep its start
+        q = tok.decode(q_ids[:max(len(q_ids) - (n - max_len) - 4, 0)]) + " ..."
+    if n > max_len:
+        return f"{n} tokens > max_len {max_len} even with the question cut"
+    if steps is not None and int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps):
+        return "step tags in the input do not match the number of steps"
+    return enc, n - n_body
 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")

@@ -168,12 +168,14 @@ def make_optimizer(model, a, device):
     return MasterAdamW(model.parameters(), **kw) if a.bf16_weights else torch.optim.AdamW(model.parameters(), **kw)
 
 
-def make_batch(processor, items, a, objective):
+def make_batch(processor, items, a, objective, cache=None, keys=None):
     images, prompts, payload = items[0], items[1], items[2]
     if objective == "sft":
-        batch, keep, skipped = prm.encode(processor, images, prompts, answers=payload, max_len=a.max_len)
+        batch, keep, skipped = prm.encode(processor, images, prompts, answers=payload, max_len=a.max_len,
+                                          cache=cache, keys=keys)
         return batch, None, skipped
-    batch, keep, skipped = prm.encode(processor, images, prompts, steps=payload, max_len=a.max_len)
+    batch, keep, skipped = prm.encode(processor, images, prompts, steps=payload, max_len=a.max_len, cache=cache,
+                                      keys=keys)
     if batch is None:
         return None, None, skipped
     if objective == "prm":
@@ -295,7 +297,7 @@ def main(a: Args):
     assert micro >= 1, "batch_size must be >= world_size * grad_accum"
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
-    n_skipped, t0 = 0, time.time()
+    n_skipped, skipped_ids, enc_cache, t0 = 0, set(), {}, time.time()
     bar = tqdm(range(start, a.max_steps), initial=start, total=a.max_steps, disable=rank != 0, desc=a.objective)
     for step in bar:
         for g in opt.param_groups:
@@ -303,14 +305,19 @@ def main(a: Args):
         tot = 0.0
         for k in range(a.grad_accum):
             lo = (k * world + rank) * micro  # this rank's slice of the global batch: same global batch at any world size
+            idx = None
             if a.data == "synthetic":
                 items = [x[lo:lo + micro] for x in synthetic_sft(step, a.batch_size, a.seed, processor.tokenizer.eos_token)]
             else:
                 order = random.Random(tasks.seed_of(a.seed, "epoch", step * a.batch_size // len(rows))).sample(range(len(rows)), len(rows))
                 idx = [order[(step * a.batch_size + lo + i) % len(rows)] for i in range(micro)]
                 items = list(zip(*[rows[i] for i in idx]))
-            batch, y, skipped = make_batch(processor, items, a, a.objective)
-            n_skipped += len(skipped)
+            batch, y, skipped = make_batch(processor, items, a, a.objective, enc_cache if idx else None, idx)
+            if idx:  # a fixed file: count each skipped record once, whatever the epochs
+                skipped_ids.update(idx[i] for i, _ in skipped)
+                n_skipped = len(skipped_ids)
+            else:
+                n_skipped += len(skipped)
             if batch is None:
                 continue
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
