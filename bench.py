@@ -23,6 +23,7 @@ import controls as C
 import data
 import model as M
 import prm
+import speed
 import tasks
 import train
 import tree_search
@@ -42,15 +43,16 @@ class Args:
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    steps: int = field(default=2000, metadata={"help": "PRM / ORM fine-tuning steps"})
+    steps: int = field(default=1500, metadata={"help": "PRM / ORM fine-tuning steps"})
     lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
-    judge_n: int = field(default=40, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
+    judge_n: int = field(default=32, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
     temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
     draws: int = field(default=8, metadata={"help": "Best-of-N subset draws per problem and N"})
+    readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
-QUICK = dict(n_train=300, n_dev=30, n_test=48, steps=300, judge_n=12, draws=4)
+QUICK = dict(n_train=300, n_dev=24, n_test=40, steps=250, judge_n=8, draws=4)
 
 
 def cached(path, make):
@@ -137,12 +139,19 @@ def stage_train(a, out, objective):
     return str(ck)
 
 
+def judged_ids(problems, n):
+    """The problems the (slow) judges score: the first n/2 of each family, so both families have judge numbers."""
+    fams = sorted({p["family"] for p in problems})
+    per = -(-n // len(fams))
+    return {p["id"] for f in fams for p in [q for q in problems if q["family"] == f][:per]}
+
+
 def stage_scores(a, out, P, pools, ck):
     """Score sets per (split, pool): {key: {candidate id: step scores or a float}}."""
     res = {}
     label_recs = data.read_jsonl(out / "labels.jsonl", "labelled")
     prior = C.prior_table(label_recs)
-    models = {name: M.load(path, device="cpu") for name, path in (("prm", ck["prm"]), ("orm", ck["orm"]),
+    models = {name: M.load(path) for name, path in (("prm", ck["prm"]), ("orm", ck["orm"]),
                                                                    ("base", a.base))}
     for (split, pool), cands in pools.items():
         probs = {p["id"]: p for p in P[split]}
@@ -165,7 +174,7 @@ def stage_scores(a, out, P, pools, ck):
             for how in ("chunks", "pairs"):
                 seg = [C.segment(s, how) for s in st]
                 sets[f"prm_{how}"] = keyed(prm.score_steps(*models["prm"], ims, qs, seg, 32, 512)[0])
-            judged = {p["id"] for p in P["test"][:a.judge_n]}
+            judged = judged_ids(P["test"], a.judge_n)
             sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
             js, _ = prm.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
             sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, js)}
@@ -176,33 +185,13 @@ def stage_scores(a, out, P, pools, ck):
     return res
 
 
-def fresh_auc(cands, probs, scores):
-    """AUC of a step-score set on "fresh" steps (every earlier step right), per step kind: does it check the step?"""
-    by_kind = {}
-    for c in cands:
-        s = scores.get(c["id"])
-        p = probs[c["problem_id"]]
-        if s is None or c.get("first_error") is None:
-            continue
-        kinds = [k for _, k, _ in tasks.gold_steps(p)]
-        fe = c["first_error"]
-        for i in range(min(len(s), len(kinds))):
-            if fe != -1 and i > fe:
-                break
-            k = {"count": "perception", "arith": "visual_arith", "text_arith": "text_arith"}.get(kinds[i])
-            if k:
-                by_kind.setdefault(k, ([], []))
-                by_kind[k][0].append(s[i])
-                by_kind[k][1].append(fe != i)
-    return {k: round(bon.auc(*v), 4) for k, v in sorted(by_kind.items())}
-
-
 def bon_tables(P, cands, sets, methods, a, split="test"):
     """accuracy@N (mean over subsets) overall and per family for one pool."""
     fam = {p["id"]: p["family"] for p in P[split]}
     pools = bon.make_pools(P[split], cands, sets)
     parts = {"all": pools, **{f: {k: v for k, v in pools.items() if fam[k] == f} for f in ("text", "visual")}}
-    return {part: bon.means(bon.accuracy_at_n(pp, methods, bon.NS, a.draws, a.seed)) for part, pp in parts.items()}
+    return {part: bon.means(bon.accuracy_at_n(pp, methods, bon.NS, a.draws, a.seed)) for part, pp in parts.items()
+            if pp}
 
 
 def first_error_table(P, pools, scores, judged):
@@ -224,27 +213,6 @@ def first_error_table(P, pools, scores, judged):
     out["judge_prm"] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
                         "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
     return out
-
-
-def speed_bench(ck, P, pools, n=64):
-    """Single-pass scoring (all steps of an answer in one forward) against scoring each prefix on its own."""
-    model, processor = M.load(ck, device="cpu")
-    probs = {p["id"]: p for p in P["test"]}
-    cands = pools[("test", "synthetic")][:n]
-    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-    qs = [probs[c["problem_id"]]["question"] for c in cands]
-    st = [c["steps"] for c in cands]
-    prm.score_steps(model, processor, ims[:8], qs[:8], st[:8], 16)  # warm-up
-    t0 = time.time()
-    prm.score_steps(model, processor, ims, qs, st, 16)
-    single = time.time() - t0
-    flat = [(i, k) for i in range(len(st)) for k in range(len(st[i]))]
-    t0 = time.time()
-    prm.score_steps(model, processor, [ims[i] for i, _ in flat], [qs[i] for i, _ in flat],
-                    [st[i][:k + 1] for i, k in flat], 16)
-    per_prefix = time.time() - t0
-    return {"answers": len(cands), "steps": len(flat), "single_pass_s": round(single, 3),
-            "per_prefix_s": round(per_prefix, 3), "slowdown": round(per_prefix / single, 2)}
 
 
 def plot(bon_all, path):
@@ -282,7 +250,6 @@ def f3(x):
 
 def main(a: Args):
     if a.gpu:
-        import speed
         return speed.main(speed.Args())
     if a.quick:
         a = Args(**{**asdict(a), **QUICK})
@@ -290,16 +257,17 @@ def main(a: Args):
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     P = stage_problems(a, out)
-    base = M.load(a.base, device="cpu")
+    base = M.load(a.base)
     pools = stage_pools(a, out, P, *base)
     label_stats = stage_labels(a, out, P)
     ck = {o: stage_train(a, out, o) for o in ("prm", "orm")}
     scores = cached(out / "scores.json", lambda: stage_scores(a, out, P, pools, ck))
     labelling = cached(out / "labelling.json", lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts))
-    spd = cached(out / "speed.json", lambda: speed_bench(ck["prm"], P, pools))
-    judged = {p["id"] for p in P["test"][:a.judge_n]}
+    spd = cached(out / "speed.json", lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"],
+                                                                         pools[("test", "synthetic")]))
+    judged = judged_ids(P["test"], a.judge_n)
     S = scores["test_synthetic"]
-    # Best-of-N on the main pool; the judge methods only where the judge ran (the first judge_n test problems)
+    # Best-of-N on the main pool; the judge methods only where the judge ran (judge_n test problems)
     main_rules = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
     res_bon = bon_tables(P, pools[("test", "synthetic")], S, main_rules, a)
     judge_rules = {k: bon.METHODS[k] for k in ("random", "majority", "orm", "prm_min", "prm_mean", "judge_orm",
@@ -317,7 +285,7 @@ def main(a: Args):
     # controls: fresh-step AUC per kind and Best-of-N with each step-score set
     probs = {p["id"]: p for p in P["test"]}
     ctrl_keys = ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
-    controls = {k: fresh_auc(pools[("test", "synthetic")], probs, S[k]) for k in ctrl_keys}
+    controls = {k: C.fresh_auc(pools[("test", "synthetic")], probs, S[k]) for k in ctrl_keys}
     ctrl_bon = bon_tables(P, pools[("test", "synthetic")], S, {k: f"max:{k}:min" for k in ctrl_keys}, a)["all"]
     # segmentation: the same answers cut three ways; key-step against equal weights
     segs = {"steps": "prm", "chunks": "prm_chunks", "pairs": "prm_pairs"}
@@ -344,6 +312,8 @@ def main(a: Args):
     curve = plot(res_bon["all"], out / "bon_curve.png")
     (out / "report.md").write_text(report(results, a, curve))
     print(report(results, a, curve))
+    if a.readme:
+        update_readme(results, a)
     best = max((m for m in res_bon["all"] if m.startswith("prm_")), key=lambda m: acc("all", m))
     print(json.dumps({"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(acc("all", best), 4),
                       "weighted_prm@16": round(acc("all", "weighted_prm"), 4), "orm@16": round(acc("all", "orm"), 4),
@@ -361,8 +331,8 @@ def report(r, a, curve):
     t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
          f"on {os.cpu_count()} CPU cores. Test: {a.n_test} problems, pools of {a.pool} "
          f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models fine-tuned {a.steps} steps "
-         f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: first {a.judge_n} test "
-         f"problems only.\n"]
+         f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: {a.judge_n} test "
+         f"problems only (half of each family).\n"]
     for part in ("all", "visual", "text"):
         t.append(f"## (1) Best-of-N accuracy, {part}\n\n" + md(order, ns, cell(r["bon"][part])) + "\n")
     t.append(f"Plot: {curve}\n")
@@ -396,6 +366,36 @@ def report(r, a, curve):
         t.append("## Best-of-N on the tiny base's own samples (all)\n\n" +
                  md(order[:-3] + ["oracle"], ns, cell(r["bon_base_policy"]["all"])) + "\n")
     return "\n".join(t)
+
+
+def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
+    """Replace the README's results block (between the bench markers) with this run's headline tables."""
+    import platform
+    b, ns = r["bon"], ["1", "4", "16"]
+    rows = ["random", "majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_last2", "judge_orm", "judge_prm",
+            "oracle"]
+    cols = [f"{p} N={n}" for p in ("all", "visual", "text") for n in ns]
+    block = [f"`python bench.py{' --quick' if a.quick else ''}` (seed {a.seed}): {r['seconds'] / 60:.1f} minutes on "
+             f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}, no GPU). Test: "
+             f"{a.n_test} problems, pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM and ORM "
+             f"fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of {a.n_train} train problems; "
+             f"judges (the base, rubric prompt, logits) on {a.judge_n} test problems (half of each family). Full tables: "
+             f"`out/bench/report.md`.\n",
+             "Best-of-N accuracy (mean over random subsets of the pool of 16):\n",
+             md(rows, cols, lambda m, c: f3(b[c.split()[0]][m][c.split("=")[1]])), "",
+             "First-error F1 (ProcessBench; threshold from the dev split) and fresh-step AUC (all earlier steps "
+             "right) per step kind:\n",
+             md(["prm", "orm", "judge_prm", "prm_blank", "prior", "base_likelihood"], ["F1", "perception AUC",
+                "visual arith AUC", "text arith AUC"], lambda m, c: f3(r["step"][m]["first_error_f1"]) if c == "F1"
+                else f3(r["controls"]["fresh_auc"].get("orm_steps" if m == "orm" else m, {}).get(
+                    {"perception AUC": "perception", "visual arith AUC": "visual_arith",
+                     "text arith AUC": "text_arith"}[c]))), ""]
+    text = path.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{path}: no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    path.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import re
 import torch
 from PIL import Image
 
+import bon
 import prm
 import tasks
 
@@ -79,3 +80,24 @@ def key_weighted(scores, steps):
 def blank(images):
     """The same images, blank white."""
     return [Image.new("RGB", im.size, "white") for im in images]
+
+
+def fresh_auc(cands, probs, scores):
+    """AUC of a step-score set on "fresh" steps (every earlier step right), per step kind: does it check the step?"""
+    by_kind = {}
+    for c in cands:
+        s = scores.get(c["id"])
+        p = probs[c["problem_id"]]
+        if s is None or c.get("first_error") is None:
+            continue
+        kinds = [k for _, k, _ in tasks.gold_steps(p)]
+        fe = c["first_error"]
+        for i in range(min(len(s), len(kinds))):
+            if fe != -1 and i > fe:
+                break
+            k = {"count": "perception", "arith": "visual_arith", "text_arith": "text_arith"}.get(kinds[i])
+            if k:
+                by_kind.setdefault(k, ([], []))
+                by_kind[k][0].append(s[i])
+                by_kind[k][1].append(fe != i)
+    return {k: round(bon.auc(*v), 4) for k, v in sorted(by_kind.items())}

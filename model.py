@@ -27,6 +27,8 @@ POS, NEG = "+", "-"
 SIZES = {
     "small": dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=256, vis_hidden=64, vis_depth=2, vis_heads=4,
                   mrope=[2, 3, 3]),
+    "deep": dict(hidden=64, layers=4, heads=4, kv_heads=2, ffn=256, vis_hidden=64, vis_depth=2, vis_heads=4,
+                 mrope=[2, 3, 3]),
     "base": dict(hidden=192, layers=4, heads=6, kv_heads=2, ffn=512, vis_hidden=96, vis_depth=3, vis_heads=4,
                  mrope=[4, 6, 6]),
 }

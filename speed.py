@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import model as M
 import prm
+import tasks
 import train
 
 # The Qwen2.5-VL-3B shape (3.755 B parameters with tied embeddings), and two that a CPU runs in seconds.
@@ -272,3 +273,24 @@ def main(s: Args):
 
 if __name__ == "__main__":
     main(M.parse_args(Args, doc=__doc__))
+
+
+def single_pass_vs_prefixes(ck, problems, cands, n=64):
+    """Single-pass scoring (all steps of an answer in one forward) against scoring each prefix on its own."""
+    model, processor = M.load(ck)
+    probs = {p["id"]: p for p in problems}
+    cands = cands[:n]
+    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    qs = [probs[c["problem_id"]]["question"] for c in cands]
+    st = [c["steps"] for c in cands]
+    prm.score_steps(model, processor, ims[:8], qs[:8], st[:8], 16)  # warm-up
+    t0 = time.time()
+    prm.score_steps(model, processor, ims, qs, st, 16)
+    single = time.time() - t0
+    flat = [(i, k) for i in range(len(st)) for k in range(len(st[i]))]
+    t0 = time.time()
+    prm.score_steps(model, processor, [ims[i] for i, _ in flat], [qs[i] for i, _ in flat],
+                    [st[i][:k + 1] for i, k in flat], 16)
+    per_prefix = time.time() - t0
+    return {"answers": len(cands), "steps": len(flat), "single_pass_s": round(single, 3),
+            "per_prefix_s": round(per_prefix, 3), "slowdown": round(per_prefix / single, 2)}

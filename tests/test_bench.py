@@ -24,7 +24,7 @@ def test_prior_table_counts_template_and_value():
             {"completions": ["There are 5 red shapes."], "labels": [1.0]}]
     t = controls.prior_table(recs)
     assert controls.prior_scores(t, [["There are 3 red shapes.", "There are 5 red shapes.", "There are 6 red shapes.",
-                                      "2 + 2 = 4."]]) == [[0.5, 1.0, 2 / 3, 0.5]]
+                                      "2 + 2 = 4.", "The answer is 4."]]) == [[0.5, 1.0, 2 / 3, 0.0, 0.5]]
 
 
 def test_bench_small_run_writes_every_key(tmp_path):
