@@ -1,7 +1,8 @@
 """The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
 
     python bench.py                  # default run (~15 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
-    python bench.py --quick          # reduced run (~3 min)
+    python bench.py --quick          # reduced run (~2 min): a smoke run, its reward models undertrained
+    python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
 
 Stages, each cached under --out (a rerun skips finished ones; delete a file to redo its stage):
@@ -43,7 +44,7 @@ class Args:
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    steps: int = field(default=1500, metadata={"help": "PRM / ORM fine-tuning steps"})
+    steps: int = field(default=2000, metadata={"help": "PRM / ORM fine-tuning steps"})
     lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
     judge_n: int = field(default=32, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
@@ -312,8 +313,13 @@ def main(a: Args):
     curve = plot(res_bon["all"], out / "bon_curve.png")
     (out / "report.md").write_text(report(results, a, curve))
     print(report(results, a, curve))
-    if a.readme:
+    if a.readme:  # the README's table and a committed copy of the full outputs
+        import shutil
         update_readme(results, a)
+        (Path(__file__).resolve().parent / "results").mkdir(exist_ok=True)
+        for f in ("results.json", "report.md", "bon_curve.png"):
+            if (out / f).exists():
+                shutil.copy(out / f, Path(__file__).resolve().parent / "results" / f)
     best = max((m for m in res_bon["all"] if m.startswith("prm_")), key=lambda m: acc("all", m))
     print(json.dumps({"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(acc("all", best), 4),
                       "weighted_prm@16": round(acc("all", "weighted_prm"), 4), "orm@16": round(acc("all", "orm"), 4),
@@ -379,8 +385,8 @@ def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
              f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}, no GPU). Test: "
              f"{a.n_test} problems, pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM and ORM "
              f"fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of {a.n_train} train problems; "
-             f"judges (the base, rubric prompt, logits) on {a.judge_n} test problems (half of each family). Full tables: "
-             f"`out/bench/report.md`.\n",
+             f"judges (the base, rubric prompt, logits) on {a.judge_n} test problems (half of each family). Full "
+             f"tables: `results/report.md` (a copy of `{a.out}/report.md`, with `results.json` and `bon_curve.png`).\n",
              "Best-of-N accuracy (mean over random subsets of the pool of 16):\n",
              md(rows, cols, lambda m, c: f3(b[c.split()[0]][m][c.split("=")[1]])), "",
              "First-error F1 (ProcessBench; threshold from the dev split) and fresh-step AUC (all earlier steps "
