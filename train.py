@@ -83,9 +83,15 @@ def load_labelled(path):
     """Step-labelled records -> (images, prompts, steps, labels, outcome) lists, images opened."""
     import data
     from PIL import Image
-    recs = data.read_jsonl(path, "labelled")
+    recs = data.read_jsonl(path, "labelled")  # a bad line: RecordError naming file, line and field
+    data.check_images(path, recs)  # a missing image: FileNotFoundError naming file, line, record and path
+    empty = [r["id"] for r in recs if not r["completions"]]
+    if empty:
+        print(f"[train] {path}: skipped {len(empty)} records with no steps (first: {empty[0]})")
     out = []
     for r in recs:
+        if not r["completions"]:
+            continue
         img = data.resolve_image(path, r["images"][0])
         out.append((Image.open(img).convert("RGB"), r["prompt"], r["completions"], r["labels"],
                     float(r.get("meta", {}).get("correct", r["labels"][-1] if r["labels"] else 0.0))))

@@ -79,3 +79,18 @@ def test_torchrun_follows_the_single_process_curve(tmp_path):
     assert len(ddp) == len(one) == 4
     # step 1 is the same batch from the same weights: the losses agree up to the per-rank token weighting
     assert all(abs(a - b) / b < 0.05 for a, b in zip(ddp, one)), (ddp, one)
+
+
+def test_labelled_file_with_a_missing_image_names_the_record(tmp_path):
+    import data
+    import pytest
+    tasks.write_suite(tmp_path, 2, n_cands=1)
+    recs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
+    recs[1]["images"] = ["images/nope.png"]
+    recs.append({**recs[0], "id": "empty", "completions": [], "labels": [], "first_error": -1})
+    data.write_jsonl(tmp_path / "bad.jsonl", recs, "labelled")
+    with pytest.raises(FileNotFoundError, match=r"bad.jsonl:2: .*nope.png"):
+        train.load_labelled(tmp_path / "bad.jsonl")
+    recs[1]["images"] = recs[0]["images"]
+    data.write_jsonl(tmp_path / "ok.jsonl", recs, "labelled")
+    assert len(train.load_labelled(tmp_path / "ok.jsonl")) == 2  # the record with no steps is skipped (and said)
