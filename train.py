@@ -88,12 +88,14 @@ def load_labelled(path):
     empty = [r["id"] for r in recs if not r["completions"]]
     if empty:
         print(f"[train] {path}: skipped {len(empty)} records with no steps (first: {empty[0]})")
-    out = []
+    out, opened = [], {}
     for r in recs:
         if not r["completions"]:
             continue
         img = data.resolve_image(path, r["images"][0])
-        out.append((Image.open(img).convert("RGB"), r["prompt"], r["completions"], r["labels"],
+        if img not in opened:
+            opened[img] = Image.open(img).convert("RGB")
+        out.append((opened[img], r["prompt"], r["completions"], r["labels"],
                     float(r.get("meta", {}).get("correct", r["labels"][-1] if r["labels"] else 0.0))))
     return out
 
@@ -111,7 +113,7 @@ def loss_on(model, batch, ids, objective, labels=None):
     y = labels.to(logits.device)
     if objective == "orm":
         last = torch.cumsum(batch["n_steps"], 0).to(logits.device) - 1
-        logits, y = logits[last], y
+        logits = logits[last]
     logp = F.log_softmax(logits, -1)
     return -(y * logp[:, 0] + (1 - y) * logp[:, 1]).mean()  # soft labels stay floats (TRL casts them to int)
 
@@ -230,25 +232,15 @@ def evaluate_sft(model, processor, a, n=None):
 
 
 @torch.no_grad()
-def evaluate_rm(model, processor, a, rows, ids):
+def evaluate_rm(model, processor, a, rows):
     """Step accuracy (threshold 0.5), step AUC and first-error F1 of a PRM/ORM against the held-out labels."""
     import bon
     model.eval()
-    scores, labels = [], []
-    for j in range(0, len(rows), a.batch_size):
-        items = list(zip(*rows[j:j + a.batch_size]))
-        batch, _, skipped = prm.encode(processor, items[0], items[1], steps=items[2], max_len=a.max_len)
-        if batch is None:
-            continue
-        p = torch.softmax(prm.tag_logits(model, batch, ids).float(), -1)[:, 0].tolist()
-        kept = [i for i in range(len(items[0])) if i not in {s for s, _ in skipped}]
-        k = 0
-        for i in kept:
-            n = len(items[2][i])
-            scores.append(p[k:k + n])
-            labels.append(list(items[3][i]))
-            k += n
+    images, prompts, steps, step_labels, _ = zip(*rows) if rows else ([], [], [], [], [])
+    scored, _ = prm.score_steps(model, processor, images, prompts, steps, a.batch_size, a.max_len)
     model.train()
+    scores = [s for s in scored if s is not None]  # skipped answers (too long) drop out with their labels
+    labels = [list(lab) for s, lab in zip(scored, step_labels) if s is not None]
     flat_s = [x for s in scores for x in s]
     flat_y = [y >= 0.5 for l in labels for y in l]
     fe_true = [next((i for i, y in enumerate(l) if y < 0.5), -1) for l in labels]
@@ -276,7 +268,7 @@ def main(a: Args):
     ids = M.token_ids(processor)
     if a.eval_only:
         res = evaluate_sft(model, processor, a) if a.objective == "sft" else evaluate_rm(
-            model, processor, a, load_labelled(a.eval_data or a.data), ids)
+            model, processor, a, load_labelled(a.eval_data or a.data))
         print(json.dumps(res))
         return res
     rows, dev_rows = [], []
@@ -344,7 +336,8 @@ def main(a: Args):
             log.flush()
         done = step + 1 == a.max_steps
         if rank == 0 and ((step + 1) % a.eval_every == 0 or done):
-            res = evaluate_sft(model, processor, a) if a.objective == "sft" else evaluate_rm(model, processor, a, dev_rows, ids)
+            res = (evaluate_sft(model, processor, a) if a.objective == "sft"
+                   else evaluate_rm(model, processor, a, dev_rows))
             tqdm.write(f"step {step + 1}: loss {tot:.4f} eval {json.dumps(res)} skipped {n_skipped} "
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
