@@ -1,15 +1,16 @@
 """The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
 
     python bench.py                  # default run (~15 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
-    python bench.py --quick          # reduced run (~2 min): a smoke run, its reward models undertrained
+    python bench.py --quick          # reduced run (~3 min): a smoke run, its reward models undertrained
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
 
 Stages, each cached under --out (a rerun skips finished ones; delete a file to redo its stage):
 problems (train/dev/test) -> candidate pools for dev/test (synthetic weak+strong, and the tiny base sampled at a
 temperature) -> tree-search labels of the train problems (MCTS, synthetic policy) -> PRM and ORM fine-tuned from the
-shipped tiny base -> scores (PRM, ORM, judge PRM/ORM, controls) -> Best-of-N, first-error F1, labelling cost,
-speed, segmentation. The last stdout line is one JSON object with the headline numbers.
+shipped tiny base (--head implicit: the log-likelihood ratio to the base, read at the tags; --head tag: "+"/"-" at
+the tags, which at this budget learns far slower, see README) -> scores (PRM, ORM, judge PRM/ORM, controls) ->
+Best-of-N, first-error F1, labelling cost, speed, segmentation. The last stdout line is one JSON object with the headline numbers.
 """
 import json
 import time
@@ -44,7 +45,9 @@ class Args:
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    steps: int = field(default=2000, metadata={"help": "PRM / ORM fine-tuning steps"})
+    head: str = field(default="implicit", metadata={"help": "PRM / ORM head: implicit (log-likelihood ratio to the base, read at the tags) | tag (+/- at each tag)"})
+    beta: float = field(default=0.1, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
+    steps: int = field(default=1200, metadata={"help": "PRM / ORM fine-tuning steps"})
     lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
     judge_n: int = field(default=32, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
@@ -53,7 +56,7 @@ class Args:
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
-QUICK = dict(n_train=300, n_dev=24, n_test=40, steps=250, judge_n=8, draws=4)
+QUICK = dict(n_train=300, n_dev=24, n_test=40, steps=200, judge_n=8, draws=4)
 
 
 def cached(path, make):
@@ -133,10 +136,15 @@ def stage_labels(a, out, P):
 
 def stage_train(a, out, objective):
     ck = out / objective
+    want = dict(model=a.base, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=a.seed, head=a.head, beta=a.beta)
+    if (ck / "train_config.json").exists():  # a cached model must be the one these settings ask for
+        have = json.loads((ck / "train_config.json").read_text())
+        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+        if diff:
+            raise SystemExit(f"{ck} was trained with other settings {diff} (cached, wanted); delete it or use another --out")
     if not (ck / "config.json").exists():
-        train.main(train.Args(objective=objective, model=a.base, data=str(out / "labels.jsonl"), out=str(ck),
-                              max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, warmup=a.steps // 10,
-                              eval_every=a.steps, save_every=a.steps, seed=a.seed, max_len=512))
+        train.main(train.Args(objective=objective, data=str(out / "labels.jsonl"), out=str(ck), warmup=a.steps // 10,
+                              eval_every=a.steps, save_every=a.steps, max_len=512, **want))
     return str(ck)
 
 
@@ -155,6 +163,8 @@ def stage_scores(a, out, P, pools, ck):
     models = {name: M.load(path) for name, path in (("prm", ck["prm"]), ("orm", ck["orm"]),
                                                                    ("base", a.base))}
     for (split, pool), cands in pools.items():
+        if (split, pool) == ("dev", "base"):
+            continue  # nothing reads it
         probs = {p["id"]: p for p in P[split]}
         ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
         qs = [probs[c["problem_id"]]["question"] for c in cands]
@@ -168,6 +178,9 @@ def stage_scores(a, out, P, pools, ck):
         orm_steps = prm.score_steps(*models["orm"], ims, qs, st, 32, 512)[0]
         sets["orm"] = keyed([s[-1] if s else None for s in orm_steps])
         sets["orm_steps"] = keyed(orm_steps)  # the ORM read at every tag, for first-error F1
+        if pool == "base":  # Best-of-N on the base's own answers reads the PRM and the ORM only
+            res[f"{split}_{pool}"] = sets
+            continue
         sets["prm_blank"] = keyed(prm.score_steps(*models["prm"], C.blank(ims), qs, st, 32, 512)[0])
         sets["prior"] = keyed(C.prior_scores(prior, st))
         sets["base_likelihood"] = keyed(C.step_likelihood(*models["base"], ims, qs, st))

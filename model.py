@@ -20,6 +20,7 @@ TINY_BASE = ROOT / "checkpoints" / "tiny-base"
 
 # The step-tag convention (DESIGN.md): a tag token after every step; the score of a step is
 # softmax([logit("+"), logit("-")])[0] at its tag. "+" and "-" are ordinary tokens in every tokenizer.
+# An implicit PRM (make_implicit) is read at the same tags: there the two "logits" are (value, 0).
 STEP_TAG = "<|step|>"
 POS, NEG = "+", "-"
 
@@ -226,7 +227,20 @@ def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
         if processor.tokenizer.pad_token_id is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
     processor.tokenizer.padding_side = "left"
-    return model.to(device=device, dtype=dtype).eval(), processor
+    model = model.to(device=device, dtype=dtype).eval()
+    cfg = Path(path, "train_config.json") if name_or_path != "tiny-init" else None
+    if cfg and cfg.exists() and json.loads(cfg.read_text()).get("head") == "implicit":
+        c = json.loads(cfg.read_text())
+        make_implicit(model, c["model"], c["beta"], device, dtype, c.get("size", "small"), c.get("seed", 0))
+    return model, processor
+
+
+def make_implicit(model, reference, beta, device=None, dtype=None, size="small", seed=0):
+    """Turn `model` into an implicit PRM read against `reference` (a frozen copy of the model it starts from)."""
+    ref, _ = load(reference, device, dtype, size, seed)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    model.implicit = (ref, beta)  # a tuple: not a submodule, so neither saved nor trained with the model
 
 
 def save(model, processor, out, extra=None):

@@ -173,11 +173,43 @@ def hidden_states(model, batch):
 
 
 def tag_logits(model, batch, ids):
-    """(T, 2) logits of ("+", "-") at every step tag, in reading order: only 2 rows of the LM head at T positions."""
+    """(T, 2) logits of ("+", "-") at every step tag, in reading order: only 2 rows of the LM head at T positions.
+    An implicit PRM (see implicit_logits) is read at the same tags."""
+    inner = model.module if hasattr(model, "module") else model
+    if getattr(inner, "implicit", None):
+        return implicit_logits(model, batch, ids)
     h = hidden_states(model, batch)
     mask = batch["input_ids"].to(h.device) == ids["tag"]
-    head = (model.module if hasattr(model, "module") else model).lm_head.weight[[ids["pos"], ids["neg"]]]
-    return h[mask] @ head.T
+    return h[mask] @ inner.lm_head.weight[[ids["pos"], ids["neg"]]].T
+
+
+def token_logprobs(model, batch, ids):
+    """(B, S) log-probability of each answer token (0 at the prompt, the tags and padding): one forward pass."""
+    head = (model.module if hasattr(model, "module") else model).lm_head
+    h = hidden_states(model, batch)[:, :-1]
+    inp = batch["input_ids"].to(h.device)
+    pos = torch.arange(inp.shape[1], device=h.device)[None]
+    keep = ((pos >= batch["prompt_lens"].to(h.device)[:, None]) & (batch["attention_mask"].to(h.device) == 1)
+            & (inp != ids["tag"]))[:, 1:]
+    lp = torch.zeros(inp.shape, device=h.device)
+    lp[:, 1:][keep] = torch.log_softmax(head(h[keep]).float(), -1).gather(1, inp[:, 1:][keep][:, None])[:, 0]
+    return lp
+
+
+def implicit_logits(model, batch, ids):
+    """The implicit PRM (Yuan et al. 2024, "Free process rewards without process labels"): the value of the answer
+    up to a tag is beta * sum of log pi(token) - log pi_ref(token) over its tokens so far, pi_ref the frozen model it
+    started from. It starts at 0 and moves along what the base already predicts: a step the base finds unlikely is
+    pushed further down. Returned as (T, 2) logits (value, 0), so softmax gives sigmoid(value) like the tag head."""
+    inner = model.module if hasattr(model, "module") else model
+    ref, beta = inner.implicit
+    lp_ref = batch.get("ref_logprobs")  # train.py caches them per record: they never change
+    if lp_ref is None:
+        with torch.no_grad():
+            lp_ref = token_logprobs(ref, batch, ids)
+    q = beta * torch.cumsum(token_logprobs(model, batch, ids) - lp_ref.to(next(model.parameters()).device), 1)
+    q = q[batch["input_ids"].to(q.device) == ids["tag"]]
+    return torch.stack([q, torch.zeros_like(q)], -1)
 
 
 def aggregate(step_scores, how="min"):

@@ -47,7 +47,7 @@ def report(r, a, curve):
     cell = lambda tab: lambda m, n: f3(tab.get(m, {}).get(n))  # noqa: E731
     t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
          f"on {os.cpu_count()} CPU cores. Test: {a.n_test} problems, pools of {a.pool} "
-         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models fine-tuned {a.steps} steps "
+         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta {a.beta}) fine-tuned {a.steps} steps "
          f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: {a.judge_n} test "
          f"problems only (half of each family).\n"]
     for part in ("all", "visual", "text"):
@@ -95,7 +95,7 @@ def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
     block = [f"`python bench.py{' --quick' if a.quick else ''}` (seed {a.seed}): {r['seconds'] / 60:.1f} minutes on "
              f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}, no GPU). Test: "
              f"{a.n_test} problems, pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM and ORM "
-             f"fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of {a.n_train} train problems; "
+             f"({a.head} head) fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of {a.n_train} train problems; "
              f"judges (the base, rubric prompt, logits) on {a.judge_n} test problems (half of each family). Full "
              f"tables: `results/report.md` (a copy of `{a.out}/report.md`, with `results.json` and `bon_curve.png`).\n",
              "Best-of-N accuracy (mean over random subsets of the pool of 16):\n",

@@ -1,8 +1,10 @@
 """One training loop, three objectives: sft (pretrain the tiny base to solve the suite), prm (a soft label at every
-step tag), orm (the last tag only).
+step tag), orm (the last tag only). Two reward heads, both read at the tags (prm.tag_logits): "tag", P("+") from the
+LM head at each tag; "implicit", sigmoid(beta * log-likelihood ratio to the start model of the answer so far).
 
     python train.py --objective sft --model tiny-init --data synthetic --out checkpoints/tiny-base
     python train.py --objective prm --model tiny --data out/suite/labels.jsonl --out out/prm
+    python train.py --objective prm --head implicit --beta 0.1 ...     # the implicit head (what bench.py trains)
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
 
@@ -60,6 +62,8 @@ class Args:
     ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
     attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
+    head: str = field(default="tag", metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags)"})
+    beta: float = field(default=1.0, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
 
@@ -116,6 +120,17 @@ def loss_on(model, batch, ids, objective, labels=None):
         logits = logits[last]
     logp = F.log_softmax(logits, -1)
     return -(y * logp[:, 0] + (1 - y) * logp[:, 1]).mean()  # soft labels stay floats (TRL casts them to int)
+
+
+@torch.no_grad()
+def ref_logprobs(model, batch, ids, keys, cache):
+    """The implicit head's reference log-probs for a batch of records `keys`, each computed once and cached."""
+    if any(k not in cache for k in keys):
+        lp = prm.token_logprobs(model.implicit[0], batch, ids)
+        for k, row, n in zip(keys, lp, batch["attention_mask"].sum(1).tolist()):
+            cache[k] = row[:n].clone()
+    return torch.nn.utils.rnn.pad_sequence([cache[k] for k in keys], batch_first=True,
+                                           padding_value=0.0)[:, :batch["input_ids"].shape[1]]
 
 
 def prepare(model, a):
@@ -266,6 +281,8 @@ def main(a: Args):
     wdtype = torch.bfloat16 if a.bf16_weights else torch.float32
     model, processor = M.load(src, device=device, dtype=wdtype, size=a.size, seed=a.seed)
     ids = M.token_ids(processor)
+    if a.head == "implicit" and a.objective != "sft" and not getattr(model, "implicit", None):
+        M.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
     if a.eval_only:
         res = evaluate_sft(model, processor, a) if a.objective == "sft" else evaluate_rm(
             model, processor, a, load_labelled(a.eval_data or a.data))
@@ -295,7 +312,7 @@ def main(a: Args):
     assert micro >= 1, "batch_size must be >= world_size * grad_accum"
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
-    n_skipped, skipped_ids, enc_cache, t0 = 0, set(), {}, time.time()
+    n_skipped, skipped_ids, enc_cache, ref_cache, t0 = 0, set(), {}, {}, time.time()
     bar = tqdm(range(start, a.max_steps), initial=start, total=a.max_steps, disable=rank != 0, desc=a.objective)
     for step in bar:
         for g in opt.param_groups:
@@ -318,6 +335,10 @@ def main(a: Args):
                 n_skipped += len(skipped)
             if batch is None:
                 continue
+            if getattr(model, "implicit", None) and idx:
+                skip = {j for j, _ in skipped}
+                batch["ref_logprobs"] = ref_logprobs(model, batch, ids, [k for j, k in enumerate(idx) if j not in skip],
+                                                     ref_cache)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 loss = loss_on(dmodel, batch, ids, a.objective, y) / a.grad_accum
             loss.backward()

@@ -51,3 +51,13 @@ def test_bench_small_run_writes_every_key(tmp_path):
     # a rerun finds every stage cached
     again = bench.main(a)
     assert again["bon"] == json.loads(json.dumps(res["bon"]))
+
+
+def test_a_cached_model_trained_with_other_settings_is_refused(tmp_path):
+    import pytest
+    a = bench.Args(out=str(tmp_path))
+    (tmp_path / "prm").mkdir()
+    cfg = dict(model=a.base, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=a.seed, head="tag", beta=a.beta)
+    (tmp_path / "prm" / "train_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match=r"other settings .*'head': \('tag', 'implicit'\)"):
+        bench.stage_train(a, tmp_path, "prm")

@@ -94,3 +94,41 @@ def test_labelled_file_with_a_missing_image_names_the_record(tmp_path):
     recs[1]["images"] = recs[0]["images"]
     data.write_jsonl(tmp_path / "ok.jsonl", recs, "labelled")
     assert len(train.load_labelled(tmp_path / "ok.jsonl")) == 2  # the record with no steps is skipped (and said)
+
+
+def test_implicit_head_is_the_log_likelihood_ratio_read_at_the_tags():
+    m, p = M.load("tiny-init", device="cpu")
+    ids = M.token_ids(p)
+    pr = tasks.make_problem("x", 0, kind="shop_total")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    batch, _, _ = prm.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    M.make_implicit(m, "tiny-init", 0.5, "cpu")
+    with torch.no_grad():
+        assert torch.equal(prm.tag_logits(m, batch, ids), torch.zeros(len(steps), 2))  # starts as the reference
+        m.model.language_model.layers[0].mlp.down_proj.weight.add_(0.05)
+        got = prm.tag_logits(m, batch, ids)[:, 0]
+        # by hand, from the full logits of both models
+        inp = {k: batch[k] for k in prm.MODEL_KEYS if k in batch}
+        x = batch["input_ids"][0]
+        lps = [torch.log_softmax(mm(**inp).logits[0, :-1].float(), -1).gather(1, x[1:, None])[:, 0]
+               for mm in (m, m.implicit[0])]
+        r = lps[0] - lps[1]
+        tags = (x == ids["tag"]).nonzero()[:, 0].tolist()
+        start = int(batch["prompt_lens"][0])
+        want = [0.5 * sum(r[j - 1] for j in range(start, t) if x[j] != ids["tag"]) for t in tags]
+    assert torch.allclose(got, torch.stack(want), atol=1e-4)
+
+
+def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path):
+    tasks.write_suite(tmp_path, 6, n_cands=2)
+    out = tmp_path / "iprm"
+    m = train.main(args(out, objective="prm", data=str(tmp_path / "labels.jsonl"), head="implicit", beta=0.1,
+                        save_every=10**6))
+    assert sum(x.numel() for x in m.parameters()) == sum(x.numel() for x in m.implicit[0].parameters())
+    r, p = M.load(str(out), device="cpu")
+    assert r.implicit is not None and r.implicit[1] == 0.1  # the reference comes back from train_config.json
+    pr = tasks.make_problem("y", 1, kind="count_add")
+    im, q, st = [tasks.render(pr)], [pr["question"]], [[s for s, _, _ in tasks.gold_steps(pr)]]
+    scores = prm.score_steps(r, p, im, q, st)[0][0]
+    assert all(abs(a - b) < 1e-6 for a, b in zip(scores, prm.score_steps(m, p, im, q, st)[0][0]))
+    assert any(abs(s - 0.5) > 1e-3 for s in scores)  # trained away from the reference
