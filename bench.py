@@ -1,7 +1,7 @@
 """The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
 
-    python bench.py                  # default run (~15 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
-    python bench.py --quick          # reduced run (~3 min): a smoke run, its reward models undertrained
+    python bench.py                  # default run (~10 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
+    python bench.py --quick          # reduced run (~2 min): a smoke run, its reward models undertrained
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
 
