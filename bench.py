@@ -67,8 +67,27 @@ def cached(path, make):
     t0 = time.time()
     out = make()
     path.write_text(json.dumps(out))
-    print(f"[bench] {path.name}: {time.time() - t0:.0f}s")
+    record_time(path.parent, path.name, time.time() - t0)
     return out
+
+
+STAGE_SECONDS = {"this_run": 0.0}  # the stages computed by this process (not read from the cache)
+
+
+def record_time(out, stage, seconds):
+    """Keep each stage's compute time in OUT/timings.json: a rerun over the cache still reports the whole pipeline."""
+    f = out / "timings.json"
+    t = json.loads(f.read_text()) if f.exists() else {}
+    t[stage] = round(seconds, 1)
+    f.write_text(json.dumps(t, indent=1))
+    STAGE_SECONDS["this_run"] += seconds
+    print(f"[bench] {stage}: {seconds:.0f}s")
+
+
+def pipeline_seconds(out, t0):
+    """The whole pipeline's time: every stage's recorded compute time plus this run's time outside the stages."""
+    stages = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
+    return round(sum(stages.values()) + time.time() - t0 - STAGE_SECONDS["this_run"], 1)
 
 
 def stage_problems(a, out):
@@ -143,8 +162,10 @@ def stage_train(a, out, objective):
         if diff:
             raise SystemExit(f"{ck} was trained with other settings {diff} (cached, wanted); delete it or use another --out")
     if not (ck / "config.json").exists():
+        t0 = time.time()
         train.main(train.Args(objective=objective, data=str(out / "labels.jsonl"), out=str(ck), warmup=a.steps // 10,
                               eval_every=a.steps, save_every=a.steps, max_len=512, **want))
+        record_time(out, f"train_{objective}", time.time() - t0)
     return str(ck)
 
 
@@ -235,6 +256,7 @@ def main(a: Args):
     if a.quick:
         a = Args(**{**asdict(a), **QUICK})
     t0, out = time.time(), Path(a.out)
+    STAGE_SECONDS["this_run"] = 0.0
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     P = stage_problems(a, out)
@@ -279,7 +301,7 @@ def main(a: Args):
     step = first_error_table(P, pools, scores, judged)
     acc = lambda part, m, n="16": res_bon[part][m][n]  # noqa: E731
     results = {
-        "config": asdict(a), "seconds": round(time.time() - t0, 1),
+        "config": asdict(a), "seconds": pipeline_seconds(out, t0), "seconds_this_run": round(time.time() - t0, 1),
         "bon": res_bon, "bon_judged_subset": res_judge, "bon_base_policy": res_base, "hybrid": hybrid["all"],
         "step": step, "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
         "controls": {"fresh_auc": controls, "bon": ctrl_bon}, "segmentation": seg,

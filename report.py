@@ -15,7 +15,7 @@ def plot(bon_all, path):
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for m in ("oracle", "prm_min", "weighted_prm", "orm", "majority", "judge_prm", "random"):
+    for m in ("oracle", "weighted_prm", "prm_mean", "prm_min", "orm", "majority", "judge_prm", "random"):
         if m in bon_all:
             ns = sorted(bon_all[m], key=int)
             ax.plot([int(n) for n in ns], [bon_all[m][n] for n in ns], marker="o", label=m,
@@ -46,7 +46,7 @@ def report(r, a, curve):
              "judge_orm", "judge_prm", "oracle"]
     cell = lambda tab: lambda m, n: f3(tab.get(m, {}).get(n))  # noqa: E731
     t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
-         f"on {os.cpu_count()} CPU cores. Test: {a.n_test} problems, pools of {a.pool} "
+         f"on {os.cpu_count()} CPU cores (every stage; this run {r.get('seconds_this_run', r['seconds']):.0f} s). Test: {a.n_test} problems, pools of {a.pool} "
          f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta {a.beta}) fine-tuned {a.steps} steps "
          f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: {a.judge_n} test "
          f"problems only (half of each family).\n"]
