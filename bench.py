@@ -1,6 +1,6 @@
 """The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
 
-    python bench.py                  # default run (~10 min on 2 CPU cores): out/bench/{results.json, report.md, bon_curve.png}
+    python bench.py                  # default run (~10 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
     python bench.py --quick          # reduced run (~2 min): a smoke run, its reward models undertrained
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
@@ -10,7 +10,8 @@ problems (train/dev/test) -> candidate pools for dev/test (synthetic weak+strong
 temperature) -> tree-search labels of the train problems (MCTS, synthetic policy) -> PRM and ORM fine-tuned from the
 shipped tiny base (--head implicit: the log-likelihood ratio to the base, read at the tags; --head tag: "+"/"-" at
 the tags, which at this budget learns far slower, see README) -> scores (PRM, ORM, judge PRM/ORM, controls) ->
-Best-of-N, first-error F1, labelling cost, speed, segmentation. The last stdout line is one JSON object with the headline numbers.
+Best-of-N, first-error F1, labelling cost, speed, segmentation. The last stdout line is one JSON object with the
+headline numbers.
 """
 import json
 import time
@@ -155,12 +156,14 @@ def stage_labels(a, out, P):
 
 def stage_train(a, out, objective):
     ck = out / objective
-    want = dict(model=a.base, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=a.seed, head=a.head, beta=a.beta)
+    want = dict(model=a.base, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=a.seed, head=a.head,
+                beta=a.beta)
     if (ck / "train_config.json").exists():  # a cached model must be the one these settings ask for
         have = json.loads((ck / "train_config.json").read_text())
         diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
         if diff:
-            raise SystemExit(f"{ck} was trained with other settings {diff} (cached, wanted); delete it or use another --out")
+            raise SystemExit(f"{ck} was trained with other settings {diff} (cached, wanted); "
+                             "delete it or use another --out")
     if not (ck / "config.json").exists():
         t0 = time.time()
         train.main(train.Args(objective=objective, data=str(out / "labels.jsonl"), out=str(ck), warmup=a.steps // 10,

@@ -46,8 +46,10 @@ def report(r, a, curve):
              "judge_orm", "judge_prm", "oracle"]
     cell = lambda tab: lambda m, n: f3(tab.get(m, {}).get(n))  # noqa: E731
     t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
-         f"on {os.cpu_count()} CPU cores (every stage; this run {r.get('seconds_this_run', r['seconds']):.0f} s). Test: {a.n_test} problems, pools of {a.pool} "
-         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta {a.beta}) fine-tuned {a.steps} steps "
+         f"on {os.cpu_count()} CPU cores (every stage; this run {r.get('seconds_this_run', r['seconds']):.0f} s)."
+         f" Test: {a.n_test} problems, pools of {a.pool} "
+         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta {a.beta}) "
+         f"fine-tuned {a.steps} steps "
          f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: {a.judge_n} test "
          f"problems only (half of each family).\n"]
     for part in ("all", "visual", "text"):
