@@ -23,6 +23,7 @@ import torch
 import bon
 import controls as C
 import data
+import judge
 import model as M
 import prm
 import report as R
@@ -214,10 +215,9 @@ def stage_scores(a, out, P, pools, ck):
                 sets[f"prm_{how}"] = keyed(prm.score_steps(*models["prm"], ims, qs, seg, 32, 512)[0])
             judged = judged_ids(P["test"], a.judge_n)
             sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
-            js, _ = prm.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
+            js, _ = judge.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
             sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, js)}
-            import orm
-            jo, _ = orm.judge_answers(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
+            jo, _ = judge.judge_answers(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
             sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, jo)}
         res[f"{split}_{pool}"] = sets
     return res

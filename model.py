@@ -229,8 +229,8 @@ def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
     processor.tokenizer.padding_side = "left"
     model = model.to(device=device, dtype=dtype).eval()
     cfg = Path(path, "train_config.json") if name_or_path != "tiny-init" else None
-    if cfg and cfg.exists() and json.loads(cfg.read_text()).get("head") == "implicit":
-        c = json.loads(cfg.read_text())
+    c = json.loads(cfg.read_text()) if cfg and cfg.exists() else {}
+    if c.get("head") == "implicit":
         make_implicit(model, c["model"], c["beta"], device, dtype, c.get("size", "small"), c.get("seed", 0))
     return model, processor
 

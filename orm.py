@@ -19,12 +19,6 @@ def score_answers(model, processor, images, questions, steps, batch_size=16, max
     return [x[-1] if x else None for x in s], skipped
 
 
-def judge_answers(model, processor, images, questions, steps, mode="logits", batch_size=8):
-    """The paper's judge ORM: one rubric prompt per whole answer; scores in [0, 1] and the parse failures."""
-    prompts = [prm.judge_prompt(q, st) for q, st in zip(questions, steps)]
-    return prm.judge(model, processor, images, prompts, mode, batch_size)
-
-
 @dataclass
 class Args:
     model: str = field(default="tiny", metadata={"help": "an ORM checkpoint folder, tiny, or a hub id"})
@@ -48,7 +42,8 @@ def main(a: Args):
     qs = [probs[c["problem_id"]]["question"] for c in cands]
     st = [c["steps"] for c in cands]
     if a.judge:
-        scores, fails = judge_answers(model, processor, ims, qs, st, a.judge, a.batch_size)
+        import judge
+        scores, fails = judge.judge_answers(model, processor, ims, qs, st, a.judge, a.batch_size)
         print(f"judge ({a.judge}): {fails} parse failures out of {len(cands)} answers")
     else:
         scores, skipped = score_answers(model, processor, ims, qs, st, a.batch_size, a.max_len, progress=True)

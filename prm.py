@@ -1,4 +1,4 @@
-"""Process reward model: step segmentation, single-pass scoring of every step, aggregation, VLM-as-judge, pictures.
+"""Process reward model: step segmentation, single-pass scoring of every step, aggregation, pictures.
 
     python prm.py --model out/prm --problems P --candidates C --out scores.jsonl
     python prm.py --model out/prm --problems P --candidates C --show steps.png [--id CANDIDATE_ID]
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from model import STEP_TAG, chat_prompt, generate, load, parse_args, token_ids
+from model import STEP_TAG, chat_prompt, load, parse_args, token_ids
 
 # A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："
 _STEP = re.compile(r"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*(?:step[ \t]*\d+|步骤[ \t]*\d+|第[ \t]*\d+[ \t]*步)"
@@ -183,14 +183,19 @@ def tag_logits(model, batch, ids):
     return h[mask] @ inner.lm_head.weight[[ids["pos"], ids["neg"]]].T
 
 
+def answer_targets(batch, ids, device):
+    """(B, S-1) True at position j when token j+1 is an answer token (not the prompt, a step tag or padding)."""
+    inp = batch["input_ids"].to(device)
+    pos = torch.arange(inp.shape[1], device=device)[None]
+    return ((pos >= batch["prompt_lens"].to(device)[:, None]) & (batch["attention_mask"].to(device) == 1)
+            & (inp != ids["tag"]))[:, 1:]
+
+
 def token_logprobs(model, batch, ids):
     """(B, S) log-probability of each answer token (0 at the prompt, the tags and padding): one forward pass."""
     head = (model.module if hasattr(model, "module") else model).lm_head
     h = hidden_states(model, batch)[:, :-1]
-    inp = batch["input_ids"].to(h.device)
-    pos = torch.arange(inp.shape[1], device=h.device)[None]
-    keep = ((pos >= batch["prompt_lens"].to(h.device)[:, None]) & (batch["attention_mask"].to(h.device) == 1)
-            & (inp != ids["tag"]))[:, 1:]
+    inp, keep = batch["input_ids"].to(h.device), answer_targets(batch, ids, h.device)
     lp = torch.zeros(inp.shape, device=h.device)
     lp[:, 1:][keep] = torch.log_softmax(head(h[keep]).float(), -1).gather(1, inp[:, 1:][keep][:, None])[:, 0]
     return lp
@@ -262,59 +267,6 @@ def score_prefixes(model, processor, image, question, steps, max_len=1024):
     s, _ = score_steps(model, processor, [image] * len(steps), [question] * len(steps),
                        [steps[:k + 1] for k in range(len(steps))], batch_size=1, max_len=max_len)
     return [x[-1] for x in s]
-
-
-# The paper's judge rubric (ViLBench, VLM-as-a-judge): rate 1-5 on relevance, coherence, accuracy and clarity.
-RUBRIC = ("You are a careful judge of visual math solutions. Look at the image and the question, then rate the "
-          "{what} from 1 (poor) to 5 (excellent) for relevance, coherence, accuracy and clarity. "
-          "End your reply with \"Overall Score: N\".\n\nQuestion: {question}\n\nSolution:\n{solution}")
-
-
-def judge_prompt(question, steps, upto=None):
-    """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it."""
-    if upto is None:
-        return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
-    sol = "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps[:upto + 1]))
-    return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question, solution=sol)
-
-
-@torch.no_grad()
-def judge(model, processor, images, prompts, mode="logits", batch_size=8, max_new_tokens=256):
-    """Judge scores in [0, 1] ((E - 1) / 4 of a 1-5 score). logits: the expected score over the tokens "1".."5"
-    right after "Overall Score:" (deterministic, never fails to parse). generate: greedy text, parse the last
-    "Overall Score: N"; a reply without one is a parse failure (score None, counted)."""
-    tok = processor.tokenizer
-    digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
-    scores, failures = [], 0
-    for j in range(0, len(prompts), batch_size):
-        ims, ps = images[j:j + batch_size], prompts[j:j + batch_size]
-        if mode == "generate":
-            for text in generate(model, processor, ims, ps, max_new_tokens=max_new_tokens):
-                m = re.findall(r"Overall Score:\s*\**\s*([1-5])", text)
-                failures += not m
-                scores.append((int(m[-1]) - 1) / 4 if m else None)
-            continue
-        batch, _, _ = encode(processor, ims, ps, answers=["Overall Score: "] * len(ps), max_len=10**6)
-        hs = hidden_states(model, batch)  # (B, S, H): read the logits after the last real token of each row
-        last = batch["attention_mask"].sum(1).to(hs.device) - 1
-        w = model.lm_head.weight[digits]  # (5, H)
-        p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)
-        scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
-    return scores, failures
-
-
-def judge_steps(model, processor, images, questions, steps, mode="logits", batch_size=8):
-    """The paper's judge PRM: one judge call per step prefix. Returns per-step score lists and parse failures."""
-    flat, index = [], []
-    for i, st in enumerate(steps):
-        for k in range(len(st)):
-            flat.append((images[i], judge_prompt(questions[i], st, upto=k)))
-            index.append(i)
-    s, fails = judge(model, processor, [f[0] for f in flat], [f[1] for f in flat], mode, batch_size)
-    out = [[] for _ in steps]
-    for i, x in zip(index, s):
-        out[i].append(x)
-    return out, fails
 
 
 def load_inputs(problems_path, candidates_path, only_id=None):
@@ -394,7 +346,8 @@ def main(a: Args):
     qs = [probs[c["problem_id"]]["question"] for c in cands]
     st = [c["steps"] for c in cands]
     if a.judge:
-        scores, fails = judge_steps(model, processor, ims, qs, st, a.judge, a.batch_size)
+        import judge
+        scores, fails = judge.judge_steps(model, processor, ims, qs, st, a.judge, a.batch_size)
         skipped = [(i, "no steps") for i, s in enumerate(st) if not s]
         print(f"judge ({a.judge}): {fails} parse failures out of {sum(map(len, st))} steps")
     else:

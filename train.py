@@ -109,8 +109,7 @@ def loss_on(model, batch, ids, objective, labels=None):
     if objective == "sft":
         hs = prm.hidden_states(model, batch)[:, :-1]  # (B, S-1, H)
         tgt = batch["input_ids"][:, 1:].to(hs.device)
-        pos = torch.arange(tgt.shape[1], device=hs.device)[None]
-        mask = (pos >= batch["prompt_lens"].to(hs.device)[:, None] - 1) & (batch["attention_mask"][:, 1:].to(hs.device) == 1)
+        mask = prm.answer_targets(batch, ids, hs.device)
         head = (model.module if hasattr(model, "module") else model).lm_head
         return F.cross_entropy(head(hs[mask]).float(), tgt[mask])
     logits = prm.tag_logits(model, batch, ids).float()  # (T, 2): "+" and "-" at each tag

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import data
+import judge
 import model as M
-import orm
 import prm
 import tasks
 
@@ -77,9 +77,9 @@ def test_judge_modes(tiny):
     m, p = tiny
     pr = tasks.make_problem("z", 0)
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    scores, fails = prm.judge_steps(m, p, [tasks.render(pr)], [pr["question"]], [steps], "logits")
+    scores, fails = judge.judge_steps(m, p, [tasks.render(pr)], [pr["question"]], [steps], "logits")
     assert fails == 0 and len(scores[0]) == len(steps) and all(0.0 <= s <= 1.0 for s in scores[0])
-    s2, fails2 = orm.judge_answers(m, p, [tasks.render(pr)], [pr["question"]], [steps], "generate")
+    s2, fails2 = judge.judge_answers(m, p, [tasks.render(pr)], [pr["question"]], [steps], "generate")
     assert fails2 == 1 and s2 == [None]  # tiny-init writes noise: no "Overall Score", counted as a parse failure
 
 

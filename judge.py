@@ -1,0 +1,71 @@
+"""VLM-as-a-judge (ViLBench): a model that was never trained as a reward model rates answers with a 1-5 rubric.
+
+    python prm.py --model tiny --problems P --candidates C --out judge.jsonl --judge logits     # judge PRM
+    python orm.py --model tiny --problems P --candidates C --out judge.jsonl --judge generate   # judge ORM
+
+PRM mode rates each step given the steps before it (one call per prefix); ORM mode rates the whole answer.
+"""
+import re
+
+import torch
+
+from model import generate
+from prm import encode, hidden_states
+
+
+# The paper's judge rubric (ViLBench, VLM-as-a-judge): rate 1-5 on relevance, coherence, accuracy and clarity.
+RUBRIC = ("You are a careful judge of visual math solutions. Look at the image and the question, then rate the "
+          "{what} from 1 (poor) to 5 (excellent) for relevance, coherence, accuracy and clarity. "
+          "End your reply with \"Overall Score: N\".\n\nQuestion: {question}\n\nSolution:\n{solution}")
+
+
+def prompt(question, steps, upto=None):
+    """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it."""
+    if upto is None:
+        return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
+    sol = "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps[:upto + 1]))
+    return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question, solution=sol)
+
+
+@torch.no_grad()
+def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new_tokens=256):
+    """Judge scores in [0, 1] ((E - 1) / 4 of a 1-5 score). logits: the expected score over the tokens "1".."5"
+    right after "Overall Score:" (deterministic, never fails to parse). generate: greedy text, parse the last
+    "Overall Score: N"; a reply without one is a parse failure (score None, counted)."""
+    tok = processor.tokenizer
+    digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+    scores, failures = [], 0
+    for j in range(0, len(prompts), batch_size):
+        ims, ps = images[j:j + batch_size], prompts[j:j + batch_size]
+        if mode == "generate":
+            for text in generate(model, processor, ims, ps, max_new_tokens=max_new_tokens):
+                m = re.findall(r"Overall Score:\s*\**\s*([1-5])", text)
+                failures += not m
+                scores.append((int(m[-1]) - 1) / 4 if m else None)
+            continue
+        batch, _, _ = encode(processor, ims, ps, answers=["Overall Score: "] * len(ps), max_len=10**6)
+        hs = hidden_states(model, batch)  # (B, S, H): read the logits after the last real token of each row
+        last = batch["attention_mask"].sum(1).to(hs.device) - 1
+        w = model.lm_head.weight[digits]  # (5, H)
+        p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)
+        scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
+    return scores, failures
+
+
+def judge_steps(model, processor, images, questions, steps, mode="logits", batch_size=8):
+    """The paper's judge PRM: one judge call per step prefix. Returns per-step score lists and parse failures."""
+    flat, index = [], []
+    for i, st in enumerate(steps):
+        for k in range(len(st)):
+            flat.append((images[i], prompt(questions[i], st, upto=k)))
+            index.append(i)
+    s, fails = rate(model, processor, [f[0] for f in flat], [f[1] for f in flat], mode, batch_size)
+    out = [[] for _ in steps]
+    for i, x in zip(index, s):
+        out[i].append(x)
+    return out, fails
+
+
+def judge_answers(model, processor, images, questions, steps, mode="logits", batch_size=8):
+    """The paper's judge ORM: one rubric prompt per whole answer; scores in [0, 1] and the parse failures."""
+    return rate(model, processor, images, [prompt(q, st) for q, st in zip(questions, steps)], mode, batch_size)
