@@ -14,6 +14,7 @@ Best-of-N, first-error F1, labelling cost, speed, segmentation. The last stdout 
 headline numbers.
 """
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +25,13 @@ import bon
 import controls as C
 import data
 import judge
+import metrics
 import model as M
+import orm
 import prm
 import report as R
 import speed
+import steps
 import tasks
 import train
 import tree_search
@@ -58,6 +62,7 @@ class Args:
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
+SCORE_BATCH, GEN_BATCH = 32, 64  # answers per scoring pass, solutions per generate call
 QUICK = dict(n_train=300, n_dev=24, n_test=40, steps=200, judge_n=8, draws=4)
 
 
@@ -112,15 +117,14 @@ def base_policy_pool(a, probs, model, processor):
     """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
     jobs = [(p, j) for p in probs for j in range(a.pool)]
     cands = []
-    for b in range(0, len(jobs), 64):
-        chunk = jobs[b:b + 64]
-        texts = M.generate(model, processor, [tasks.render(p) for p, _ in chunk], [p["question"] for p, _ in chunk],
-                           max_new_tokens=96, temperature=a.temperature, seed=tasks.seed_of(a.seed, "base-pool", b))
-        for (p, j), t in zip(chunk, texts):
-            steps = prm.split_steps(t)
-            ans = tasks.extract_answer(steps) if steps else None
+    for b in range(0, len(jobs), GEN_BATCH):
+        chunk = jobs[b:b + GEN_BATCH]
+        sols = M.solve(model, processor, [tasks.render(p) for p, _ in chunk], [p["question"] for p, _ in chunk],
+                       temperature=a.temperature, seed=tasks.seed_of(a.seed, "base-pool", b))
+        for (p, j), s in zip(chunk, sols):
+            steps, ans = s["steps"], s["answer"]
             cands.append({"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": steps, "answer": ans,
-                          "correct": tasks.match_answer(ans, p["answer"]), "policy": "tiny-base", "text": t,
+                          "correct": tasks.match_answer(ans, p["answer"]), "policy": "tiny-base", "text": s["text"],
                           "first_error": tasks.first_error(p, steps) if steps else None})
     return [c for c in cands if c["steps"]]
 
@@ -168,7 +172,7 @@ def stage_train(a, out, objective):
     if not (ck / "config.json").exists():
         t0 = time.time()
         train.main(train.Args(objective=objective, data=str(out / "labels.jsonl"), out=str(ck), warmup=a.steps // 10,
-                              eval_every=a.steps, save_every=a.steps, max_len=512, **want))
+                              eval_every=a.steps, save_every=a.steps, **want))
         record_time(out, f"train_{objective}", time.time() - t0)
     return str(ck)
 
@@ -199,20 +203,21 @@ def stage_scores(a, out, P, pools, ck):
         def keyed(scores):
             return {i: s for i, s in zip(ids, scores) if s is not None}
         sets = {}
-        sets["prm"] = keyed(prm.score_steps(*models["prm"], ims, qs, st, 32, 512, progress=True)[0])
-        orm_steps = prm.score_steps(*models["orm"], ims, qs, st, 32, 512)[0]
-        sets["orm"] = keyed([s[-1] if s else None for s in orm_steps])
+        def score(name, images=ims, steps=st, progress=False):
+            return prm.score_steps(*models[name], images, qs, steps, batch_size=SCORE_BATCH, progress=progress)[0]
+        sets["prm"] = keyed(score("prm", progress=True))
+        orm_steps = score("orm")
+        sets["orm"] = keyed(orm.from_steps(orm_steps))
         sets["orm_steps"] = keyed(orm_steps)  # the ORM read at every tag, for first-error F1
         if pool == "base":  # Best-of-N on the base's own answers reads the PRM and the ORM only
             res[f"{split}_{pool}"] = sets
             continue
-        sets["prm_blank"] = keyed(prm.score_steps(*models["prm"], C.blank(ims), qs, st, 32, 512)[0])
+        sets["prm_blank"] = keyed(score("prm", images=C.blank(ims)))
         sets["prior"] = keyed(C.prior_scores(prior, st))
         sets["base_likelihood"] = keyed(C.step_likelihood(*models["base"], ims, qs, st))
         if split == "test":
             for how in ("chunks", "pairs"):
-                seg = [C.segment(s, how) for s in st]
-                sets[f"prm_{how}"] = keyed(prm.score_steps(*models["prm"], ims, qs, seg, 32, 512)[0])
+                sets[f"prm_{how}"] = keyed(score("prm", steps=[steps.segment(s, how) for s in st]))
             judged = judged_ids(P["test"], a.judge_n)
             sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
             js, _ = judge.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
@@ -237,20 +242,76 @@ def first_error_table(P, pools, scores, judged):
     out = {}
     for key, name in (("prm", "prm"), ("orm_steps", "orm"), ("prm_blank", "prm_blank"), ("prior", "prior"),
                       ("base_likelihood", "base_likelihood")):
-        dev = [(scores["dev_synthetic"][key][c["id"]], c["first_error"]) for c in pools[("dev", "synthetic")]
-               if c["id"] in scores["dev_synthetic"][key]]
-        test = [(scores["test_synthetic"][key][c["id"]], c["first_error"]) for c in pools[("test", "synthetic")]
-                if c["id"] in scores["test_synthetic"][key]]
-        t = bon.choose_threshold([s for s, _ in dev], [f for _, f in dev])
-        r = bon.first_error_f1([s for s, _ in test], [f for _, f in test], t)
-        out[name] = {"first_error_f1": round(r["f1"], 4), "threshold": t, "acc_error": r["acc_error"],
-                     "acc_correct": r["acc_correct"]}
+        dev, test = ([(scores[f"{s}_synthetic"][key][c["id"]], c["first_error"]) for c in pools[(s, "synthetic")]
+                      if c["id"] in scores[f"{s}_synthetic"][key]] for s in ("dev", "test"))
+        r = metrics.dev_test_f1(*zip(*dev), *zip(*test))
+        out[name] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
+                     "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
     jp = bon.make_pools([p for p in P["test"] if p["id"] in judged], pools[("test", "synthetic")],
                         {"judge_prm": scores["test_synthetic"]["judge_prm"]})
     r = bon.step_f1(jp, "judge_prm")
     out["judge_prm"] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
                         "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
     return out
+
+
+def selection_tables(a, P, pools, scores):
+    """Best-of-N (main pool, judged subset, base pool), hybrid, controls and segmentation tables from the scores."""
+    judged, S, cands = judged_ids(P["test"], a.judge_n), scores["test_synthetic"], pools[("test", "synthetic")]
+    main_rules = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
+    res_bon = bon_tables(P, cands, S, main_rules, a)
+    judge_rules = {k: bon.METHODS[k] for k in ("random", "majority", "orm", "prm_min", "prm_mean", "judge_orm",
+                                               "judge_prm", "oracle")}
+    res_judge = bon_tables({**P, "test": [p for p in P["test"] if p["id"] in judged]}, cands, S, judge_rules, a)
+    for part in res_bon:  # the judge methods only where the judge ran (judge_n test problems)
+        res_bon[part].update({k: res_judge[part][k] for k in ("judge_orm", "judge_prm")})
+    hybrid_rules = {**{f"prm_{g}": f"max:prm:{g}" for g in ("min", "mean", "last", "last2", "last3")},
+                    "orm": "max:orm"}
+    base_cands = pools[("test", "base")]
+    probs = {p["id"]: p for p in P["test"]}
+    ctrl_keys = ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
+    # segmentation: the same answers cut three ways; key-step against equal weights
+    segs = {"steps": "prm", "chunks": "prm_chunks", "pairs": "prm_pairs"}
+    seg_sets = {**S, "prm_key": {c["id"]: C.key_weighted(S["prm"][c["id"]], c["steps"]) for c in cands
+                                 if c["id"] in S["prm"]}}
+    seg_rules = {**{f"{n}_min": f"max:{k}:min" for n, k in segs.items()},
+                 **{f"{n}_mean": f"max:{k}:mean" for n, k in segs.items()},
+                 "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean"}
+    acc = lambda f, m, n="16": res_bon[f][m][n]  # noqa: E731
+    return {
+        "bon": res_bon, "bon_judged_subset": res_judge, "hybrid": bon_tables(P, cands, S, hybrid_rules, a)["all"],
+        "bon_base_policy": bon_tables(P, base_cands, scores["test_base"], main_rules, a) if base_cands else {},
+        "step": first_error_table(P, pools, scores, judged),
+        "controls": {"fresh_auc": {k: C.fresh_auc(cands, probs, S[k]) for k in ctrl_keys},
+                     "bon": bon_tables(P, cands, S, {k: f"max:{k}:min" for k in ctrl_keys}, a)["all"]},
+        "segmentation": bon_tables(P, cands, seg_sets, seg_rules, a)["all"],
+        "gain_over_one_sample": {f: {m: round(acc(f, m) - acc(f, "random", "1"), 4) for m in
+                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "oracle")}
+                                 for f in ("text", "visual")}}
+
+
+def write_outputs(results, a, out):
+    """results.json, the plot, report.md (printed); with --readme the README block and a copy in results/."""
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    text = R.report(results, a, R.plot(results["bon"]["all"], out / "bon_curve.png"))
+    (out / "report.md").write_text(text)
+    print(text)
+    if a.readme:
+        R.update_readme(results, a)
+        (M.ROOT / "results").mkdir(exist_ok=True)
+        for f in ("results.json", "report.md", "bon_curve.png"):
+            if (out / f).exists():
+                shutil.copy(out / f, M.ROOT / "results" / f)
+
+
+def headline(results):
+    """The last stdout line: the headline numbers as one JSON object."""
+    b, step = results["bon"]["all"], results["step"]
+    best = max((m for m in b if m.startswith("prm_")), key=lambda m: b[m]["16"])
+    return {"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(b[best]["16"], 4),
+            **{f"{m}@16": round(b[m]["16"], 4) for m in ("weighted_prm", "orm", "majority", "oracle")},
+            "random@1": round(b["random"]["1"], 4), "prm_f1": step["prm"]["first_error_f1"],
+            "orm_f1": step["orm"]["first_error_f1"]}
 
 
 def main(a: Args):
@@ -263,74 +324,19 @@ def main(a: Args):
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(a.seed)
     P = stage_problems(a, out)
-    base = M.load(a.base)
-    pools = stage_pools(a, out, P, *base)
+    pools = stage_pools(a, out, P, *M.load(a.base))
     label_stats = stage_labels(a, out, P)
     ck = {o: stage_train(a, out, o) for o in ("prm", "orm")}
     scores = cached(out / "scores.json", lambda: stage_scores(a, out, P, pools, ck))
     labelling = cached(out / "labelling.json", lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts))
     spd = cached(out / "speed.json", lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"],
                                                                          pools[("test", "synthetic")]))
-    judged = judged_ids(P["test"], a.judge_n)
-    S = scores["test_synthetic"]
-    # Best-of-N on the main pool; the judge methods only where the judge ran (judge_n test problems)
-    main_rules = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
-    res_bon = bon_tables(P, pools[("test", "synthetic")], S, main_rules, a)
-    judge_rules = {k: bon.METHODS[k] for k in ("random", "majority", "orm", "prm_min", "prm_mean", "judge_orm",
-                                               "judge_prm", "oracle")}
-    Pj = {**P, "test": [p for p in P["test"] if p["id"] in judged]}
-    res_judge = bon_tables(Pj, pools[("test", "synthetic")], S, judge_rules, a)
-    for part in res_bon:
-        res_bon[part].update({k: res_judge[part][k] for k in ("judge_orm", "judge_prm")})
-    hybrid_rules = {**{f"prm_{g}": f"max:prm:{g}" for g in ("min", "mean", "last", "last2", "last3")},
-                    "orm": "max:orm"}
-    hybrid = bon_tables(P, pools[("test", "synthetic")], S, hybrid_rules, a)
-    Sb = scores["test_base"]
-    res_base = bon_tables(P, pools[("test", "base")], Sb, main_rules, a) if pools[("test", "base")] else {}
-    # controls: fresh-step AUC per kind and Best-of-N with each step-score set
-    probs = {p["id"]: p for p in P["test"]}
-    ctrl_keys = ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
-    controls = {k: C.fresh_auc(pools[("test", "synthetic")], probs, S[k]) for k in ctrl_keys}
-    ctrl_bon = bon_tables(P, pools[("test", "synthetic")], S, {k: f"max:{k}:min" for k in ctrl_keys}, a)["all"]
-    # segmentation: the same answers cut three ways; key-step against equal weights
-    segs = {"steps": "prm", "chunks": "prm_chunks", "pairs": "prm_pairs"}
-    seg_sets = dict(S)
-    seg_sets["prm_key"] = {c["id"]: C.key_weighted(S["prm"][c["id"]], c["steps"])
-                           for c in pools[("test", "synthetic")] if c["id"] in S["prm"]}
-    seg_rules = {**{f"{n}_min": f"max:{k}:min" for n, k in segs.items()},
-                 **{f"{n}_mean": f"max:{k}:mean" for n, k in segs.items()},
-                 "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean"}
-    seg = bon_tables(P, pools[("test", "synthetic")], seg_sets, seg_rules, a)["all"]
-    step = first_error_table(P, pools, scores, judged)
-    acc = lambda part, m, n="16": res_bon[part][m][n]  # noqa: E731
-    results = {
-        "config": asdict(a), "seconds": pipeline_seconds(out, t0), "seconds_this_run": round(time.time() - t0, 1),
-        "bon": res_bon, "bon_judged_subset": res_judge, "bon_base_policy": res_base, "hybrid": hybrid["all"],
-        "step": step, "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
-        "controls": {"fresh_auc": controls, "bon": ctrl_bon}, "segmentation": seg,
-        "gain_over_one_sample": {f: {m: round(acc(f, m) - acc(f, "random", "1"), 4) for m in
-                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "oracle")}
-                                 for f in ("text", "visual")},
-        "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()},
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    curve = R.plot(res_bon["all"], out / "bon_curve.png")
-    text = R.report(results, a, curve)
-    (out / "report.md").write_text(text)
-    print(text)
-    if a.readme:  # the README's table and a committed copy of the full outputs
-        import shutil
-        R.update_readme(results, a)
-        (Path(__file__).resolve().parent / "results").mkdir(exist_ok=True)
-        for f in ("results.json", "report.md", "bon_curve.png"):
-            if (out / f).exists():
-                shutil.copy(out / f, Path(__file__).resolve().parent / "results" / f)
-    best = max((m for m in res_bon["all"] if m.startswith("prm_")), key=lambda m: acc("all", m))
-    print(json.dumps({"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(acc("all", best), 4),
-                      "weighted_prm@16": round(acc("all", "weighted_prm"), 4), "orm@16": round(acc("all", "orm"), 4),
-                      "majority@16": round(acc("all", "majority"), 4), "random@1": round(acc("all", "random", "1"), 4),
-                      "oracle@16": round(acc("all", "oracle"), 4), "prm_f1": step["prm"]["first_error_f1"],
-                      "orm_f1": step["orm"]["first_error_f1"]}))
+    tables = selection_tables(a, P, pools, scores)
+    results = {"config": asdict(a), "seconds": pipeline_seconds(out, t0), "seconds_this_run": round(time.time() - t0, 1),
+               **tables, "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
+               "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
+    write_outputs(results, a, out)
+    print(json.dumps(headline(results)))
     return results
 
 

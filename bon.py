@@ -6,11 +6,10 @@
 
 A pool: per problem, candidates {"answer", "correct", "scores": {key: float | [float per step]}}, optional "key"
 (the normalized answer). Rules: random (one uniform pick: the mean correctness), majority (most frequent normalized
-answer; no answer, no vote), oracle (pass@N), max:KEY[:AGG] (highest score, step scores aggregated by prm.aggregate),
+answer; no answer, no vote), oracle (pass@N), max:KEY[:AGG] (highest score, step scores aggregated by aggregate),
 vote:KEY[:AGG] (weighted majority: the answer whose scores sum highest). A tie counts as its exact expectation: a
 uniform pick among the tied candidates or answer groups (a group is worth its members' mean correctness).
 """
-import itertools
 import json
 import math
 import random
@@ -19,8 +18,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 import data
-from model import parse_args
+import metrics
+import orm
+import prm
+from model import MAX_LEN, load, parse_args
 from tasks import _norm, match_answer, seed_of
 
 NS = (1, 2, 4, 8, 16)
@@ -30,6 +34,27 @@ AGGS = ("min", "mean", "prod", "last", "last2")
 METHODS = {"random": "random", "majority": "majority", "weighted_prm": "vote:prm:min", "orm": "max:orm",
            **{f"prm_{a}": f"max:prm:{a}" for a in AGGS}, "judge_orm": "max:judge_orm",
            "judge_prm": "max:judge_prm:mean", "oracle": "oracle"}
+
+
+def aggregate(step_scores, how="min"):
+    """One answer score from its step scores: min, mean, prod, last, or lastK (mean of the last K steps: the paper's
+    hybrid that scores only the closing steps). An answer with no steps scores 0."""
+    s = list(step_scores)
+    if not s:
+        return 0.0
+    if how == "min":
+        return min(s)
+    if how == "mean":
+        return sum(s) / len(s)
+    if how == "prod":
+        return math.prod(s)
+    if how == "last":
+        return s[-1]
+    # fork here: a new aggregation (then add it to AGGS so bench.py and bon.py report it)
+    if how.startswith("last") and how[4:].isdigit():
+        tail = s[-int(how[4:]):]
+        return sum(tail) / len(tail)
+    raise ValueError(f"unknown aggregation {how!r}: min, mean, prod, last, lastK")
 
 
 def answer_key(answer, options=None):
@@ -60,7 +85,6 @@ def prepare(pool, rule):
         if isinstance(v, (list, tuple)):
             if agg is None:
                 raise ValueError(f"rule {rule!r}: {key} holds step scores, name an aggregation ({rule}:min)")
-            from prm import aggregate  # here: prm imports torch, and float scores need neither
             v = aggregate(v, agg) if v else None
         out.append((c["key"] if "key" in c else answer_key(c.get("answer")), float(bool(c.get("correct"))),
                     None if v is None else float(v)))
@@ -161,46 +185,6 @@ def vilbench_filter(pools, pairs, n=16, draws=8, seed=0):
     return [pid for pid in pools if gain[pid] > 1e-12], gain
 
 
-def auc(scores, labels):
-    """ROC AUC: the chance a random positive scores above a random negative (ties count half). 0.5 if one class."""
-    pos = sum(bool(y) for y in labels)
-    if pos in (0, len(labels)):
-        return 0.5
-    wins, below = 0.0, 0  # below: negatives with a lower score than the current group
-    for _, group in itertools.groupby(sorted(zip(scores, map(bool, labels))), key=lambda t: t[0]):
-        ys = [y for _, y in group]
-        wins += sum(ys) * (below + (len(ys) - sum(ys)) / 2)
-        below += len(ys) - sum(ys)
-    return wins / (pos * (len(labels) - pos))
-
-
-def predicted_first_error(step_scores, threshold):
-    """The first step whose score falls below the threshold, or -1 (ProcessBench's protocol)."""
-    return next((i for i, s in enumerate(step_scores) if s < threshold), -1)
-
-
-def first_error_f1(all_scores, true_first_errors, threshold):
-    """ProcessBench F1: harmonic mean of the accuracy on erroneous solutions (the predicted first error must be the
-    true one) and on correct solutions (no error predicted). A class with no solution has accuracy None and drops
-    out: the F1 is then the other class's accuracy (0.0 with no solution at all)."""
-    err = [predicted_first_error(s, threshold) == t for s, t in zip(all_scores, true_first_errors) if t != -1]
-    ok = [predicted_first_error(s, threshold) == -1 for s, t in zip(all_scores, true_first_errors) if t == -1]
-    acc_err = sum(err) / len(err) if err else None
-    acc_ok = sum(ok) / len(ok) if ok else None
-    accs = [a for a in (acc_err, acc_ok) if a is not None]
-    f1 = 0.0 if not accs or 0 in accs else len(accs) / sum(1 / a for a in accs)
-    return {"f1": f1, "acc_error": acc_err, "acc_correct": acc_ok}
-
-
-def choose_threshold(dev_scores, dev_first_errors, grid=None):
-    """The step-score threshold with the best first-error F1 on a dev split, from `grid` (default 0.01 .. 0.99).
-    Several best: their median (the lower middle), i.e. the centre of the best range, not its edge."""
-    grid = grid or [i / 100 for i in range(1, 100)]
-    f1s = [first_error_f1(dev_scores, dev_first_errors, t)["f1"] for t in grid]
-    best = [t for t, f in zip(grid, f1s) if f == max(f1s)]
-    return best[(len(best) - 1) // 2]
-
-
 def table(results, methods=None, ns=None):
     """A markdown table, rows methods, columns N; cells are accuracies, or "mean ± std" from accuracy_at_n."""
     methods = [m for m in (methods or list(results)) if m in results]
@@ -267,10 +251,7 @@ def step_f1(pools, key, dev_frac=0.5, seed=0):
             if c.get("first_error") is not None and c["scores"].get(key):
                 part[0].append(c["scores"][key])
                 part[1].append(c["first_error"])
-    t = choose_threshold(*dev)
-    r = first_error_f1(*test, t)
-    return {"first_error_f1": r["f1"], "threshold": t, "acc_error": r["acc_error"], "acc_correct": r["acc_correct"],
-            "f1_at_0.5": first_error_f1(*test, 0.5)["f1"], "dev": len(dev[0]), "test": len(test[0])}
+    return metrics.dev_test_f1(*dev, *test)
 
 
 def report(pools, rules, ns, a, families=None):
@@ -320,17 +301,13 @@ class Args:
     seed: int = field(default=0, metadata={"help": "seed of the subsets and of the dev split"})
     dev_frac: float = field(default=0.5, metadata={"help": "share of problems that choose the first-error threshold"})
     batch_size: int = field(default=8, metadata={"help": "with --model: answers per forward pass"})
-    max_len: int = field(default=2048, metadata={"help": "with --model: maximum tokens per answer"})
+    max_len: int = field(default=MAX_LEN, metadata={"help": "with --model: maximum tokens per answer"})
     device: str = field(default="", metadata={"help": "with --model: cpu | cuda (default: cuda if available)"})
 
 
 def score_pool(a, problems, candidates):
     """Score the pool's steps with --model (prm.score_steps) and answers with --orm-model (orm.score_answers), or
     with --model's last-step score (what orm.score_answers returns for the same model, without a second pass)."""
-    import orm
-    import prm
-    from PIL import Image
-    from model import load
     images = {p["id"]: Image.open(p["image"]).convert("RGB") for p in problems}
     qs = {p["id"]: p["question"] for p in problems}
     args = ([images[c["problem_id"]] for c in candidates], [qs[c["problem_id"]] for c in candidates],
@@ -342,7 +319,7 @@ def score_pool(a, problems, candidates):
         answers, skipped_orm = orm.score_answers(model, processor, *args)
         print(f"ORM {a.orm_model}: {len(skipped_orm)} of {len(candidates)} answers skipped", file=sys.stderr)
     else:
-        answers = [s[-1] if s else None for s in steps]
+        answers = orm.from_steps(steps)
     print(f"PRM {a.model}: {len(skipped)} of {len(candidates)} answers skipped (too long or no step)", file=sys.stderr)
     ids = [c["id"] for c in candidates]
     return {"prm": {i: s for i, s in zip(ids, steps) if s},

@@ -4,8 +4,7 @@
   reasoning: a prototype's PRM learned exactly this, "7 is never a count");
 - the base model's own step likelihood: a zero-shot verifier (is the PRM doing more than the base already knew?);
 - the image blanked: a PRM that reads the image must lose its perception skill;
-- segmentation: the same answer cut into the writer's steps, fixed-size chunks or coarse pairs (the paper's closing
-  finding: PRMs need clear step divisions), and key-step weighting against equal weights.
+- key-step weighting against equal weights (the cuts of the segmentation ablation are steps.segment).
 bench.py uses them in its tables (7) and (8).
 """
 import re
@@ -13,22 +12,25 @@ import re
 import torch
 from PIL import Image
 
-import bon
-import prm
+import metrics
 import tasks
+from model import encode, hidden_states, unwrap
 
 
 def step_likelihood(model, processor, images, questions, steps, batch_size=32):
     """The base model's own belief in each step: exp(mean log-prob of the step's tokens) given the steps before it.
-    A zero-shot verifier: is the PRM doing more than the base already knew?"""
-    tok, out = processor.tokenizer, []
+    A zero-shot verifier: is the PRM doing more than the base already knew? One list per answer, None for an answer
+    too long to encode (as prm.score_steps)."""
+    tok, out = processor.tokenizer, [None] * len(questions)
     for j in range(0, len(questions), batch_size):
         sl = range(j, min(j + batch_size, len(questions)))
         texts = [tasks.format_steps(steps[i], "step") for i in sl]
-        batch, keep, _ = prm.encode(processor, [images[i] for i in sl], [questions[i] for i in sl], answers=texts)
+        batch, keep, _ = encode(processor, [images[i] for i in sl], [questions[i] for i in sl], answers=texts)
+        if batch is None:
+            continue
         with torch.no_grad():
-            h = prm.hidden_states(model, batch)
-            logp = torch.log_softmax(model.lm_head(h[:, :-1]).float(), -1)
+            h = hidden_states(model, batch)
+            logp = torch.log_softmax(unwrap(model).lm_head(h[:, :-1]).float(), -1)
             lp = logp.gather(-1, batch["input_ids"][:, 1:, None].to(logp.device))[..., 0]  # (B, S-1)
         for r, i in enumerate(sl[k] for k in keep):
             start, scores = int(batch["prompt_lens"][r]), []
@@ -37,7 +39,7 @@ def step_likelihood(model, processor, images, questions, steps, batch_size=32):
                                             add_special_tokens=False))
                 hi = start + len(tok.encode(tasks.format_steps(steps[i][:k + 1], "step"), add_special_tokens=False))
                 scores.append(float(lp[r, lo - 1:hi - 1].mean().exp()))
-            out.append(scores)
+            out[i] = scores
     return out
 
 
@@ -61,16 +63,6 @@ def prior_scores(table, steps):
             for st in steps]
 
 
-def segment(steps, how):
-    """The same answer cut three ways: the writer's steps, fixed-size chunks, or coarse pairs of steps."""
-    if how == "steps":
-        return steps
-    text = " ".join(steps)
-    if how == "chunks":  # 24-character pieces that ignore the writer's boundaries
-        return [text[i:i + 24] for i in range(0, len(text), 24)]
-    return [" ".join(steps[i:i + 2]) for i in range(0, len(steps), 2)]
-
-
 def key_weighted(scores, steps):
     """Key-step aggregation: steps that state a checked fact (a count or an equation) weigh 2, restatements 1."""
     w = [2.0 if ("=" in s or "There are" in s) else 1.0 for s in steps]
@@ -82,22 +74,27 @@ def blank(images):
     return [Image.new("RGB", im.size, "white") for im in images]
 
 
+def fresh_items(cand, prob, scores):
+    """One candidate's "fresh" steps (every earlier step right) with a checkable kind: [{"kind", "score", "label"}]
+    (label: the step is right). Perception is a count; visual / text arithmetic an equation of either family."""
+    kinds, fe, out = [k for _, k, _ in tasks.gold_steps(prob)], cand.get("first_error"), []
+    if fe is None or scores is None:
+        return out
+    for i in range(min(len(scores), len(kinds))):
+        if fe != -1 and i > fe:
+            break
+        k = {"count": "perception", "arith": "visual_arith", "text_arith": "text_arith"}.get(kinds[i])
+        if k:
+            out.append({"kind": k, "score": scores[i], "label": fe != i})
+    return out
+
+
 def fresh_auc(cands, probs, scores):
-    """AUC of a step-score set on "fresh" steps (every earlier step right), per step kind: does it check the step?"""
+    """AUC of a step-score set on fresh steps, per step kind: does it check the step, or guess?"""
     by_kind = {}
     for c in cands:
-        s = scores.get(c["id"])
-        p = probs[c["problem_id"]]
-        if s is None or c.get("first_error") is None:
-            continue
-        kinds = [k for _, k, _ in tasks.gold_steps(p)]
-        fe = c["first_error"]
-        for i in range(min(len(s), len(kinds))):
-            if fe != -1 and i > fe:
-                break
-            k = {"count": "perception", "arith": "visual_arith", "text_arith": "text_arith"}.get(kinds[i])
-            if k:
-                by_kind.setdefault(k, ([], []))
-                by_kind[k][0].append(s[i])
-                by_kind[k][1].append(fe != i)
-    return {k: round(bon.auc(*v), 4) for k, v in sorted(by_kind.items())}
+        for x in fresh_items(c, probs[c["problem_id"]], scores.get(c["id"])):
+            by_kind.setdefault(x["kind"], ([], []))
+            by_kind[x["kind"]][0].append(x["score"])
+            by_kind[x["kind"]][1].append(x["label"])
+    return {k: round(metrics.auc(*v), 4) for k, v in sorted(by_kind.items())}

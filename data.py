@@ -18,6 +18,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from steps import split_steps
+
 ROOT = Path(__file__).resolve().parent
 MATHV = ROOT.parent / "shared" / "data" / "mathv-testmini"
 KINDS = ("problem", "candidate", "score", "labelled")
@@ -177,8 +179,6 @@ def load_mathv(root=None):
     then its chain-of-thought set, so ids are stable. Candidates carry "cot" (a chain-of-thought set) and
     "source_file". A response that splits into no step is skipped and counted on stderr (none in the shipped
     data: 304 problems, 4560 candidates)."""
-    from prm import split_steps  # here, not at the top: prm imports torch, reading records should not
-
     root = Path(root) if root else MATHV
     problems = [validate({"id": str(p["id"]), "image": str(resolve_image(root / "problems.jsonl", p["image"])),
                           "question": p["question"], "answer": p["answer"], "options": p.get("options") or [],

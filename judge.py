@@ -9,11 +9,11 @@ import re
 
 import torch
 
-from model import generate
-from prm import encode, hidden_states
+from model import encode, generate, hidden_states, unwrap
 
 
 # The paper's judge rubric (ViLBench, VLM-as-a-judge): rate 1-5 on relevance, coherence, accuracy and clarity.
+# fork here: your own rubric (keep the "Overall Score: N" ending that rate() reads)
 RUBRIC = ("You are a careful judge of visual math solutions. Look at the image and the question, then rate the "
           "{what} from 1 (poor) to 5 (excellent) for relevance, coherence, accuracy and clarity. "
           "End your reply with \"Overall Score: N\".\n\nQuestion: {question}\n\nSolution:\n{solution}")
@@ -25,6 +25,12 @@ def prompt(question, steps, upto=None):
         return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
     sol = "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps[:upto + 1]))
     return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question, solution=sol)
+
+
+def parse_score(reply):
+    """A judge's reply -> its last "Overall Score: N" (1-5) as (N - 1) / 4, or None when it has none."""
+    m = re.findall(r"Overall Score:\s*\**\s*([1-5])\b", reply)
+    return (int(m[-1]) - 1) / 4 if m else None
 
 
 @torch.no_grad()
@@ -39,14 +45,13 @@ def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new
         ims, ps = images[j:j + batch_size], prompts[j:j + batch_size]
         if mode == "generate":
             for text in generate(model, processor, ims, ps, max_new_tokens=max_new_tokens):
-                m = re.findall(r"Overall Score:\s*\**\s*([1-5])", text)
-                failures += not m
-                scores.append((int(m[-1]) - 1) / 4 if m else None)
+                scores.append(parse_score(text))
+                failures += scores[-1] is None
             continue
         batch, _, _ = encode(processor, ims, ps, answers=["Overall Score: "] * len(ps), max_len=10**6)
         hs = hidden_states(model, batch)  # (B, S, H): read the logits after the last real token of each row
         last = batch["attention_mask"].sum(1).to(hs.device) - 1
-        w = model.lm_head.weight[digits]  # (5, H)
+        w = unwrap(model).lm_head.weight[digits]  # (5, H)
         p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)
         scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
     return scores, failures

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+import tasks
+from steps import split_steps
+
 ROOT = Path(__file__).resolve().parent
 TINY_BASE = ROOT / "checkpoints" / "tiny-base"
 
@@ -58,45 +61,6 @@ def default_dtype(device):
     if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def windowed_attention(module, q, k, v, attention_mask=None, scaling=None, dropout=0.0, **kw):
-    """The vision tower's attention: one SDPA call per distinct window length, the windows as its batch.
-    q, k, v: (1, heads, N, d), windows packed back to back as kw["cu_seq_lens_q"] (W + 1,) says; -> (1, N, heads, d).
-    Stock transformers calls SDPA once per window without flash-attn (128 calls a layer for 8 images of 448 px)."""
-    cu = kw["cu_seq_lens_q"]
-    lens = cu[1:] - cu[:-1]
-    sizes = lens.unique().tolist()
-    outs, order = [], []
-    for n in sizes:
-        if len(sizes) == 1:  # all windows the same size: a view, no gather
-            win = lambda t: t[0].unflatten(1, (-1, n)).transpose(0, 1)  # noqa: E731  (W, heads, n, d)
-        else:
-            idx = (cu[:-1][lens == n][:, None] + torch.arange(n, device=q.device)).flatten()
-            order.append(idx)
-            win = lambda t: t[0][:, idx].unflatten(1, (-1, n)).transpose(0, 1)  # noqa: E731
-        o = torch.nn.functional.scaled_dot_product_attention(win(q), win(k), win(v), scale=scaling)
-        outs.append(o.transpose(0, 1).flatten(1, 2))  # (heads, W * n, d)
-    out = torch.cat(outs, 1)
-    if order:  # grouped by length: back to the packed order
-        out = out[:, torch.argsort(torch.cat(order))]
-    return out.transpose(0, 1).unsqueeze(0), None
-
-
-def use_attention(model, impl="sdpa"):
-    """Attention kernels: "sdpa" | "eager" (transformers' own), or "windows": SDPA everywhere, the vision windows
-    batched (windowed_attention). transformers hands cu_seqlens only to a "flash*" implementation, hence the name."""
-    from transformers import AttentionInterface
-    from transformers.utils.generic import is_flash_attention_requested
-    inner = model.module if hasattr(model, "module") else model
-    inner.config._attn_implementation = "eager" if impl == "eager" else "sdpa"  # sets the sub-configs too
-    if impl == "windows":
-        AttentionInterface.register("flash_windows_sdpa", windowed_attention)
-        inner.model.visual.config._attn_implementation = "flash_windows_sdpa"
-        assert is_flash_attention_requested(inner.model.visual.blocks[0].attn.config)
-    elif impl not in ("sdpa", "eager"):
-        raise ValueError(f"unknown attention {impl!r}: sdpa | eager | windows")
-    return model
 
 
 def tiny_tokenizer():
@@ -252,6 +216,104 @@ def save(model, processor, out, extra=None):
         Path(out, "train_config.json").write_text(json.dumps(extra, indent=1))
 
 
+# The step-tag input (every script builds its model input here): chat prompt (image + question), then the answer;
+# for a reward model every step followed by STEP_TAG. A batch carries MODEL_KEYS for the model, plus "prompt_lens"
+# (where each answer starts) and, from train.py, "n_steps" and "ref_logprobs".
+MAX_LEN = 1024  # tokens per sequence, everywhere (the question is cut first, never the steps)
+
+
+def unwrap(model):
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN, cache=None, keys=None):
+    """A right-padded batch of chat prompt (image + question) + assistant text, for training and scoring.
+
+    answers: one text each (SFT). steps: one list of steps each (PRM/ORM input: every step followed by the tag).
+    A sequence over max_len has its question cut, never its steps; if that is not enough it is skipped.
+    cache (a dict) with keys (one hashable per item): each item is encoded once (a training loop's epochs reuse it).
+    Returns (batch or None, kept indices, skipped [(index, reason)]); batch["prompt_lens"] marks where answers start.
+    """
+    tok, rows, keep, skipped, plens = processor.tokenizer, [], [], [], []
+    for i in range(len(prompts)):
+        key = keys[i] if cache is not None else None
+        if key is None or key not in cache:
+            res = _encode_one(processor, images[i], prompts[i], answers[i] if steps is None else None,
+                              None if steps is None else steps[i], max_len)
+            if key is not None:
+                cache[key] = res
+        else:
+            res = cache[key]
+        if isinstance(res, str):
+            skipped.append((i, res))
+            continue
+        rows.append(res[0])
+        keep.append(i)
+        plens.append(res[1])
+    if not rows:
+        return None, keep, skipped
+    S = max(r["input_ids"].shape[1] for r in rows)
+    pad = lambda t, v: torch.nn.functional.pad(t, (0, S - t.shape[1]), value=v)  # noqa: E731
+    batch = {"input_ids": torch.cat([pad(r["input_ids"], tok.pad_token_id) for r in rows]),
+             "attention_mask": torch.cat([pad(r["attention_mask"], 0) for r in rows]),
+             "pixel_values": torch.cat([r["pixel_values"] for r in rows]),
+             "image_grid_thw": torch.cat([r["image_grid_thw"] for r in rows]),
+             "prompt_lens": torch.tensor(plens)}
+    if "mm_token_type_ids" in rows[0]:
+        batch["mm_token_type_ids"] = torch.cat([pad(r["mm_token_type_ids"], 0) for r in rows])
+    return batch, keep, skipped
+
+
+def _encode_one(processor, image, q, answer, steps, max_len):
+    """-> (processor output, prompt length) or the reason it is skipped (a str)."""
+    tok = processor.tokenizer
+    body = answer if steps is None else "".join(f"{s.replace(STEP_TAG, '').strip()}{STEP_TAG}\n" for s in steps)
+    n_body = len(tok.encode(body, add_special_tokens=False))
+    for _ in range(3):
+        enc = processor(text=[chat_prompt(processor, q) + body], images=[image], return_tensors="pt")
+        n = enc["input_ids"].shape[1]
+        if n <= max_len:
+            break
+        q_ids = tok.encode(q, add_special_tokens=False)  # cut the question's end, keep its start
+        q = tok.decode(q_ids[:max(len(q_ids) - (n - max_len) - 4, 0)]) + " ..."
+    if n > max_len:
+        return f"{n} tokens > max_len {max_len} even with the question cut"
+    if steps is not None and int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps):
+        return "step tags in the input do not match the number of steps"
+    return enc, n - n_body
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def hidden_states(model, batch):
+    """(B, S, H) last hidden states of the language model; no logits over the vocabulary anywhere."""
+    inner = unwrap(model).model
+    dev = next(model.parameters()).device
+    inputs = {k: batch[k].to(dev) for k in MODEL_KEYS if k in batch}
+    inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+    return inner(**inputs).last_hidden_state
+
+
+def answer_targets(batch, ids, device):
+    """(B, S-1) True at position j when token j+1 is an answer token (not the prompt, a step tag or padding)."""
+    inp = batch["input_ids"].to(device)
+    pos = torch.arange(inp.shape[1], device=device)[None]
+    return ((pos >= batch["prompt_lens"].to(device)[:, None]) & (batch["attention_mask"].to(device) == 1)
+            & (inp != ids["tag"]))[:, 1:]
+
+
+def token_logprobs(model, batch, ids):
+    """(B, S) log-probability of each answer token (0 at the prompt, the tags and padding): one forward pass."""
+    head = unwrap(model).lm_head
+    h = hidden_states(model, batch)[:, :-1]
+    inp, keep = batch["input_ids"].to(h.device), answer_targets(batch, ids, h.device)
+    lp = torch.zeros(inp.shape, device=h.device)
+    lp[:, 1:][keep] = torch.log_softmax(head(h[keep]).float(), -1).gather(1, inp[:, 1:][keep][:, None])[:, 0]
+    return lp
+
+
 def chat_prompt(processor, question):
     """The user turn (image first, then the question) and the assistant header, as the model's chat template writes it."""
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -272,6 +334,22 @@ def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96
     out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id, **kw)
     return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def solve(model, processor, images, questions, prefix_steps=None, max_new_tokens=96, temperature=0.0, seed=0):
+    """Write solutions and read them: generate, cut the new text into steps, extract the final answer. With
+    prefix_steps (one list of steps each) the model continues "Step 1: .. Step k+1: " and the prefix is kept verbatim.
+    -> [{"text": new text, "steps", "answer"}]."""
+    heads = None
+    if prefix_steps is not None:
+        heads = [(tasks.format_steps(p, "step") + "\n" if p else "") + f"Step {len(p) + 1}: " for p in prefix_steps]
+    texts = generate(model, processor, images, questions, heads, max_new_tokens, temperature, seed)
+    out = []
+    for i, t in enumerate(texts):
+        new = split_steps(t if heads is None else f"Step {len(prefix_steps[i]) + 1}: " + t)
+        st = (list(prefix_steps[i]) if heads else []) + new
+        out.append({"text": t, "steps": st, "answer": tasks.extract_answer(st) if st else None})
+    return out
 
 
 def parse_args(cls, argv=None, doc=None):

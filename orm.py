@@ -9,14 +9,20 @@ read in the same single forward pass. The judge ORM rates the whole answer 1-5 w
 from dataclasses import dataclass, field
 
 import data
+import judge
 import prm
-from model import load, parse_args
+from model import MAX_LEN, load, parse_args
 
 
-def score_answers(model, processor, images, questions, steps, batch_size=16, max_len=1024, progress=False):
+def from_steps(step_scores):
+    """An ORM's answer scores from its per-tag scores (prm.score_steps): the score at the last tag, None if none."""
+    return [s[-1] if s else None for s in step_scores]
+
+
+def score_answers(model, processor, images, questions, steps, batch_size=16, max_len=MAX_LEN, progress=False):
     """P(answer is right) per answer: the score at its last tag. Returns (scores, None where skipped; skipped)."""
     s, skipped = prm.score_steps(model, processor, images, questions, steps, batch_size, max_len, progress)
-    return [x[-1] if x else None for x in s], skipped
+    return from_steps(s), skipped
 
 
 @dataclass
@@ -27,7 +33,7 @@ class Args:
     out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
     judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained head: logits | generate"})
     batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
-    max_len: int = field(default=2048, metadata={"help": "maximum tokens per answer (question cut first)"})
+    max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
 
@@ -42,7 +48,6 @@ def main(a: Args):
     qs = [probs[c["problem_id"]]["question"] for c in cands]
     st = [c["steps"] for c in cands]
     if a.judge:
-        import judge
         scores, fails = judge.judge_answers(model, processor, ims, qs, st, a.judge, a.batch_size)
         print(f"judge ({a.judge}): {fails} parse failures out of {len(cands)} answers")
     else:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import model as M
 import prm
+import recipe
 import tasks
 import train
 
@@ -37,7 +38,7 @@ CONFIGS = {
     "small": dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=1024, mrope=[2, 3, 3],
                   vis_depth=2, vis_hidden=64, vis_heads=2, vis_ffn=128, fullatt=[1]),
 }
-PATCH, MERGE, WINDOW = 14, 2, 112  # Qwen2.5-VL: 14 px patches, 2x2 merged into one token, 112 px attention windows
+QWEN_PATCH, MERGE, WINDOW = 14, 2, 112  # Qwen2.5-VL: 14 px patches, 2x2 merged into one token, 112 px attention windows
 
 # name: (train.Args fields, loss). Each rung adds one idea to the one above it; "recipe" is train.py's GPU recipe,
 # "accum4" and "nockpt" the other ways to spend memory (measured, not assumed); "compile" is only run when named.
@@ -81,7 +82,7 @@ def make_config(name):
                 rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=1, eos_token_id=1, pad_token_id=0,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": c["mrope"]})
     vision = dict(depth=c["vis_depth"], hidden_size=c["vis_hidden"], intermediate_size=c["vis_ffn"],
-                  num_heads=c["vis_heads"], patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
+                  num_heads=c["vis_heads"], patch_size=QWEN_PATCH, spatial_merge_size=MERGE, temporal_patch_size=2,
                   window_size=WINDOW, fullatt_block_indexes=c["fullatt"], out_hidden_size=c["hidden"])
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **sp)
 
@@ -105,10 +106,10 @@ def make_batch(cfg, n, seq, image, tags, seed=0):
     Every sequence has its tags at the same places, so that the prefixes of the batch line up."""
     from transformers import Qwen2_5_VLModel
     g = torch.Generator().manual_seed(seed)
-    grid = image // PATCH
+    grid = image // QWEN_PATCH
     n_img = grid * grid // MERGE ** 2
     ids = token_ids(cfg)
-    assert image % (PATCH * MERGE) == 0, f"--image {image} is not a multiple of {PATCH * MERGE}"
+    assert image % (QWEN_PATCH * MERGE) == 0, f"--image {image} is not a multiple of {QWEN_PATCH * MERGE}"
     assert seq >= n_img + 2 + 2 * tags, f"--seq {seq} is too short for {n_img} image tokens and {tags} tags"
     x = torch.randint(12, cfg.image_token_id - 8, (n, seq), generator=g)
     x[:, 0], x[:, 1:1 + n_img], x[:, 1 + n_img] = cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id
@@ -116,7 +117,7 @@ def make_batch(cfg, n, seq, image, tags, seed=0):
     tag_at = [start + (k + 1) * (seq - start) // tags - 1 for k in range(tags)]
     x[:, tag_at] = ids["tag"]
     batch = {"input_ids": x, "attention_mask": torch.ones_like(x),
-             "pixel_values": torch.randn(n * grid * grid, 3 * 2 * PATCH * PATCH, generator=g),
+             "pixel_values": torch.randn(n * grid * grid, 3 * 2 * QWEN_PATCH * QWEN_PATCH, generator=g),
              "image_grid_thw": torch.tensor([[1, grid, grid]] * n),
              "n_steps": torch.full((n,), tags)}
     if "mm_token_type_ids" in inspect.signature(Qwen2_5_VLModel.forward).parameters:  # newer transformers
@@ -127,7 +128,7 @@ def make_batch(cfg, n, seq, image, tags, seed=0):
 def full_logits_loss(model, batch, ids, objective, labels):
     """The anchor's loss: logits over the whole vocabulary at every position (model(**batch).logits, (B, S, V)),
     then the "+"/"-" columns at the tags. Same value as train.loss_on "prm", far more work."""
-    inputs = {k: batch[k] for k in prm.MODEL_KEYS if k in batch}
+    inputs = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     logits = model(**inputs).logits
     logp = F.log_softmax(logits[batch["input_ids"] == ids["tag"]][:, [ids["pos"], ids["neg"]]].float(), -1)
@@ -165,24 +166,17 @@ def precision(ta, device):
 def time_train(name, s, cfg, device, batch, labels):
     """One variant: build, warm up, time s.steps optimizer steps of train.py's step on the same global batch."""
     fields, loss_kind = VARIANTS[name]
-    ta = train.Args(objective="prm", batch_size=s.batch, lr=1e-5, device=device, **fields)
+    ta = train.Args(objective="prm", head="tag", batch_size=s.batch, lr=1e-5, device=device, **fields)
     model = build(cfg, device, torch.bfloat16 if ta.bf16_weights else torch.float32, s.seed)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    train.prepare(model, ta)
-    opt = train.make_optimizer(model, ta, device)
+    recipe.prepare(model, ta)
+    opt = recipe.make_optimizer(model, ta, device)
     ids, loss_fn = token_ids(cfg), train.loss_on if loss_kind == "tags" else full_logits_loss
     micro = split(batch, labels, ta.grad_accum)
 
-    def step():  # train.main's step: accumulate micro-batches under bf16 autocast (CUDA), clip, AdamW
-        for mb, y in micro:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                loss = loss_fn(model, mb, ids, "prm", y) / ta.grad_accum
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ta.clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
+    def step():  # train.py's own optimizer step (lr schedule at step 0, autocast, clip, AdamW)
+        return train.train_step(model, opt, micro, ta, ids, 0, loss_fn)[0]
 
     for _ in range(s.warmup):
         step()
@@ -196,7 +190,7 @@ def time_train(name, s, cfg, device, batch, labels):
     n = sum(p.numel() for p in model.parameters())
     out = {"tokens_per_s": round(tps, 1), "mfu": round(6 * n * tps / s.peak_flops, 4) if device.startswith("cuda")
            else None, "peak_gb": peak_gb(device), "precision": precision(ta, device),
-           "s_per_step": round(dt, 4), "loss": round(loss.item() * ta.grad_accum, 4),
+           "s_per_step": round(dt, 4), "loss": round(loss, 4),
            "settings": {**fields, "loss": loss_kind}}
     if device.startswith("cuda"):
         out["reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
@@ -221,12 +215,12 @@ def time_score(s, cfg, device, reps=3):
     model = build(cfg, device, M.default_dtype(device), s.seed).eval()
     batch, _, tag_at = make_batch(cfg, s.score_batch, s.seq, s.image, s.tags, s.seed + 1)
     batch = {k: v.to(device) for k, v in batch.items()}
-    inputs = {k: batch[k] for k in prm.MODEL_KEYS if k in batch}
+    inputs = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
     inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
     ids, tokens = token_ids(cfg), batch["input_ids"].numel()
     full = timed(lambda: model(**inputs).logits, device, reps)
     tags_stock = timed(lambda: prm.tag_logits(model, batch, ids), device, reps)
-    M.use_attention(model, "windows")
+    recipe.use_attention(model, "windows")
     single = timed(lambda: prm.tag_logits(model, batch, ids), device, reps)
     prefixes = [{k: v[:, :t + 1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v
                  for k, v in batch.items()} for t in tag_at]
@@ -237,6 +231,27 @@ def time_score(s, cfg, device, reps=3):
             "per_prefix_slowdown": round(per_prefix / single, 3)}, n
 
 
+def single_pass_vs_prefixes(ck, problems, cands, n=64):
+    """Single-pass scoring (all steps of an answer in one forward) against scoring each prefix on its own."""
+    model, processor = M.load(ck)
+    probs = {p["id"]: p for p in problems}
+    cands = cands[:n]
+    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    qs = [probs[c["problem_id"]]["question"] for c in cands]
+    st = [c["steps"] for c in cands]
+    prm.score_steps(model, processor, ims[:8], qs[:8], st[:8], 16)  # warm-up
+    t0 = time.time()
+    prm.score_steps(model, processor, ims, qs, st, 16)
+    single = time.time() - t0
+    flat = [(i, k) for i in range(len(st)) for k in range(len(st[i]))]
+    t0 = time.time()
+    prm.score_steps(model, processor, [ims[i] for i, _ in flat], [qs[i] for i, _ in flat],
+                    [st[i][:k + 1] for i, k in flat], 16)
+    per_prefix = time.time() - t0
+    return {"answers": len(cands), "steps": len(flat), "single_pass_s": round(single, 3),
+            "per_prefix_s": round(per_prefix, 3), "slowdown": round(per_prefix / single, 2)}
+
+
 def main(s: Args):
     device = s.device or M.default_device()
     name = s.config or ("3b" if device.startswith("cuda") else "mid")
@@ -245,7 +260,7 @@ def main(s: Args):
     batch, labels = {k: v.to(device) for k, v in batch.items()}, labels.to(device)
     res = {"train": {}, "score": {}, "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
            "config": name, "shape": {"batch": s.batch, "seq": s.seq, "image": s.image, "tags": s.tags,
-                                     "image_tokens": (s.image // PATCH) ** 2 // MERGE ** 2}}
+                                     "image_tokens": (s.image // QWEN_PATCH) ** 2 // MERGE ** 2}}
     print(f"{'variant':9s} {'tokens/s':>10s} {'MFU':>6s} {'peak GiB':>9s}  precision")
     for v in [v for v in s.variants.split(",") if v]:
         if v not in VARIANTS:
@@ -274,23 +289,3 @@ def main(s: Args):
 if __name__ == "__main__":
     main(M.parse_args(Args, doc=__doc__))
 
-
-def single_pass_vs_prefixes(ck, problems, cands, n=64):
-    """Single-pass scoring (all steps of an answer in one forward) against scoring each prefix on its own."""
-    model, processor = M.load(ck)
-    probs = {p["id"]: p for p in problems}
-    cands = cands[:n]
-    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-    qs = [probs[c["problem_id"]]["question"] for c in cands]
-    st = [c["steps"] for c in cands]
-    prm.score_steps(model, processor, ims[:8], qs[:8], st[:8], 16)  # warm-up
-    t0 = time.time()
-    prm.score_steps(model, processor, ims, qs, st, 16)
-    single = time.time() - t0
-    flat = [(i, k) for i in range(len(st)) for k in range(len(st[i]))]
-    t0 = time.time()
-    prm.score_steps(model, processor, [ims[i] for i, _ in flat], [qs[i] for i, _ in flat],
-                    [st[i][:k + 1] for i, k in flat], 16)
-    per_prefix = time.time() - t0
-    return {"answers": len(cands), "steps": len(flat), "single_pass_s": round(single, 3),
-            "per_prefix_s": round(per_prefix, 3), "slowdown": round(per_prefix / single, 2)}

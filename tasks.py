@@ -22,6 +22,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+import data
+
 IMAGE_SIZE, CELL = 64, 8  # 8 px shapes on the 8x8 grid of 8 px vision patches (model.PATCH)
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (235, 200, 20)}
 KINDS = {"count_add": "visual", "count_diff": "visual", "rect_perimeter": "text", "shop_total": "text"}
@@ -331,7 +333,6 @@ def contact_sheet(probs, cands, images_dir, out, per_problem=2):
 
 def write_suite(out, n, seed=0, n_cands=4, strength="default", split="train", suite=Suite()):
     """Problems, images, candidates, oracle labels and a contact sheet under `out`."""
-    import data
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     probs = make_problems(n, seed, split, suite)

@@ -14,7 +14,7 @@ optimizer state too, so --resume continues exactly (same data, same weights as a
 GPU recipe (a 3B PRM, full fine-tuning at 1024 tokens on one 80 GB GPU; `python speed.py` measures it and each idea):
     python train.py --objective prm --model PATH --data L.jsonl --out out/prm3b --lr 1e-5 --batch-size 8 \
         --max-len 1024 --bf16-weights --attn windows --grad-ckpt --ckpt-frac 0.5
-Weights and gradients bf16, fp32 master weights and fp32 AdamW moments (fused); bf16 autocast; the loss needs logits
+recipe.py holds it: weights and gradients bf16, fp32 master weights and fp32 AdamW moments (fused); bf16 autocast; the loss needs logits
 only at the tags (2 rows of the LM head); the vision tower's windows batched into one SDPA call; vision blocks and
 every other language layer checkpointed. The CPU defaults (fp32, no checkpointing) are unchanged.
 """
@@ -28,10 +28,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
+import data
+import metrics
 import model as M
 import prm
+import recipe
 import tasks
 
 
@@ -50,7 +54,7 @@ class Args:
     warmup: int = field(default=100, metadata={"help": "linear warmup steps, then cosine to 10%% of lr"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping"})
-    max_len: int = field(default=512, metadata={"help": "maximum sequence length (tokens)"})
+    max_len: int = field(default=M.MAX_LEN, metadata={"help": "maximum sequence length (tokens)"})
     eval_every: int = field(default=500, metadata={"help": "evaluate every N steps"})
     eval_n: int = field(default=64, metadata={"help": "held-out problems (sft) per evaluation"})
     save_every: int = field(default=500, metadata={"help": "checkpoint to OUT/last every N steps"})
@@ -62,8 +66,8 @@ class Args:
     ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
     attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
-    head: str = field(default="tag", metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags)"})
-    beta: float = field(default=1.0, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
+    head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags)"})
+    beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
 
@@ -85,8 +89,6 @@ def synthetic_sft(step, n, seed, eos):
 
 def load_labelled(path):
     """Step-labelled records -> (images, prompts, steps, labels, outcome) lists, images opened."""
-    import data
-    from PIL import Image
     recs = data.read_jsonl(path, "labelled")  # a bad line: RecordError naming file, line and field
     data.check_images(path, recs)  # a missing image: FileNotFoundError naming file, line, record and path
     empty = [r["id"] for r in recs if not r["completions"]]
@@ -107,10 +109,10 @@ def load_labelled(path):
 def loss_on(model, batch, ids, objective, labels=None):
     """sft: next-token loss on the assistant's tokens. prm: soft cross-entropy at every tag. orm: at the last tag."""
     if objective == "sft":
-        hs = prm.hidden_states(model, batch)[:, :-1]  # (B, S-1, H)
+        hs = M.hidden_states(model, batch)[:, :-1]  # (B, S-1, H)
         tgt = batch["input_ids"][:, 1:].to(hs.device)
-        mask = prm.answer_targets(batch, ids, hs.device)
-        head = (model.module if hasattr(model, "module") else model).lm_head
+        mask = M.answer_targets(batch, ids, hs.device)
+        head = M.unwrap(model).lm_head
         return F.cross_entropy(head(hs[mask]).float(), tgt[mask])
     logits = prm.tag_logits(model, batch, ids).float()  # (T, 2): "+" and "-" at each tag
     y = labels.to(logits.device)
@@ -125,78 +127,20 @@ def loss_on(model, batch, ids, objective, labels=None):
 def ref_logprobs(model, batch, ids, keys, cache):
     """The implicit head's reference log-probs for a batch of records `keys`, each computed once and cached."""
     if any(k not in cache for k in keys):
-        lp = prm.token_logprobs(model.implicit[0], batch, ids)
+        lp = M.token_logprobs(model.implicit[0], batch, ids)
         for k, row, n in zip(keys, lp, batch["attention_mask"].sum(1).tolist()):
             cache[k] = row[:n].clone()
     return torch.nn.utils.rnn.pad_sequence([cache[k] for k in keys], batch_first=True,
                                            padding_value=0.0)[:, :batch["input_ids"].shape[1]]
 
 
-def prepare(model, a):
-    """The model side of a recipe: attention kernel, gradient checkpointing (all or some layers), compiled blocks."""
-    if a.attn:
-        M.use_attention(model, a.attn)
-    model.train()
-    if a.grad_ckpt:
-        model.gradient_checkpointing_enable()
-        if a.ckpt_frac < 1:  # layer i is checkpointed when floor(i * frac) steps up: frac 0.5 = every other layer
-            for i, layer in enumerate(model.model.language_model.layers):
-                layer.gradient_checkpointing = math.floor((i + 1) * a.ckpt_frac) > math.floor(i * a.ckpt_frac)
-    if a.compile:
-        for block in [*model.model.language_model.layers, *model.model.visual.blocks]:
-            block.compile()
-    return model
-
-
-class MasterAdamW(torch.optim.AdamW):
-    """AdamW for bf16 weights (mixed precision, Micikevicius et al. 2018): it steps fp32 master copies with fp32
-    moments and rounds them into the weights, so updates below a bf16 ulp of the weight (2^-8 of it) add up instead
-    of vanishing. Gradients come in bf16 and are widened for the step. The masters go into state_dict (exact resume)."""
-
-    def __init__(self, params, **kw):
-        self.weights = [p for p in params if p.requires_grad]
-        super().__init__([p.detach().to(torch.float32, copy=True) for p in self.weights], **kw)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        masters = self.param_groups[0]["params"]
-        for w, m in zip(self.weights, masters):
-            m.grad = None if w.grad is None else w.grad.float()
-            w.grad = None  # each bf16 gradient freed as its fp32 copy appears
-        super().step()
-        for w, m in zip(self.weights, masters):
-            w.copy_(m)  # round to nearest bf16
-
-    def zero_grad(self, set_to_none=True):
-        super().zero_grad(set_to_none)
-        for w in self.weights:
-            w.grad = None
-
-    def state_dict(self):
-        return {**super().state_dict(), "master": list(self.param_groups[0]["params"])}
-
-    def load_state_dict(self, state):
-        state = dict(state)
-        masters = state.pop("master")
-        super().load_state_dict(state)
-        with torch.no_grad():
-            for m, saved in zip(self.param_groups[0]["params"], masters):
-                m.copy_(saved)
-
-
-def make_optimizer(model, a, device):
-    """AdamW, fused on CUDA; with --bf16-weights a MasterAdamW (fp32 master weights and moments)."""
-    kw = dict(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.95), fused=str(device).startswith("cuda"))
-    return MasterAdamW(model.parameters(), **kw) if a.bf16_weights else torch.optim.AdamW(model.parameters(), **kw)
-
-
 def make_batch(processor, items, a, objective, cache=None, keys=None):
     images, prompts, payload = items[0], items[1], items[2]
     if objective == "sft":
-        batch, keep, skipped = prm.encode(processor, images, prompts, answers=payload, max_len=a.max_len,
+        batch, keep, skipped = M.encode(processor, images, prompts, answers=payload, max_len=a.max_len,
                                           cache=cache, keys=keys)
         return batch, None, skipped
-    batch, keep, skipped = prm.encode(processor, images, prompts, steps=payload, max_len=a.max_len, cache=cache,
+    batch, keep, skipped = M.encode(processor, images, prompts, steps=payload, max_len=a.max_len, cache=cache,
                                       keys=keys)
     if batch is None:
         return None, None, skipped
@@ -234,9 +178,9 @@ def evaluate_sft(model, processor, a, n=None):
     fam_hits, fam_tot = {}, {}
     for j in range(0, len(probs), 64):
         chunk = probs[j:j + 64]
-        outs = M.generate(model, processor, [imgs[p["id"]] for p in chunk], [p["question"] for p in chunk], max_new_tokens=96)
+        outs = M.solve(model, processor, [imgs[p["id"]] for p in chunk], [p["question"] for p in chunk])
         for p, o in zip(chunk, outs):
-            ok = tasks.match_answer(tasks.extract_answer(prm.split_steps(o)), p["answer"])
+            ok = tasks.match_answer(o["answer"], p["answer"])
             fam_hits[p["family"]] = fam_hits.get(p["family"], 0) + ok
             fam_tot[p["family"]] = fam_tot.get(p["family"], 0) + 1
     res.update({f"answer_{f}": round(fam_hits[f] / fam_tot[f], 4) for f in sorted(fam_tot)})
@@ -248,7 +192,6 @@ def evaluate_sft(model, processor, a, n=None):
 @torch.no_grad()
 def evaluate_rm(model, processor, a, rows):
     """Step accuracy (threshold 0.5), step AUC and first-error F1 of a PRM/ORM against the held-out labels."""
-    import bon
     model.eval()
     images, prompts, steps, step_labels, _ = zip(*rows) if rows else ([], [], [], [], [])
     scored, _ = prm.score_steps(model, processor, images, prompts, steps, a.batch_size, a.max_len)
@@ -259,116 +202,152 @@ def evaluate_rm(model, processor, a, rows):
     flat_y = [y >= 0.5 for l in labels for y in l]
     fe_true = [next((i for i, y in enumerate(l) if y < 0.5), -1) for l in labels]
     return {"step_acc": round(sum((s >= 0.5) == y for s, y in zip(flat_s, flat_y)) / max(len(flat_s), 1), 4),
-            "step_auc": round(bon.auc(flat_s, flat_y), 4),
-            "first_error_f1": round(bon.first_error_f1(scores, fe_true, 0.5)["f1"], 4)}
+            "step_auc": round(metrics.auc(flat_s, flat_y), 4),
+            "first_error_f1": round(metrics.first_error_f1(scores, fe_true, 0.5)["f1"], 4)}
+
+
+def setup(a):
+    """-> (rank, world, device): one process, or this rank of a torchrun group (gloo on CPU, nccl on GPU)."""
+    device = a.device or M.default_device()
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, device
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
+
+
+def load_model(a, device):
+    """The model to train (OUT/last when resuming), its processor and ids; the implicit head's reference attached."""
+    resume = a.resume and (Path(a.out) / "last" / "trainer_state.pt").exists()
+    wdtype = torch.bfloat16 if a.bf16_weights else torch.float32
+    model, processor = M.load(str(Path(a.out) / "last") if resume else a.model, device=device, dtype=wdtype,
+                              size=a.size, seed=a.seed)
+    if a.head == "implicit" and a.objective != "sft" and not getattr(model, "implicit", None):
+        M.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
+    return model, processor, resume
+
+
+def load_rows(a, processor):
+    """(train rows, dev rows) from --data (dev: --eval-data, else a stable 10% of the records by index hash)."""
+    if a.data == "synthetic":
+        return [], []
+    rows = load_labelled(a.data)
+    if a.eval_data:
+        dev_rows = load_labelled(a.eval_data)
+    else:
+        held = [tasks.seed_of(a.seed, "dev", i) % 10 == 0 for i in range(len(rows))]
+        dev_rows = [r for r, d in zip(rows, held) if d]
+        rows = [r for r, d in zip(rows, held) if not d]
+    if a.objective == "sft":  # any labelled file: its right steps (before the first error) as the target
+        eos = processor.tokenizer.eos_token
+        rows = [(im, q, tasks.format_steps(st) + eos, lab, o) for im, q, st, lab, o in rows if min(lab) >= 0.5]
+    return rows, dev_rows
+
+
+def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
+    """This rank's micro-batches of the global batch of `step` (the same global batch at any world size), as
+    [(batch, labels)]. state: the encode and reference caches and the skipped-record count, kept across steps."""
+    micro, out = a.batch_size // (world * a.grad_accum), []
+    assert micro >= 1, "batch_size must be >= world_size * grad_accum"
+    for k in range(a.grad_accum):
+        lo, idx = (k * world + rank) * micro, None
+        if a.data == "synthetic":
+            items = [x[lo:lo + micro] for x in synthetic_sft(step, a.batch_size, a.seed, processor.tokenizer.eos_token)]
+        else:
+            epoch = step * a.batch_size // len(rows)
+            order = random.Random(tasks.seed_of(a.seed, "epoch", epoch)).sample(range(len(rows)), len(rows))
+            idx = [order[(step * a.batch_size + lo + i) % len(rows)] for i in range(micro)]
+            items = list(zip(*[rows[i] for i in idx]))
+        batch, y, skipped = make_batch(processor, items, a, a.objective, state["enc"] if idx else None, idx)
+        if idx:  # a fixed file: count each skipped record once, whatever the epochs
+            state["skipped_ids"].update(idx[i] for i, _ in skipped)
+            state["skipped"] = len(state["skipped_ids"])
+        else:
+            state["skipped"] += len(skipped)
+        if batch is None:
+            continue
+        if getattr(model, "implicit", None) and idx:
+            skip = {j for j, _ in skipped}
+            batch["ref_logprobs"] = ref_logprobs(model, batch, ids, [i for j, i in enumerate(idx) if j not in skip],
+                                                 state["ref"])
+        out.append((batch, y))
+    return out
+
+
+def train_step(model, opt, micro, a, ids, step, loss_fn=None):
+    """One optimizer step over the micro-batches (bf16 autocast on CUDA), the global loss under DDP, clipping,
+    AdamW. The step speed.py times. -> (loss of the global batch, gradient norm)."""
+    # fork here: the training step (loss, schedule, clipping) that every objective and speed.py run through
+    device = str(next(model.parameters()).device)
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, a)
+    tot = 0.0
+    for batch, y in micro:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+            loss = (loss_fn or loss_on)(model, batch, ids, a.objective, y) / a.grad_accum
+        loss.backward()
+        tot += loss.item()
+    if torch.distributed.is_initialized():  # log the global batch's loss, not this rank's share
+        t = torch.tensor([tot], device=device)
+        torch.distributed.all_reduce(t)
+        tot = t.item() / torch.distributed.get_world_size()
+    gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return tot, float(gn)
+
+
+def evaluate(model, processor, a, dev_rows):
+    return evaluate_sft(model, processor, a) if a.objective == "sft" else evaluate_rm(model, processor, a, dev_rows)
 
 
 def main(a: Args):
-    ddp = "LOCAL_RANK" in os.environ
-    rank, world = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])) if ddp else (0, 1)
-    device = a.device or M.default_device()
-    if ddp:
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if device.startswith("cuda"):
-            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-            torch.cuda.set_device(device)
+    rank, world, device = setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
-    out, last = Path(a.out), Path(a.out) / "last"
-    resume = a.resume and (last / "trainer_state.pt").exists()
-    src = str(last) if resume else a.model
-    wdtype = torch.bfloat16 if a.bf16_weights else torch.float32
-    model, processor = M.load(src, device=device, dtype=wdtype, size=a.size, seed=a.seed)
-    ids = M.token_ids(processor)
-    if a.head == "implicit" and a.objective != "sft" and not getattr(model, "implicit", None):
-        M.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
+    model, processor, resume = load_model(a, device)
+    ids, out, last = M.token_ids(processor), Path(a.out), Path(a.out) / "last"
     if a.eval_only:
-        res = evaluate_sft(model, processor, a) if a.objective == "sft" else evaluate_rm(
-            model, processor, a, load_labelled(a.eval_data or a.data))
+        res = evaluate(model, processor, a, load_labelled(a.eval_data or a.data) if a.objective != "sft" else [])
         print(json.dumps(res))
         return res
-    rows, dev_rows = [], []
-    if a.data != "synthetic":
-        rows = load_labelled(a.data)
-        if a.eval_data:
-            dev_rows = load_labelled(a.eval_data)
-        else:  # a stable 10% of the records, by id hash
-            held = [tasks.seed_of(a.seed, "dev", i) % 10 == 0 for i in range(len(rows))]
-            dev_rows = [r for r, d in zip(rows, held) if d]
-            rows = [r for r, d in zip(rows, held) if not d]
-        if a.objective == "sft":  # any labelled file: its right steps (before the first error) as the target
-            eos = processor.tokenizer.eos_token
-            rows = [(im, q, tasks.format_steps(st) + eos, lab, o) for im, q, st, lab, o in rows if min(lab) >= 0.5]
-    prepare(model, a)
-    opt = make_optimizer(model, a, device)
-    start = 0
+    rows, dev_rows = load_rows(a, processor)
+    recipe.prepare(model, a)
+    opt, start = recipe.make_optimizer(model, a, device), 0
     if resume:
         st = torch.load(last / "trainer_state.pt", map_location=device, weights_only=False)
         opt.load_state_dict(st["opt"])
         start = st["step"]
-    dmodel = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
-    micro = a.batch_size // (world * a.grad_accum)
-    assert micro >= 1, "batch_size must be >= world_size * grad_accum"
+    dmodel = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
-    n_skipped, skipped_ids, enc_cache, ref_cache, t0 = 0, set(), {}, {}, time.time()
+    state, t0 = {"enc": {}, "ref": {}, "skipped_ids": set(), "skipped": 0}, time.time()
     bar = tqdm(range(start, a.max_steps), initial=start, total=a.max_steps, disable=rank != 0, desc=a.objective)
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, a)
-        tot = 0.0
-        for k in range(a.grad_accum):
-            lo = (k * world + rank) * micro  # this rank's slice of the global batch: same global batch at any world size
-            idx = None
-            if a.data == "synthetic":
-                items = [x[lo:lo + micro] for x in synthetic_sft(step, a.batch_size, a.seed, processor.tokenizer.eos_token)]
-            else:
-                order = random.Random(tasks.seed_of(a.seed, "epoch", step * a.batch_size // len(rows))).sample(range(len(rows)), len(rows))
-                idx = [order[(step * a.batch_size + lo + i) % len(rows)] for i in range(micro)]
-                items = list(zip(*[rows[i] for i in idx]))
-            batch, y, skipped = make_batch(processor, items, a, a.objective, enc_cache if idx else None, idx)
-            if idx:  # a fixed file: count each skipped record once, whatever the epochs
-                skipped_ids.update(idx[i] for i, _ in skipped)
-                n_skipped = len(skipped_ids)
-            else:
-                n_skipped += len(skipped)
-            if batch is None:
-                continue
-            if getattr(model, "implicit", None) and idx:
-                skip = {j for j, _ in skipped}
-                batch["ref_logprobs"] = ref_logprobs(model, batch, ids, [k for j, k in enumerate(idx) if j not in skip],
-                                                     ref_cache)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-                loss = loss_on(dmodel, batch, ids, a.objective, y) / a.grad_accum
-            loss.backward()
-            tot += loss.item()
-        if ddp:  # log the global batch's loss, not this rank's share
-            t = torch.tensor([tot], device=device)
-            torch.distributed.all_reduce(t)
-            tot = t.item() / world
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.set_postfix(loss=f"{tot:.4f}")
-        if log:
-            log.write(json.dumps({"step": step + 1, "loss": round(tot, 6), "lr": lr_at(step, a), "grad_norm": float(gn),
-                                  "skipped": n_skipped, "seconds": round(time.time() - t0, 1)}) + "\n")
-            log.flush()
+        micro = micro_batches(step, a, rows, processor, model, ids, rank, world, state)
+        loss, gn = train_step(dmodel, opt, micro, a, ids, step)
+        bar.set_postfix(loss=f"{loss:.4f}")
+        if rank != 0:
+            continue
+        log.write(json.dumps({"step": step + 1, "loss": round(loss, 6), "lr": lr_at(step, a), "grad_norm": gn,
+                              "skipped": state["skipped"], "seconds": round(time.time() - t0, 1)}) + "\n")
+        log.flush()
         done = step + 1 == a.max_steps
-        if rank == 0 and ((step + 1) % a.eval_every == 0 or done):
-            res = (evaluate_sft(model, processor, a) if a.objective == "sft"
-                   else evaluate_rm(model, processor, a, dev_rows))
-            tqdm.write(f"step {step + 1}: loss {tot:.4f} eval {json.dumps(res)} skipped {n_skipped} "
+        if (step + 1) % a.eval_every == 0 or done:
+            res = evaluate(model, processor, a, dev_rows)
+            tqdm.write(f"step {step + 1}: loss {loss:.4f} eval {json.dumps(res)} skipped {state['skipped']} "
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
-        if rank == 0 and ((step + 1) % a.save_every == 0 or done):
-            cfg = {**asdict(a), "steps_done": step + 1}
-            M.save(model, processor, last, cfg)
+        if (step + 1) % a.save_every == 0 or done:
+            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1})
             torch.save({"opt": opt.state_dict(), "step": step + 1}, last / "trainer_state.pt")
     if rank == 0:
-        M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": n_skipped})
-        print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {n_skipped} sequences skipped)")
-    if ddp:
+        M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"]})
+        print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
+              "skipped)")
+    if world > 1:
         torch.distributed.destroy_process_group()
     return model
 

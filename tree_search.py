@@ -25,9 +25,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 import data
+import model as M
 import tasks
 
 # A prefix is right when its value > TAU. Math-Shepherd and OmegaPRM use 0, but a policy that sometimes reaches the
@@ -72,26 +74,17 @@ class SyntheticPolicy:
 class VLMPolicy:
     """Any checkpoint model.load reads, continuing "Step 1: ... Step i+1: " sampled at a temperature."""
     def __init__(self, model_name_or_path, temperature=1.0, max_new_tokens=96, batch_size=16, device=None):
-        import model as M
-        self.M, (self.model, self.processor) = M, M.load(model_name_or_path, device=device)
+        self.model, self.processor = M.load(model_name_or_path, device=device)
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
 
     def rollout(self, problem, prefix_steps, n, seed):
-        import prm
-        from PIL import Image
         image = Image.open(problem["image"]).convert("RGB") if problem.get("image") else tasks.render(problem)
-        marker = f"Step {len(prefix_steps) + 1}: "
-        head = tasks.format_steps(prefix_steps, "step") + "\n" + marker if prefix_steps else marker
         out = []
-        for b in range(0, n, self.batch_size):
+        for b in range(0, n, self.batch_size):  # the prefix kept verbatim (it is a node of the tree)
             m = min(self.batch_size, n - b)
-            texts = self.M.generate(self.model, self.processor, [image] * m, [problem["question"]] * m, [head] * m,
-                                    self.max_new_tokens, self.temperature,
-                                    seed=tasks.seed_of(seed, problem["id"], b, *prefix_steps))
-            for t in texts:  # the prefix kept verbatim (it is a node of the tree), only the new text split
-                steps = list(prefix_steps) + prm.split_steps(marker + t)
-                out.append({"steps": steps, "answer": tasks.extract_answer(steps) if steps else None})
-        return out
+            out += M.solve(self.model, self.processor, [image] * m, [problem["question"]] * m, [prefix_steps] * m,
+                           self.max_new_tokens, self.temperature, seed=tasks.seed_of(seed, problem["id"], b, *prefix_steps))
+        return [{"steps": s["steps"], "answer": s["answer"]} for s in out]
 
 
 def reaches(problem, rollout):
@@ -178,6 +171,7 @@ def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
     spent, visits = Counter(), Counter()
     pool = [j for j, ok in enumerate(right) if not ok and sols[j]["steps"]]
     while pool:
+        # fork here: the selection rule (which wrong solution's first error to search next)
         keyed = {j: select_score(sols[j]["steps"], cache, visits, tau) for j in pool}
         j = max(pool, key=lambda i: keyed[i][0])
         pool.remove(j)
@@ -238,13 +232,14 @@ def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=
                      "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(sols, 1), 3)}
 
 
-def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU):
-    """Both methods at the same K on held-out synthetic problems, against the oracle: first_error_agreement (the
-    predicted first error, or its absence, equals tasks.first_error; a solution left unlabelled counts as a miss)
-    and step_label_accuracy (hard labels: mc value > tau, mcts before its first error, vs tasks.step_labels)."""
-    problems = {p["id"]: p for p in tasks.make_problems(n_problems, seed, "eval")}
+def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="eval", methods=("mc", "mcts")):
+    """The methods at the same K on synthetic problems of `split` (tune to choose tau, test to report), against the
+    oracle: first_error_agreement (the predicted first error, or its absence, equals tasks.first_error; a solution
+    left unlabelled counts as a miss) and step_label_accuracy (hard labels: mc value > tau, mcts before its first
+    error, vs tasks.step_labels)."""
+    problems = {p["id"]: p for p in tasks.make_problems(n_problems, seed, split)}
     res = {}
-    for method in ("mc", "mcts"):
+    for method in methods:
         recs, st = label(list(problems.values()), SyntheticPolicy(), method, k, budget, seed, samples, tau)
         agree, steps_ok, steps = 0, 0, 0
         for r in recs:
@@ -325,5 +320,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    import model
-    main(model.parse_args(Args, doc=__doc__))
+    main(M.parse_args(Args, doc=__doc__))

@@ -1,7 +1,16 @@
-"""The shared loader: offline tiny-init, determinism, save/load parity, special tokens, a learning step."""
+"""model.py: the shared loader (offline tiny-init, determinism, save/load parity, special tokens, a learning step),
+the step-tag input (encode, answer_targets, token_logprobs against a hand computation), solve, unwrap, the one
+max_len default, and settings dataclasses as flags (parse_args on every script's Args)."""
+import dataclasses
+import importlib
+import inspect
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 import model as M
+import orm
 import prm
 import tasks
 
@@ -9,7 +18,7 @@ import tasks
 def batch_of(processor, n=4):
     probs = tasks.make_problems(n, seed=0)
     texts = [tasks.format_steps([s for s, _, _ in tasks.gold_steps(p)]) for p in probs]
-    batch, keep, skipped = prm.encode(processor, [tasks.render(p) for p in probs], [p["question"] for p in probs],
+    batch, keep, skipped = M.encode(processor, [tasks.render(p) for p in probs], [p["question"] for p in probs],
                                       answers=texts, max_len=512)
     assert keep == list(range(n)) and skipped == []
     return batch
@@ -44,7 +53,7 @@ def test_save_load_identical_logits(tmp_path):
     assert M.token_ids(p2) == M.token_ids(p)
     b = batch_of(p)
     with torch.no_grad():
-        h1, h2 = prm.hidden_states(m, b), prm.hidden_states(m2, b)
+        h1, h2 = M.hidden_states(m, b), M.hidden_states(m2, b)
     assert torch.equal(h1, h2)
 
 
@@ -108,3 +117,126 @@ def test_shipped_tiny_base_matches_its_card():
     assert abs(res["step_count"] - want["step_count"]) <= 0.03
     assert abs(res["answer_all"] - want["answer_all"]) <= 0.03
     assert res["step_arith"] >= 0.95 and res["step_text_arith"] >= 0.95
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return M.load("tiny-init", device="cpu")
+
+
+def test_too_long_cuts_the_question_not_the_steps(tiny):
+    m, p = tiny
+    pr = tasks.make_problem("z", 0)
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    long_q = pr["question"] + " filler" * 200
+    batch, keep, skipped = M.encode(p, [tasks.render(pr)] * 2, [long_q, pr["question"]], steps=[steps, steps],
+                                    max_len=120)
+    assert keep == [0, 1] and skipped == [] and batch["input_ids"].shape[1] <= 120
+    assert int((batch["input_ids"][0] == M.token_ids(p)["tag"]).sum()) == len(steps)
+    ends = batch["attention_mask"].sum(1).tolist()  # the answers (the last 20 tokens) are whole in both rows
+    assert torch.equal(batch["input_ids"][0, ends[0] - 20:ends[0]], batch["input_ids"][1, ends[1] - 20:ends[1]])
+    _, keep, skipped = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps * 20], max_len=120)
+    assert keep == [] and len(skipped) == 1 and "max_len" in skipped[0][1]
+
+
+def test_answer_targets_on_a_literal_batch():
+    ids = {"tag": 9}
+    batch = {"input_ids": torch.tensor([[5, 6, 9, 7, 0], [5, 5, 6, 9, 8]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), "prompt_lens": torch.tensor([1, 2])}
+    # position j is True when token j+1 is an answer token: after the prompt, not a tag, not padding
+    assert M.answer_targets(batch, ids, "cpu").tolist() == [[True, False, True, False], [False, True, False, True]]
+
+
+def test_token_logprobs_are_the_answer_tokens_log_probs(tiny):
+    m, p = tiny
+    probs = tasks.make_problems(2, seed=2)
+    steps = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
+    batch, _, _ = M.encode(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps=steps)
+    ids = M.token_ids(p)
+    with torch.no_grad():
+        got = M.token_logprobs(m, batch, ids)
+        full = torch.log_softmax(m(**{k: batch[k] for k in M.MODEL_KEYS if k in batch}).logits.float(), -1)
+    x, att = batch["input_ids"], batch["attention_mask"]
+    want = torch.zeros(x.shape)
+    for r in range(2):  # by hand: log p(token j | tokens < j) at every answer token that is not a tag
+        for j in range(int(batch["prompt_lens"][r]), x.shape[1]):
+            if att[r, j] and x[r, j] != ids["tag"]:
+                want[r, j] = full[r, j - 1, x[r, j]]
+    assert int((want != 0).sum()) > 40 and torch.allclose(got, want, atol=1e-5)
+
+
+def test_unwrap_returns_the_model_inside_a_wrapper(tiny):
+    m, _ = tiny
+    assert M.unwrap(m) is m and M.unwrap(SimpleNamespace(module=m)) is m
+
+
+def test_solve_generates_cuts_into_steps_and_reads_the_answer(monkeypatch):
+    calls = []
+
+    def fake_generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0):
+        calls.append(dict(prompts=prompts, prefixes=prefixes, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed))
+        return replies[:len(prompts)]
+    monkeypatch.setattr(M, "generate", fake_generate)
+    replies = ["There are 3 red shapes.\nThere are 4 blue shapes.\n3 + 4 = 7.\nThe answer is 7.", "x = 2.5", ""]
+    out = M.solve(None, None, ["i1", "i2", "i3"], ["q1", "q2", "q3"], max_new_tokens=5, temperature=0.5, seed=3)
+    assert calls[-1] == dict(prompts=["q1", "q2", "q3"], prefixes=None, max_new_tokens=5, temperature=0.5, seed=3)
+    assert out == [{"text": replies[0], "steps": ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.",
+                                                  "The answer is 7."], "answer": "7"},
+                   {"text": "x = 2.5", "steps": ["x = 2.5"], "answer": "2.5"},
+                   {"text": "", "steps": [], "answer": None}]
+    # with a prefix: the model continues "Step k+1: " after the given steps, which are kept verbatim
+    replies = ["3 + 4 = 8.\nStep 4: The answer is 8.", "There are 2 red shapes."]
+    prefix = [["There are 3 red shapes.", "There are 4."], []]
+    out = M.solve(None, None, ["i1", "i2"], ["q1", "q2"], prefix_steps=prefix)
+    assert calls[-1]["prefixes"] == ["Step 1: There are 3 red shapes.\nStep 2: There are 4.\nStep 3: ", "Step 1: "]
+    assert out == [{"text": replies[0], "steps": ["There are 3 red shapes.", "There are 4.", "3 + 4 = 8.",
+                                                  "The answer is 8."], "answer": "8"},
+                   {"text": replies[1], "steps": ["There are 2 red shapes."], "answer": "2"}]
+
+
+def test_one_max_len_default():
+    import bon
+    import train
+    assert M.MAX_LEN == 1024
+    for fn in (M.encode, prm.score_steps, prm.score_prefixes, orm.score_answers):
+        assert inspect.signature(fn).parameters["max_len"].default == M.MAX_LEN, fn.__qualname__
+    for mod in (prm, orm, bon, train):
+        assert mod.Args().max_len == M.MAX_LEN, mod.__name__
+
+
+def test_parse_args_reads_typed_flags():
+    import bon
+    import train
+    a = M.parse_args(train.Args, ["--max-steps", "7", "--lr", "0.5", "--head", "tag", "--grad-ckpt", "--no-resume"])
+    assert a == train.Args(max_steps=7, lr=0.5, head="tag", grad_ckpt=True, resume=False)
+    assert type(a.max_steps) is int and type(a.lr) is float
+    assert M.parse_args(bon.Args, ["--scores", "a.jsonl", "b.jsonl"]).scores == ["a.jsonl", "b.jsonl"]
+    with pytest.raises(SystemExit):
+        M.parse_args(train.Args, ["--max-steps", "seven"])
+
+
+@pytest.mark.parametrize("name", ["prm", "orm", "train", "bon", "bench", "speed", "tree_search"])
+def test_every_setting_is_a_typed_flag_with_its_help(name, capsys, monkeypatch):
+    """A script's --help lists every field of its Args with the field's doc; no flags means the defaults."""
+    mod = importlib.import_module(name)
+    fields = dataclasses.fields(mod.Args)
+    assert M.parse_args(mod.Args, []) == mod.Args()
+    for f in fields:  # a field parses to its own type (a float field with an int default would not)
+        assert f.default is None or f.type in (list, "list") or type(f.default) is f.type, (name, f.name)
+        assert f.metadata.get("help"), (name, f.name)
+    monkeypatch.setenv("COLUMNS", "100000")  # argparse wraps at the terminal width
+    with pytest.raises(SystemExit) as e:
+        M.parse_args(mod.Args, ["--help"], doc=mod.__doc__)
+    assert e.value.code == 0
+    blocks = []  # one per option: its line and the help lines under it
+    for ln in capsys.readouterr().out.split("options:")[1].splitlines():
+        if ln.startswith("  -"):
+            blocks.append(ln.strip())
+        elif blocks and ln.strip():
+            blocks[-1] += " " + ln.strip()
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        block = next((b for b in blocks if b.split()[0].rstrip(",") == flag), None)
+        assert block is not None, (name, flag)
+        assert f.metadata["help"].replace("%%", "%") in block, (name, flag, block)

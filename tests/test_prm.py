@@ -1,15 +1,19 @@
-"""prm.py / orm.py: single-pass scoring equals per-prefix scoring, aggregation, judge modes, the CLIs end to end."""
+"""prm.py / orm.py: single-pass scoring equals per-prefix scoring, the tag head reads two rows of the LM head, the
+implicit head is sigmoid(beta * cumulative log-likelihood ratio) computed here by hand, the ORM is the last tag's
+score, and the CLIs end to end against in-process scores."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import data
-import judge
 import model as M
+import orm
 import prm
 import tasks
 
@@ -19,19 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny():
     return M.load("tiny-init", device="cpu")
-
-
-def test_aggregate_literal():
-    s = [0.9, 0.5, 0.8, 0.6]
-    assert prm.aggregate(s, "min") == 0.5
-    assert prm.aggregate(s, "mean") == pytest.approx(0.7)
-    assert prm.aggregate(s, "prod") == pytest.approx(0.9 * 0.5 * 0.8 * 0.6)
-    assert prm.aggregate(s, "last") == 0.6
-    assert prm.aggregate(s, "last2") == pytest.approx(0.7)
-    assert prm.aggregate(s, "last9") == pytest.approx(0.7)
-    assert prm.aggregate([], "min") == 0.0
-    with pytest.raises(ValueError):
-        prm.aggregate(s, "median")
 
 
 def test_single_pass_equals_per_prefix(tiny):
@@ -47,50 +38,67 @@ def test_single_pass_equals_per_prefix(tiny):
         assert max(abs(a - b) for a, b in zip(single[i], ref)) <= 1e-4
 
 
+def test_answers_without_steps_are_skipped_and_said(tiny):
+    m, p = tiny
+    pr = tasks.make_problem("z", 0)
+    gold = [s for s, _, _ in tasks.gold_steps(pr)]
+    scores, skipped = prm.score_steps(m, p, [tasks.render(pr)] * 3, [pr["question"]] * 3, [gold, [], gold[:1]],
+                                      batch_size=2)
+    assert skipped == [(1, "no steps")] and scores[1] is None
+    assert scores[2] == pytest.approx(scores[0][:1], abs=1e-5)  # a prefix scores as it does inside the answer
+
+
 def test_tag_logits_use_two_rows_only(tiny):
     m, p = tiny
     pr = tasks.make_problem("z", 0)
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = prm.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
     ids = M.token_ids(p)
     with torch.no_grad():
-        full = m(**{k: batch[k] for k in prm.MODEL_KEYS if k in batch}).logits[0]
+        full = m(**{k: batch[k] for k in M.MODEL_KEYS if k in batch}).logits[0]
         mine = prm.tag_logits(m, batch, ids)
     tags = (batch["input_ids"][0] == ids["tag"]).nonzero()[:, 0]
+    assert len(tags) == len(steps)
     assert torch.allclose(mine, full[tags][:, [ids["pos"], ids["neg"]]], atol=1e-5)
 
 
-def test_too_long_cuts_the_question_not_the_steps(tiny):
-    m, p = tiny
-    pr = tasks.make_problem("z", 0)
-    steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    long_q = pr["question"] + " filler" * 200
-    batch, keep, skipped = prm.encode(p, [tasks.render(pr)] * 2, [long_q, pr["question"]], steps=[steps, steps],
-                                      max_len=120)
-    assert keep == [0, 1] and skipped == [] and batch["input_ids"].shape[1] <= 120
-    assert int((batch["input_ids"][0] == M.token_ids(p)["tag"]).sum()) == len(steps)
-    _, keep, skipped = prm.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps * 20], max_len=120)
-    assert keep == [] and len(skipped) == 1 and "max_len" in skipped[0][1]
+def test_implicit_scores_are_the_sigmoid_of_the_cumulative_log_ratio():
+    """score_steps with the implicit head = sigmoid(beta * sum over the answer's tokens so far of log pi - log
+    pi_ref), computed here per answer from token_logprobs of the model and of its reference, read at the tags."""
+    m, p = M.load("tiny-init", device="cpu")
+    beta, ids = 0.5, M.token_ids(p)
+    M.make_implicit(m, "tiny-init", beta, "cpu")
+    with torch.no_grad():
+        m.model.language_model.layers[0].mlp.down_proj.weight.add_(0.05)  # move it away from its reference
+    probs = [tasks.make_problem("a", 0, kind="shop_total"), tasks.make_problem("b", 0, kind="count_add")]
+    ims, qs = [tasks.render(x) for x in probs], [x["question"] for x in probs]
+    steps = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
+    got, _ = prm.score_steps(m, p, ims, qs, steps, batch_size=2)
+    for i in range(2):
+        batch, _, _ = M.encode(p, ims[i:i + 1], qs[i:i + 1], steps=steps[i:i + 1])
+        with torch.no_grad():
+            r = M.token_logprobs(m, batch, ids)[0] - M.token_logprobs(m.implicit[0], batch, ids)[0]
+        tags = (batch["input_ids"][0] == ids["tag"]).nonzero()[:, 0].tolist()
+        want = [torch.sigmoid(beta * r[:t + 1].sum()).item() for t in tags]
+        assert got[i] == pytest.approx(want, abs=1e-5)
+        assert max(abs(w - 0.5) for w in want) > 1e-3  # the weights moved: the ratio is not zero
 
 
-def test_judge_modes(tiny):
+def test_orm_score_is_the_last_tag_score(tiny):
+    assert orm.from_steps([[0.1, 0.7], [0.4], [], None]) == [0.7, 0.4, None, None]
     m, p = tiny
-    pr = tasks.make_problem("z", 0)
-    steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    scores, fails = judge.judge_steps(m, p, [tasks.render(pr)], [pr["question"]], [steps], "logits")
-    assert fails == 0 and len(scores[0]) == len(steps) and all(0.0 <= s <= 1.0 for s in scores[0])
-    s2, fails2 = judge.judge_answers(m, p, [tasks.render(pr)], [pr["question"]], [steps], "generate")
-    assert fails2 == 1 and s2 == [None]  # tiny-init writes noise: no "Overall Score", counted as a parse failure
+    probs = tasks.make_problems(2, seed=1)
+    ims, qs = [tasks.render(x) for x in probs], [x["question"] for x in probs]
+    steps = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
+    got, skipped = orm.score_answers(m, p, ims, qs, steps, batch_size=2)
+    assert skipped == []
+    # the reference: each whole answer scored on its own, read at its last tag
+    assert got == pytest.approx([prm.score_prefixes(m, p, ims[i], qs[i], steps[i])[-1] for i in range(2)], abs=1e-5)
 
 
 def run(*args):
     return subprocess.run([sys.executable, *map(str, args)], check=True, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-
-
-@pytest.mark.parametrize("script", ["prm.py", "orm.py", "train.py", "tasks.py", "model.py", "data.py"])
-def test_help(script):
-    assert "usage" in run(script, "--help").stdout
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_train_prm_then_score_end_to_end(tmp_path):
@@ -99,25 +107,33 @@ def test_train_prm_then_score_end_to_end(tmp_path):
     base = tmp_path / "base"
     run("model.py", "--save", base)
     ck = tmp_path / "prm"
-    run("train.py", "--objective", "prm", "--model", base, "--data", suite / "labels.jsonl", "--out", ck,
-        "--max-steps", "3", "--batch-size", "4", "--eval-every", "3")
+    run("train.py", "--objective", "prm", "--head", "tag", "--model", base, "--data", suite / "labels.jsonl",
+        "--out", ck, "--max-steps", "3", "--batch-size", "4", "--eval-every", "3")
     m, p = M.load(str(ck), device="cpu")
+    assert getattr(m, "implicit", None) is None and json.loads((ck / "train_config.json").read_text())["head"] == "tag"
     assert M.token_ids(p)["tag"] == M.token_ids(M.load("tiny-init", device="cpu")[1])["tag"]
-    run("prm.py", "--model", ck, "--problems", suite / "problems.jsonl", "--candidates", suite / "candidates.jsonl",
-        "--out", tmp_path / "s.jsonl")
+    files = ("--problems", suite / "problems.jsonl", "--candidates", suite / "candidates.jsonl")
+    run("prm.py", "--model", ck, *files, "--out", tmp_path / "s.jsonl")
     recs = data.read_jsonl(tmp_path / "s.jsonl", "score")
-    cands = {c["id"]: c for c in data.read_jsonl(suite / "candidates.jsonl", "candidate")}
-    assert len(recs) == len(cands) == 32
+    probs, cands, images = prm.load_inputs(suite / "problems.jsonl", suite / "candidates.jsonl")
+    cands = {c["id"]: c for c in cands}
+    assert len(recs) == len(cands) == 32 and {r["method"] for r in recs} == {"prm"}
+    # the reference: the trained checkpoint scoring the same answers in this process, in batches of another size
+    # (single pass = per prefix is test_single_pass_equals_per_prefix's)
+    cs = list(cands.values())
+    scored, _ = prm.score_steps(m, p, [images[c["problem_id"]] for c in cs],
+                                [probs[c["problem_id"]]["question"] for c in cs], [c["steps"] for c in cs],
+                                batch_size=5)
+    ref = {c["id"]: s for c, s in zip(cs, scored)}
     for r in recs:
-        assert len(r["scores"]) == len(cands[r["candidate_id"]]["steps"])
-        assert all(0.0 <= x <= 1.0 for x in r["scores"])
-    run("orm.py", "--model", ck, "--problems", suite / "problems.jsonl", "--candidates", suite / "candidates.jsonl",
-        "--out", tmp_path / "o.jsonl")
-    assert all(0.0 <= r["score"] <= 1.0 for r in data.read_jsonl(tmp_path / "o.jsonl", "score"))
-    run("prm.py", "--model", ck, "--problems", suite / "problems.jsonl", "--candidates", suite / "candidates.jsonl",
-        "--show", tmp_path / "steps.png")
-    from PIL import Image
+        assert r["scores"] == pytest.approx(ref[r["candidate_id"]], abs=1e-4), r["candidate_id"]
+    run("orm.py", "--model", ck, *files, "--out", tmp_path / "o.jsonl")
+    got = {r["candidate_id"]: r["score"] for r in data.read_jsonl(tmp_path / "o.jsonl", "score")}
+    assert got == pytest.approx({cid: s[-1] for cid, s in ref.items()}, abs=1e-4)
+    first = next(iter(cands))
+    run("prm.py", "--model", ck, *files, "--show", tmp_path / "steps.png", "--id", first)
     assert Image.open(tmp_path / "steps.png").size[0] == 900
     log = [json.loads(line) for line in open(ck / "log.jsonl")]
-    ev = [r["eval"] for r in log if "eval" in r][-1]
-    assert set(ev) == {"step_acc", "step_auc", "first_error_f1"}
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    ev = [r["eval"] for r in log if "eval" in r]
+    assert len(ev) == 1 and set(ev[0]) == {"step_acc", "step_auc", "first_error_f1"}

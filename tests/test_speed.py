@@ -1,43 +1,64 @@
-"""speed.py and train.py's GPU recipe on the CPU: the benchmark's JSON, batched vision windows equal the stock
-attention, and bf16 weights with fp32 master weights train like fp32."""
-import io
-
+"""speed.py on the CPU: it times train.py's own step (counted here), every variant's loss agrees with the others on
+the same batch and weights, the anchor's full-logits loss equals train.loss_on, and the JSON's shape and counts."""
 import pytest
 import torch
 
-import model as M
-import prm
 import speed
-import tasks
 import train
 
 
-@pytest.fixture
-def one_thread():
-    """Two shared cores: one thread per op is ~50x faster than two fighting for them (tiny ops, OpenMP spin)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def test_speed_main_runs_train_step_and_the_variants_agree(monkeypatch):
+    calls = []
+    real = train.train_step
 
-
-def test_speed_main_reports_every_variant(one_thread):
+    def counted(model, opt, micro, a, ids, step, loss_fn=None):
+        calls.append((a.grad_accum, len(micro), a.head))
+        return real(model, opt, micro, a, ids, step, loss_fn)
+    monkeypatch.setattr(train, "train_step", counted)
     s = speed.Args(config="small", batch=4, seq=96, image=112, tags=3, steps=1, warmup=1, score_batch=2,
-                   variants="plain,master,recipe,accum4", device="cpu")
+                   variants="plain,tags,master,recipe,accum4", device="cpu")
     res = speed.main(s)
-    assert set(res) >= {"train", "score", "device", "config", "params"}
-    assert res["device"] == "cpu" and res["config"] == "small" and res["params"] > 0
-    assert list(res["train"]) == ["plain", "master", "recipe", "accum4"]
+    names = ["plain", "tags", "master", "recipe", "accum4"]
+    assert list(res["train"]) == names
     for name, r in res["train"].items():
         assert "error" not in r, (name, r)
-        assert set(r) >= {"tokens_per_s", "mfu", "peak_gb", "precision"}
-        assert r["tokens_per_s"] > 0 and r["mfu"] is None and r["peak_gb"] is None
-    assert res["train"]["plain"]["precision"].startswith("weights fp32")
-    assert "fp32 master" in res["train"]["recipe"]["precision"]
-    sc = res["score"]
-    for k in ("tag_only_tokens_per_s", "full_logits_tokens_per_s", "ratio", "per_prefix_slowdown"):
-        assert sc[k] > 0, k
-    assert sc["per_prefix_slowdown"] > 1  # 3 passes over prefixes cost more than one pass
+        fields, loss = speed.VARIANTS[name]
+        assert r["settings"] == {**fields, "loss": loss}
+    # each variant: warmup + timed steps, all through train.train_step, with the right micro-batches
+    assert calls == [(1, 1, "tag")] * 8 + [(4, 4, "tag")] * 2
+    # same seed, same batch, same two optimizer steps: the loss after them agrees across variants. plain (full
+    # logits) and tags (logits at the tags only) in fp32 to float precision; bf16 weights to bf16's precision; the
+    # 4 micro-batches of accum4 average to the global batch's loss (every sequence has the same number of tags)
+    L = {n: r["loss"] for n, r in res["train"].items()}
+    assert abs(L["plain"] - L["tags"]) <= 2e-4, L  # both rounded to 4 decimals
+    assert abs(L["master"] - L["tags"]) < 0.02 and abs(L["recipe"] - L["master"]) < 0.02, L
+    assert abs(L["accum4"] - L["recipe"]) < 0.02, L
+    assert res["train"]["plain"]["precision"] == "weights fp32, grads fp32, AdamW state fp32"
+    assert res["train"]["recipe"]["precision"] == "weights bf16 + fp32 master, grads bf16, AdamW state fp32"
+    cfg = speed.make_config("small")
+    assert res["params"] == sum(p.numel() for p in speed.build(cfg, "cpu", torch.float32).parameters())
+    assert res["device"] == "cpu" and res["config"] == "small"
+    assert res["shape"] == {"batch": 4, "seq": 96, "image": 112, "tags": 3, "image_tokens": (112 // 14) ** 2 // 4}
+    assert set(res["score"]) == {"tag_only_tokens_per_s", "full_logits_tokens_per_s", "ratio",
+                                 "tag_only_stock_attn_tokens_per_s", "per_prefix_slowdown"}
+
+
+def test_an_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown variant 'fast'"):
+        speed.main(speed.Args(config="small", batch=2, seq=96, image=112, tags=3, variants="fast", device="cpu"))
+
+
+def test_synthetic_batch_layout():
+    cfg = speed.make_config("small")
+    batch, y, tag_at = speed.make_batch(cfg, 2, 96, 112, 3)
+    ids = speed.token_ids(cfg)
+    x = batch["input_ids"]
+    n_img = (112 // 14) ** 2 // 4  # 16 merged image tokens
+    assert x.shape == (2, 96) and y.shape == (6,) and batch["pixel_values"].shape[0] == 2 * 8 * 8
+    assert (x[:, 0] == cfg.vision_start_token_id).all() and (x[:, 1 + n_img] == cfg.vision_end_token_id).all()
+    assert int((x == cfg.image_token_id).sum()) == 2 * n_img
+    assert tag_at == [63, 79, 95]  # the answer is the last half (48 .. 95): a tag closes each third of it
+    assert [(row == ids["tag"]).nonzero()[:, 0].tolist() for row in x] == [tag_at, tag_at]
 
 
 def test_full_logits_loss_equals_tag_loss():
@@ -49,104 +70,13 @@ def test_full_logits_loss_equals_tag_loss():
                           atol=1e-5)
 
 
-@pytest.mark.parametrize("image", [224, 168])  # 4 windows of 64 patches; 168 px: windows of 64, 32, 32 and 16
-def test_batched_windows_equal_stock_attention(image):
+def test_split_is_train_py_grad_accum():
     cfg = speed.make_config("small")
-    m = speed.build(cfg, "cpu", torch.float32)
-    batch, y, _ = speed.make_batch(cfg, 2, 160, image, 3)
-    ids = speed.token_ids(cfg)
-    out = {}
-    for impl in ("sdpa", "windows"):
-        M.use_attention(m, impl)
-        m.zero_grad()
-        loss = train.loss_on(m, batch, ids, "prm", y)
-        loss.backward()
-        h = prm.hidden_states(m, batch)
-        out[impl] = (h.detach(), m.model.visual.blocks[0].attn.qkv.weight.grad.clone())
-    assert torch.allclose(out["sdpa"][0], out["windows"][0], atol=1e-5)
-    assert torch.allclose(out["sdpa"][1], out["windows"][1], atol=1e-6, rtol=1e-4)
-
-
-def test_selective_checkpointing_keeps_fewer_activations():
-    cfg = speed.make_config("mid")
-    batch, y, _ = speed.make_batch(cfg, 2, 256, 224, 4)
-    saved = {}
-    for frac in (0.0, 0.5, 1.0):
-        m = speed.build(cfg, "cpu", torch.float32)
-        train.prepare(m, train.Args(grad_ckpt=True, ckpt_frac=frac))
-        on = [layer.gradient_checkpointing for layer in m.model.language_model.layers]
-        assert on == {0.0: [False] * 4, 0.5: [False, True, False, True], 1.0: [True] * 4}[frac]
-        assert all(b.gradient_checkpointing for b in m.model.visual.blocks)
-        params, bytes_ = {p.untyped_storage().data_ptr() for p in m.parameters()}, {}
-
-        def pack(t):  # what autograd keeps for the backward, outside the checkpointed blocks
-            if t.untyped_storage().data_ptr() not in params:
-                bytes_[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            train.loss_on(m, batch, speed.token_ids(cfg), "prm", y)
-        saved[frac] = sum(bytes_.values())
-    assert saved[0.0] > 1.4 * saved[0.5] > 1.4 * 1.4 * saved[1.0], saved  # measured 48, 28, 8 MB
-
-
-def _train_tiny(mode, lr, steps):
-    """`steps` PRM steps on one fixed batch of the tiny model: fp32, bf16 weights + fp32 master (MasterAdamW), or
-    bf16 weights with plain AdamW (no master). -> (losses, cumulative update of the weights the optimizer steps)."""
-    m, p = M.load("tiny-init", device="cpu", dtype=torch.float32 if mode == "fp32" else torch.bfloat16)
-    probs = tasks.make_problems(4, seed=3)
-    steps_ = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
-    batch, _, _ = prm.encode(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps=steps_)
-    y = torch.rand(sum(map(len, steps_)), generator=torch.Generator().manual_seed(0))
-    a = train.Args(objective="prm", lr=lr, bf16_weights=mode == "master", device="cpu")
-    train.prepare(m, a)
-    opt = train.make_optimizer(m, a, "cpu")
-    flat = lambda ps: torch.cat([q.detach().float().flatten() for q in ps])  # noqa: E731
-    w0, losses = flat(m.parameters()), []
-    for _ in range(steps):
-        loss = train.loss_on(m, batch, M.token_ids(p), "prm", y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), a.clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return losses, flat(opt.param_groups[0]["params"]) - w0
-
-
-def test_bf16_weights_with_fp32_master_train_like_fp32(one_thread):
-    # The loss curve at the tiny model's lr: bf16 compute rounds activations to ~2^-9 relative, which moves the
-    # loss by ~1e-3 over 20 steps (measured); 0.01 allows 10x that and is still far below the ~0.1 the curve drops.
-    ref, _ = _train_tiny("fp32", 3e-3, 20)
-    got, _ = _train_tiny("master", 3e-3, 20)
-    assert ref[-1] < ref[0] - 0.05
-    assert max(abs(a - b) for a, b in zip(ref, got)) < 0.01, (ref, got)
-    # At a fine-tuning lr (1e-5) each update is below half a bf16 ulp of most weights (2^-9 relative): without the
-    # master copy most of them round away (measured: 85% of the weights never move, update off by ~95%). With it the
-    # cumulative update follows fp32's (measured 13% off, elements where Adam's step is gradient noise; cosine 0.99).
-    _, d_ref = _train_tiny("fp32", 1e-5, 10)
-    _, d_master = _train_tiny("master", 1e-5, 10)
-    _, d_bf16 = _train_tiny("bf16", 1e-5, 10)
-    err = lambda d: ((d - d_ref).norm() / d_ref.norm()).item()  # noqa: E731
-    assert err(d_master) < 0.25 and torch.nn.functional.cosine_similarity(d_master, d_ref, 0) > 0.95
-    assert err(d_bf16) > 0.5  # the failure the master copy prevents, so this test can see it
-
-
-def test_master_adamw_resumes_exactly():
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(64).bfloat16())
-    opt = train.MasterAdamW([w], lr=1e-3)
-    for _ in range(3):
-        w.grad = torch.randn(64).bfloat16()
-        opt.step()
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)  # as train.py's checkpoint does
-    buf.seek(0)
-    state = torch.load(buf, weights_only=False)
-    w2 = torch.nn.Parameter(w.detach().clone())
-    opt2 = train.MasterAdamW([w2], lr=1e-3)
-    opt2.load_state_dict(state)
-    g = torch.randn(64).bfloat16()
-    w.grad, w2.grad = g.clone(), g.clone()
-    opt.step()
-    opt2.step()
-    assert torch.equal(opt.param_groups[0]["params"][0], opt2.param_groups[0]["params"][0]) and torch.equal(w, w2)
-    assert w.grad is None  # the bf16 gradient is freed by the step
+    batch, y, _ = speed.make_batch(cfg, 4, 96, 112, 3)
+    parts = speed.split(batch, y, 2)
+    assert [len(b["input_ids"]) for b, _ in parts] == [2, 2] and [len(lab) for _, lab in parts] == [6, 6]
+    assert torch.equal(torch.cat([b["input_ids"] for b, _ in parts]), batch["input_ids"])
+    assert torch.equal(torch.cat([b["pixel_values"] for b, _ in parts]), batch["pixel_values"])
+    assert torch.equal(torch.cat([lab for _, lab in parts]), y)
+    with pytest.raises(ValueError, match="does not split into 3"):
+        speed.split(batch, y, 3)

@@ -1,4 +1,5 @@
-"""train.py: exact resume, DDP with torchrun on the CPU, soft labels, bad input."""
+"""train.py: its defaults, exact resume, DDP with torchrun on the CPU, the same global batch at any world size,
+soft labels, the implicit head by hand, bad input."""
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+import bench
 import model as M
 import prm
 import tasks
@@ -20,6 +22,12 @@ def args(out, **kw):
                 save_every=3, eval_n=4, warmup=2, lr=3e-3)
     base.update(kw)
     return train.Args(**base)
+
+
+def test_defaults_are_the_shared_ones():
+    a, b = train.Args(), bench.Args()
+    assert (a.head, a.beta, a.max_len) == (prm.HEAD, prm.BETA, M.MAX_LEN) == ("implicit", 0.1, 1024)
+    assert (b.head, b.beta) == (prm.HEAD, prm.BETA)  # bench trains what train.py trains by default
 
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
@@ -48,7 +56,7 @@ def test_soft_labels_stay_floats():
     m, p = M.load("tiny-init", device="cpu")
     pr = tasks.make_problem("x", 0, kind="count_add")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = prm.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
     batch["n_steps"] = torch.tensor([len(steps)])
     ids = M.token_ids(p)
     l1 = train.loss_on(m, batch, ids, "prm", torch.tensor([1.0, 1.0, 0.7, 1.0]))
@@ -101,14 +109,14 @@ def test_implicit_head_is_the_log_likelihood_ratio_read_at_the_tags():
     ids = M.token_ids(p)
     pr = tasks.make_problem("x", 0, kind="shop_total")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = prm.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
     M.make_implicit(m, "tiny-init", 0.5, "cpu")
     with torch.no_grad():
         assert torch.equal(prm.tag_logits(m, batch, ids), torch.zeros(len(steps), 2))  # starts as the reference
         m.model.language_model.layers[0].mlp.down_proj.weight.add_(0.05)
         got = prm.tag_logits(m, batch, ids)[:, 0]
         # by hand, from the full logits of both models
-        inp = {k: batch[k] for k in prm.MODEL_KEYS if k in batch}
+        inp = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
         x = batch["input_ids"][0]
         lps = [torch.log_softmax(mm(**inp).logits[0, :-1].float(), -1).gather(1, x[1:, None])[:, 0]
                for mm in (m, m.implicit[0])]
@@ -132,3 +140,31 @@ def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path):
     scores = prm.score_steps(r, p, im, q, st)[0][0]
     assert all(abs(a - b) < 1e-6 for a, b in zip(scores, prm.score_steps(m, p, im, q, st)[0][0]))
     assert any(abs(s - 0.5) > 1e-3 for s in scores)  # trained away from the reference
+
+
+def test_each_rank_gets_its_share_of_the_same_global_batch(tmp_path):
+    """micro_batches: the ranks of a world of 2 (and 2 micro-batches each) together see step k's global batch of a
+    world of 1, in the same order."""
+    tasks.write_suite(tmp_path, 6, n_cands=2)
+    _, p = M.load("tiny-init", device="cpu")
+    a = args(tmp_path / "o", objective="prm", head="tag", data=str(tmp_path / "labels.jsonl"), batch_size=4)
+    rows, _ = train.load_rows(a, p)
+    ids = M.token_ids(p)
+    state = lambda: {"enc": {}, "ref": {}, "skipped_ids": set(), "skipped": 0}  # noqa: E731
+
+    def seqs(micro):  # each sequence without its padding, and its labels
+        out = []
+        for b, y in micro:
+            ends = torch.cumsum(b["n_steps"], 0).tolist()
+            out += [(b["input_ids"][i, :int(b["attention_mask"][i].sum())].tolist(),
+                     y[ends[i] - int(b["n_steps"][i]):ends[i]].tolist()) for i in range(len(ends))]
+        return out
+    for step in (0, 3):
+        one = seqs(train.micro_batches(step, a, rows, p, None, ids, 0, 1, state()))
+        a2 = args(tmp_path / "o", objective="prm", head="tag", data=str(tmp_path / "labels.jsonl"), batch_size=4,
+                  grad_accum=2)
+        r0, r1 = (train.micro_batches(step, a2, rows, p, None, ids, r, 2, state()) for r in (0, 1))
+        assert len(one) == 4 and len(r0) == len(r1) == 2
+        assert [s for k in range(2) for s in seqs([r0[k]]) + seqs([r1[k]])] == one
+    assert seqs(train.micro_batches(0, a, rows, p, None, ids, 0, 1, state())) != seqs(
+        train.micro_batches(1, a, rows, p, None, ids, 0, 1, state()))  # the next step, the next records

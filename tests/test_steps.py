@@ -1,6 +1,8 @@
-"""prm.split_steps on literal inputs with exact expected steps, and its content guarantee over all of MATH-V."""
+"""steps.py: split_steps on literal inputs with exact expected steps, its content guarantee over all of MATH-V, the
+ablation's cuts (segment) and the CLI."""
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import MATHV  # noqa: E402
-from prm import lost_chars, split_steps  # noqa: E402
+import steps  # noqa: E402
+from steps import lost_chars, split_steps  # noqa: E402
 
 FOUR = ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.", "The answer is 7."]
 
@@ -134,3 +137,40 @@ def test_long_chain_of_thought_answers_split_into_several_steps(responses):
     assert len(long) == 805
     share = sum(len(split_steps(t)) >= 2 for t in long) / len(long)
     assert share >= 0.9
+
+
+def test_segment_cuts_the_same_answer_three_ways():
+    assert steps.segment(FOUR, "steps") == FOUR
+    assert steps.segment(FOUR, "pairs") == ["There are 3 red shapes. There are 4 blue shapes.",
+                                            "3 + 4 = 7. The answer is 7."]
+    assert steps.segment(FOUR[:3], "pairs") == ["There are 3 red shapes. There are 4 blue shapes.", "3 + 4 = 7."]
+    assert steps.CHUNK == 24
+    assert steps.segment(FOUR, "chunks") == ["There are 3 red shapes. ", "There are 4 blue shapes.",
+                                             " 3 + 4 = 7. The answer i", "s 7."]
+    assert steps.segment([], "pairs") == [] and steps.segment([], "chunks") == []
+    with pytest.raises(ValueError, match="unknown segmentation 'sentences'"):
+        steps.segment(FOUR, "sentences")
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, str(Path(steps.__file__)), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prints_the_steps_of_a_file_and_the_dropped_markers(tmp_path):
+    f = tmp_path / "answer.txt"
+    f.write_text("Step 1: There are 3 red shapes.\nStep 2: There are 4 blue shapes.\nStep 3: 3 + 4 = 7.\n"
+                 "Step 4: The answer is 7.\n", encoding="utf-8")
+    out = run_cli(f)
+    assert out.returncode == 0, out.stderr
+    dropped = "['Step1:', 'Step2:', 'Step3:', 'Step4:']"
+    assert out.stdout.splitlines() == [f"[{i + 1}] {s}" for i, s in enumerate(FOUR)] + [
+        f"4 steps; characters dropped (markers only): {dropped}"]
+    pairs = run_cli(f, "--how", "pairs")
+    assert pairs.stdout.splitlines() == ["[1] There are 3 red shapes. There are 4 blue shapes.",
+                                         "[2] 3 + 4 = 7. The answer is 7.",
+                                         f"2 steps; characters dropped (markers only): {dropped}"]
+    assert run_cli("-", stdin="1. a = 2.\n2. b = 3.").stdout.splitlines() == [
+        "[1] a = 2.", "[2] b = 3.", "2 steps; characters dropped (markers only): ['1.', '2.']"]
+    bad = run_cli(f, "--how", "sentences")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

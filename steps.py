@@ -1,0 +1,132 @@
+"""Step segmentation: cut a model's answer into reasoning steps. Pure Python (no torch), lossless: only the step
+markers ("Step 2:", "3.", "- ") are dropped, a check (lost_chars) says so.
+
+    python steps.py answer.txt            # print the steps of the answer in a text file (- for stdin)
+    python steps.py answer.txt --how chunks   # the ablation's other cuts: chunks (24 characters) | pairs
+
+Rules, in order: "Step k" markers, when present, are the only boundaries after the first one; else blank-line
+paragraphs and list items; else single lines; one plain paragraph is cut into sentences. Decimals ("3.5"),
+abbreviations ("e.g.") and LaTeX math are never cut. The ablation in bench.py also cuts the writer's steps into
+fixed-size chunks or pairs (segment): the paper's finding that PRMs need clear step divisions.
+"""
+import argparse
+import re
+import sys
+
+# A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："
+_STEP = re.compile(r"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*(?:step[ \t]*\d+|步骤[ \t]*\d+|第[ \t]*\d+[ \t]*步)"
+                   r"[ \t]*(?:(?:\*\*|__)?[ \t]*(?:[:：、)-]|\.(?!\d))(?:[ \t]*(?:\*\*|__))?|\*\*|__|(?=\n|$))[ \t]*",
+                   re.I | re.M)
+_INLINE_STEP = re.compile(r"(?<=[.!?。！？:：])[ \t]+(?=(?:\*\*)?Step[ \t]*\d+[ \t]*(?:\*\*)?[:.])")
+# A list item at a line start: "1. " "2) " "(3) " "4、" "- " "* " "• " (a marker needs the space: "-1" is content)
+_LIST = re.compile(r"[ \t]*(?:\(\d{1,2}\)|（\d{1,2}）|\d{1,2}[.)、](?!\d)|[-*•])[ \t]+")
+# LaTeX math is never cut. $..$ stays on one line, so that a lone "$5" cannot swallow the paragraphs after it.
+_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{([A-Za-z*]+)\}.+?\\end\{\1\}"
+                   r"|(?<!\\)\$(?:\\.|[^$\\\n])+\$", re.S)
+_DISPLAY = re.compile(r"[ \t]*(?:\$\$|\\\[|\\begin\{)")
+# A sentence ends at . ! ? before a space (so never in 3.5), also as "$y = 6.$ Then"; or at 。！？ with no space.
+_SENTENCE_END = re.compile(r"[.!?](?:\$|\\\))?[\"'”’)\]]*(?=\s)|[。！？][\"'”’」）]*")
+_ABBREV = {"e.g.", "i.e.", "fig.", "figs.", "eq.", "eqs.", "vs.", "cf.", "approx.", "resp.", "mr.", "mrs.", "ms.",
+           "dr.", "vol.", "sec.", "ch.", "ex.", "al.", "thm.", "def.", "lem.", "prop.", "env."}
+
+
+def _split_at(text, pattern, keep=None):
+    """Cut `text` after each match of `pattern` (and that `keep` accepts) unless the cut falls inside LaTeX math."""
+    math = [m.span() for m in _MATH.finditer(text)]
+    pieces, start = [], 0
+    for m in re.finditer(pattern, text):
+        if any(a < m.end() < b for a, b in math) or (keep and not keep(text, m)):
+            continue
+        pieces.append(text[start:m.end()])
+        start = m.end()
+    return pieces + [text[start:]]
+
+
+def _is_sentence_end(text, m):
+    rest = text[m.end():].lstrip()
+    if not rest or rest[0].islower():  # "approx. equal", "a. b." and the text's end are not boundaries
+        return False
+    return text[:m.end()].split()[-1].lstrip("([{\"'").lower() not in _ABBREV
+
+
+def _lines_to_steps(text, sentences):
+    """Blank lines separate paragraphs; list items always start a step; a single newline starts one only when the
+    text has no blank-line paragraphs; display math joins the line before it. One plain chunk -> its sentences."""
+    paras = [p for p in _split_at(text, r"\n[ \t]*\n") if p.strip()]
+    steps, listed = [], False
+    for para in paras:
+        first = True
+        for line in _split_at(para, r"\n"):
+            m = _LIST.match(line)
+            listed |= bool(m)
+            if not line.strip():
+                continue
+            if first or m or (len(paras) == 1 and not _DISPLAY.match(line)):
+                steps.append(line[m.end():] if m else line)
+            else:
+                steps[-1] += line
+            first = False
+    if sentences and not listed and len(steps) == 1:
+        steps = _split_at(steps[0], _SENTENCE_END, _is_sentence_end)
+    return [s.strip() for s in steps if s.strip()]
+
+
+def split_steps(text: str) -> list[str]:
+    """Cut a model's answer into reasoning steps, markers ("Step 2:", "3.", "- ") stripped, nothing else lost.
+
+    "Step k" markers, when present, are the only boundaries after the first one (a step keeps its blank lines,
+    lists and display math). Otherwise see _lines_to_steps. Decimals, "e.g." and math are never cut."""
+    text = _INLINE_STEP.sub("\n", text.replace("\r\n", "\n").replace("\r", "\n"))
+    marks = list(_STEP.finditer(text))
+    if not marks:
+        return _lines_to_steps(text, sentences=True)
+    steps = _lines_to_steps(text[:marks[0].start()], sentences=False)
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return steps + [s for s in (text[m.end():e].strip() for m, e in zip(marks, ends)) if s]
+
+
+def lost_chars(text: str, steps: list[str]) -> list[str]:
+    """The runs of non-whitespace characters of `text` that `steps` leave out: only markers, for a correct split.
+    Raises ValueError when a step (whitespace aside) is not the next contiguous piece of `text`."""
+    src, i, lost = re.sub(r"\s", "", text), 0, []
+    for step in steps:
+        j = src.find(re.sub(r"\s", "", step), i)
+        if j < 0:
+            raise ValueError(f"step {step[:40]!r} is not a piece of the text after position {i}")
+        lost += [src[i:j]] if j > i else []
+        i = j + len(re.sub(r"\s", "", step))
+    return lost + ([src[i:]] if src[i:] else [])
+
+
+def segment(steps, how):
+    """The same answer cut three ways: the writer's steps, fixed-size chunks, or coarse pairs of steps."""
+    # fork here: a segmentation variant of your own (bench.py's table (8) compares every cut on the same answers)
+    if how == "steps":
+        return steps
+    text = " ".join(steps)
+    if how == "chunks":  # 24-character pieces that ignore the writer's boundaries
+        return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)]
+    if how == "pairs":
+        return [" ".join(steps[i:i + 2]) for i in range(0, len(steps), 2)]
+    raise ValueError(f"unknown segmentation {how!r}: steps | chunks | pairs")
+
+
+CHUNK = 24  # characters per chunk in segment(.., "chunks")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file", help="a text file with one answer (- reads stdin)")
+    ap.add_argument("--how", default="steps", choices=["steps", "chunks", "pairs"], help="how to cut (default steps)")
+    a = ap.parse_args(argv)
+    text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8").read()
+    steps = segment(split_steps(text), a.how)
+    for i, s in enumerate(steps, 1):
+        print(f"[{i}] {s}")
+    lost = lost_chars(text, split_steps(text))
+    print(f"{len(steps)} steps; characters dropped (markers only): {lost}")
+    return steps
+
+
+if __name__ == "__main__":
+    main()
