@@ -1,29 +1,40 @@
-"""The reproduction: the whole pipeline on the synthetic suite, with the paper's tables.
+"""The reproduction: the whole pipeline on the synthetic suite, the paper's tables with 95% intervals, and a verdict
+for each of the paper's findings.
 
-    python bench.py                  # default run (~10 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
-    python bench.py --quick          # reduced run (~2 min): a smoke run, its reward models undertrained
+    python bench.py                  # default run (~15 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
+    python bench.py --quick          # smoke run (~3 min): every stage on a few problems, numbers not evidence
+    python bench.py --seeds 0,1,2    # the pipeline once per seed (out/bench/seed-K), each number as mean and spread
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
 
-Stages, each cached under --out (a rerun skips finished ones; delete a file to redo its stage):
-problems (train/dev/test) -> candidate pools for dev/test (synthetic weak+strong, and the tiny base sampled at a
-temperature) -> tree-search labels of the train problems (MCTS, synthetic policy) -> PRM and ORM fine-tuned from the
-shipped tiny base (--head implicit: the log-likelihood ratio to the base, read at the tags; --head tag: "+"/"-" at
-the tags, which at this budget learns far slower, see README) -> scores (PRM, ORM, judge PRM/ORM, controls) ->
-Best-of-N, first-error F1, labelling cost, speed, segmentation. The last stdout line is one JSON object with the
-headline numbers.
+Evidence (DESIGN.md): problems are split by content (tasks.SPLITS: train, tune, dev, test never share a content, and
+the tiny base saw train contents only). Every choice is made on the tune split (the PRM's headline aggregation, the
+tree search's tau) or on dev (first-error thresholds); test is only reported. Best-of-N accuracy is exact over all
+subsets (votes at N=8: Monte-Carlo, its error reported). Intervals: bootstrap over test problems (clusters: content);
+comparisons are paired. Per-problem results: OUT/per_problem.jsonl (`python evidence.py` redoes any comparison).
+
+Stages, each cached under --out with the settings that made it: a changed setting recomputes that stage and every
+stage after it. problems -> pools (synthetic weak+strong sampler; the tiny base at a temperature) -> tau (chosen on
+tune) -> tree-search labels of the train problems -> PRM, ORM and the two single-domain PRMs, fine-tuned from the
+tiny base -> scores -> tables. The last stdout line is one JSON object with the headline numbers.
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+import answers
 import bon
 import controls as C
 import data
+import evidence as E
 import judge
 import metrics
 import model as M
@@ -40,77 +51,91 @@ import tree_search
 @dataclass
 class Args:
     out: str = field(default="out/bench", metadata={"help": "output folder (stages cached here)"})
-    quick: bool = field(default=False, metadata={"help": "reduced run, ~3 CPU minutes"})
+    quick: bool = field(default=False, metadata={"help": "smoke run (~3 CPU minutes): a few problems, short training"})
     gpu: bool = field(default=False, metadata={"help": "run the one-GPU speed benchmark (speed.py) instead"})
-    seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, subsets"})
+    seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, bootstrap"})
+    seeds: str = field(default="", metadata={"help": "comma-separated seeds: the pipeline once per seed, pooled"})
     base: str = field(default="tiny", metadata={"help": "the base model the reward models start from"})
     n_train: int = field(default=2000, metadata={"help": "train problems (tree-search labels)"})
-    n_dev: int = field(default=60, metadata={"help": "dev problems (thresholds)"})
-    n_test: int = field(default=160, metadata={"help": "test problems (Best-of-N)"})
+    n_tune: int = field(default=80, metadata={"help": "tune problems (the headline aggregation, tau)"})
+    n_dev: int = field(default=60, metadata={"help": "dev problems (first-error thresholds)"})
+    n_test: int = field(default=200, metadata={"help": "test problems (everything reported)"})
     pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    head: str = field(default="implicit", metadata={"help": "PRM / ORM head: implicit (log-likelihood ratio to the base, read at the tags) | tag (+/- at each tag)"})
-    beta: float = field(default=0.1, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
-    steps: int = field(default=1200, metadata={"help": "PRM / ORM fine-tuning steps"})
+    taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "tree search: tau values tried on the tune split"})
+    head: str = field(default=prm.HEAD, metadata={"help": "PRM / ORM head: implicit | tag"})
+    beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
+    steps: int = field(default=800, metadata={"help": "fine-tuning steps of every reward model (chosen on tune: --tune-only)"})
     lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
-    judge_n: int = field(default=32, metadata={"help": "test problems scored by the judge PRM/ORM (slow)"})
+    judge_n: int = field(default=32, metadata={"help": "test (and dev) problems scored by the judges (slow)"})
     temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
-    draws: int = field(default=8, metadata={"help": "Best-of-N subset draws per problem and N"})
+    tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
+                            "aggregation on the tune split: how steps, lr and beta are chosen (never on test)"})
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
 SCORE_BATCH, GEN_BATCH = 32, 64  # answers per scoring pass, solutions per generate call
-QUICK = dict(n_train=300, n_dev=24, n_test=40, steps=200, judge_n=8, draws=4)
+TRAIN_PROCS = 2  # reward models trained at once
+QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8)
+SPLITS = ("train", "tune", "dev", "test")
+MODELS = {"prm": ("prm", None), "orm": ("orm", None), "prm_visual": ("prm", "visual"), "prm_text": ("prm", "text")}
 
 
-def cached(path, make):
-    """Run `make` unless `path` exists; JSON in, JSON out."""
-    path = Path(path)
-    if path.exists():
-        return json.loads(path.read_text())
-    t0 = time.time()
-    out = make()
-    path.write_text(json.dumps(out))
-    record_time(path.parent, path.name, time.time() - t0)
-    return out
+class Stages:
+    """The cache: OUT/NAME.json holds a stage's output with the key of the settings (and upstream keys) that made
+    it; a different key recomputes it, and since keys chain, every stage after it."""
+
+    def __init__(self, out):
+        self.out, self.keys, self.this_run = Path(out), {}, 0.0
+
+    def key(self, settings, after):
+        return tasks.seed_of(json.dumps(settings, sort_keys=True, default=str), *(self.keys[u] for u in after))
+
+    def fresh(self, name, settings, after=()):
+        """Is OUT/NAME.json there with these settings (and the current upstream stages)?"""
+        f = self.out / f"{name}.json"
+        return f.exists() and json.loads(f.read_text()).get("key") == self.key(settings, after)
+
+    def run(self, name, settings, make, after=(), seconds=None):
+        """make() unless cached with the same key; `seconds`: compute time measured elsewhere (a subprocess)."""
+        key, f = self.key(settings, after), self.out / f"{name}.json"
+        old = json.loads(f.read_text()) if f.exists() else None
+        if old and old.get("key") == key:
+            self.keys[name] = key
+            return old["out"]
+        if old:
+            diff = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+            print(f"[bench] {name}: settings or an earlier stage changed {diff or '(upstream)'}: recomputing")
+        t0 = time.time()
+        res = make()
+        seconds = time.time() - t0 if seconds is None else seconds
+        f.write_text(json.dumps({"key": key, "settings": settings, "seconds": round(seconds, 1), "out": res}))
+        self.keys[name], self.this_run = key, self.this_run + seconds
+        print(f"[bench] {name}: {seconds:.0f}s")
+        return res
+
+    def seconds(self):
+        """Every current stage's recorded compute time (a rerun over the cache still reports the whole pipeline)."""
+        return sum(json.loads((self.out / f"{n}.json").read_text())["seconds"] for n in self.keys)
 
 
-STAGE_SECONDS = {"this_run": 0.0}  # the stages computed by this process (not read from the cache)
+def stage_problems(a, st):
+    out = st.out
 
-
-def record_time(out, stage, seconds):
-    """Keep each stage's compute time in OUT/timings.json: a rerun over the cache still reports the whole pipeline."""
-    f = out / "timings.json"
-    t = json.loads(f.read_text()) if f.exists() else {}
-    t[stage] = round(seconds, 1)
-    f.write_text(json.dumps(t, indent=1))
-    STAGE_SECONDS["this_run"] += seconds
-    print(f"[bench] {stage}: {seconds:.0f}s")
-
-
-def pipeline_seconds(out, t0):
-    """The whole pipeline's time: every stage's recorded compute time plus this run's time outside the stages."""
-    stages = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
-    return round(sum(stages.values()) + time.time() - t0 - STAGE_SECONDS["this_run"], 1)
-
-
-def stage_problems(a, out):
     def make():
         (out / "images").mkdir(parents=True, exist_ok=True)
-        res = {}
-        for split, n in (("train", a.n_train), ("dev", a.n_dev), ("test", a.n_test)):
-            probs = tasks.make_problems(n, a.seed, split)
+        for split in SPLITS:
+            probs = tasks.make_problems(getattr(a, f"n_{split}"), a.seed, split)
             for p in probs:
                 tasks.render(p).save(out / "images" / f"{p['id']}.png")
                 p["image"] = f"images/{p['id']}.png"
             data.write_jsonl(out / f"problems_{split}.jsonl", probs, "problem")
-            res[split] = len(probs)
-        return res
-    cached(out / "problems.done", make)
-    return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in ("train", "dev", "test")}
+        return {s: getattr(a, f"n_{s}") for s in SPLITS}
+    st.run("problems", {"seed": a.seed, **{f"n_{s}": getattr(a, f"n_{s}") for s in SPLITS}}, make)
+    return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in SPLITS}
 
 
 def base_policy_pool(a, probs, model, processor):
@@ -122,196 +147,238 @@ def base_policy_pool(a, probs, model, processor):
         sols = M.solve(model, processor, [tasks.render(p) for p, _ in chunk], [p["question"] for p, _ in chunk],
                        temperature=a.temperature, seed=tasks.seed_of(a.seed, "base-pool", b))
         for (p, j), s in zip(chunk, sols):
-            steps, ans = s["steps"], s["answer"]
-            cands.append({"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": steps, "answer": ans,
-                          "correct": tasks.match_answer(ans, p["answer"]), "policy": "tiny-base", "text": s["text"],
-                          "first_error": tasks.first_error(p, steps) if steps else None})
+            cands.append({"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": s["steps"], "answer": s["answer"],
+                          "correct": answers.match_answer(s["answer"], p["answer"]), "policy": "tiny-base",
+                          "text": s["text"], "first_error": tasks.first_error(p, s["steps"]) if s["steps"] else None})
     return [c for c in cands if c["steps"]]
 
 
-def stage_pools(a, out, P, model, processor):
-    """Pools of `pool` candidates per dev/test problem: "synthetic" (half weak, half strong sampler) and "base"."""
+def stage_pools(a, st, P):
+    """Pools of `pool` candidates per tune/dev/test problem: "synthetic" (half weak, half strong sampler) and, for
+    test, "base" (the tiny base's own samples)."""
+    names = [("tune", "synthetic"), ("dev", "synthetic"), ("test", "synthetic"), ("test", "base")]
+
     def make():
-        res = {}
-        for split in ("dev", "test"):
-            syn = [c for p in P[split] for s in ("weak", "strong") for c in tasks.candidates(p, a.pool // 2, a.seed, s)]
-            data.write_jsonl(out / f"cands_{split}_synthetic.jsonl", syn, "candidate")
-            basec = base_policy_pool(a, P[split], model, processor)
-            data.write_jsonl(out / f"cands_{split}_base.jsonl", basec, "candidate")
-            res[split] = {"synthetic": len(syn), "base": len(basec)}
-        return res
-    cached(out / "pools.done", make)
-    return {(s, k): data.read_jsonl(out / f"cands_{s}_{k}.jsonl", "candidate")
-            for s in ("dev", "test") for k in ("synthetic", "base")}
+        base = M.load(a.base)
+        for split, kind in names:
+            cands = ([c for p in P[split] for s in ("weak", "strong") for c in tasks.candidates(p, a.pool // 2, a.seed, s)]
+                     if kind == "synthetic" else base_policy_pool(a, P[split], *base))
+            data.write_jsonl(st.out / f"cands_{split}_{kind}.jsonl", cands, "candidate")
+        return {f"{s}_{k}": True for s, k in names}
+    st.run("pools", {"pool": a.pool, "base": a.base, "temperature": a.temperature}, make, after=("problems",))
+    return {n: data.read_jsonl(st.out / f"cands_{n[0]}_{n[1]}.jsonl", "candidate") for n in names}
 
 
-def stage_labels(a, out, P):
+def stage_tau(a, st):
+    """tau (a prefix is right when its value > tau) chosen on tune problems: the best first-error agreement."""
+    taus = [float(t) for t in a.taus.split(",")]
+    n = 100 if a.quick else 300
+
+    def make():
+        res = {str(t): tree_search.evaluate(n, a.seed, a.rollouts, samples=a.samples, tau=t, split="tune",
+                                            methods=(a.labels,))[a.labels] for t in taus}
+        return {"tau": max(taus, key=lambda t: res[str(t)]["first_error_agreement"]), "grid": res}
+    if a.labels == "oracle":
+        return {"tau": None, "grid": {}}
+    return st.run("tau", {"taus": taus, "n": n, "rollouts": a.rollouts, "samples": a.samples, "seed": a.seed,
+                          "labels": a.labels}, make)
+
+
+def stage_labels(a, st, P, tau):
     def make():
         if a.labels == "oracle":  # the oracle's exact labels: an upper bound on what tree search can give
-            recs = [{**tasks.labelled(p, c, p["image"]), "meta": {"correct": c["correct"]}}
+            recs = [{**tasks.labelled(p, c, p["image"]), "meta": {"correct": c["correct"], "problem_id": p["id"]}}
                     for p in P["train"] for c in tasks.candidates(p, a.samples, a.seed)]
-            st = {"records": len(recs), "rollouts": 0, "rollouts_per_solution": 0.0}
+            stats = {"records": len(recs), "rollouts": 0, "rollouts_per_solution": 0.0}
         else:
-            recs, st = tree_search.label(P["train"], tree_search.SyntheticPolicy(), a.labels, a.rollouts, 0, a.seed,
-                                         a.samples, progress=True)
-        data.write_jsonl(out / "labels.jsonl", recs, "labelled")
-        return st
-    return cached(out / "labels.done", make)
+            recs, stats = tree_search.label(P["train"], tree_search.SyntheticPolicy(), a.labels, a.rollouts, 0,
+                                            a.seed, a.samples, tau, progress=True)
+        fam = {p["id"]: p["family"] for p in P["train"]}
+        data.write_jsonl(st.out / "labels.jsonl", recs, "labelled")
+        for f in ("visual", "text"):  # the single-domain training sets of the cross-domain experiment
+            data.write_jsonl(st.out / f"labels_{f}.jsonl", [r for r in recs if fam[r["meta"]["problem_id"]] == f],
+                             "labelled")
+        return stats
+    return st.run("labels", {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau},
+                  make, after=("problems",) + (("tau",) if a.labels != "oracle" else ()))
 
 
-def stage_train(a, out, objective):
-    ck = out / objective
-    want = dict(model=a.base, max_steps=a.steps, lr=a.lr, batch_size=a.batch_size, seed=a.seed, head=a.head,
-                beta=a.beta)
-    if (ck / "train_config.json").exists():  # a cached model must be the one these settings ask for
-        have = json.loads((ck / "train_config.json").read_text())
-        diff = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
-        if diff:
-            raise SystemExit(f"{ck} was trained with other settings {diff} (cached, wanted); "
-                             "delete it or use another --out")
-    if not (ck / "config.json").exists():
-        t0 = time.time()
-        train.main(train.Args(objective=objective, data=str(out / "labels.jsonl"), out=str(ck), warmup=a.steps // 10,
-                              eval_every=a.steps, save_every=a.steps, **want))
-        record_time(out, f"train_{objective}", time.time() - t0)
-    return str(ck)
+def train_args(a, st, name):
+    """The train.py settings of one reward model: prm | orm on all labels, prm_visual | prm_text on one family's."""
+    objective, domain = MODELS[name]
+    labels = st.out / (f"labels_{domain}.jsonl" if domain else "labels.jsonl")
+    return train.Args(objective=objective, data=str(labels), out=str(st.out / name), warmup=a.steps // 10,
+                      eval_every=a.steps, save_every=a.steps, model=a.base, max_steps=a.steps, lr=a.lr,
+                      batch_size=a.batch_size, seed=a.seed, head=a.head, beta=a.beta)
 
 
-def judged_ids(problems, n):
-    """The problems the (slow) judges score: the first n/2 of each family, so both families have judge numbers."""
-    fams = sorted({p["family"] for p in problems})
-    per = -(-n // len(fams))
-    return {p["id"] for f in fams for p in [q for q in problems if q["family"] == f][:per]}
+def launch(args, log):
+    """python train.py with these settings as its own one-thread process, its output in `log`."""
+    shutil.rmtree(args.out, ignore_errors=True)  # a model made with other settings goes
+    flags = [(f"--{k}" if v else f"--no-{k}") if isinstance(v, bool) else f"--{k}={v}"
+             for k, v in ((k.replace("_", "-"), v) for k, v in asdict(args).items())]
+    with open(log, "w") as f:
+        done = subprocess.run([sys.executable, str(M.ROOT / "train.py"), *flags], stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if done.returncode:
+        raise RuntimeError(f"training {args.out} failed (exit {done.returncode}): see {log}")
 
 
-def stage_scores(a, out, P, pools, ck):
-    """Score sets per (split, pool): {key: {candidate id: step scores or a float}}."""
-    res = {}
-    label_recs = data.read_jsonl(out / "labels.jsonl", "labelled")
-    prior = C.prior_table(label_recs)
-    models = {name: M.load(path) for name, path in (("prm", ck["prm"]), ("orm", ck["orm"]),
-                                                                   ("base", a.base))}
-    for (split, pool), cands in pools.items():
-        if (split, pool) == ("dev", "base"):
-            continue  # nothing reads it
-        probs = {p["id"]: p for p in P[split]}
-        ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-        qs = [probs[c["problem_id"]]["question"] for c in cands]
-        st = [c["steps"] for c in cands]
-        ids = [c["id"] for c in cands]
-
-        def keyed(scores):
-            return {i: s for i, s in zip(ids, scores) if s is not None}
-        sets = {}
-        def score(name, images=ims, steps=st, progress=False):
-            return prm.score_steps(*models[name], images, qs, steps, batch_size=SCORE_BATCH, progress=progress)[0]
-        sets["prm"] = keyed(score("prm", progress=True))
-        orm_steps = score("orm")
-        sets["orm"] = keyed(orm.from_steps(orm_steps))
-        sets["orm_steps"] = keyed(orm_steps)  # the ORM read at every tag, for first-error F1
-        if pool == "base":  # Best-of-N on the base's own answers reads the PRM and the ORM only
-            res[f"{split}_{pool}"] = sets
-            continue
-        sets["prm_blank"] = keyed(score("prm", images=C.blank(ims)))
-        sets["prior"] = keyed(C.prior_scores(prior, st))
-        sets["base_likelihood"] = keyed(C.step_likelihood(*models["base"], ims, qs, st))
-        if split == "test":
-            for how in ("chunks", "pairs"):
-                sets[f"prm_{how}"] = keyed(score("prm", steps=[steps.segment(s, how) for s in st]))
-            judged = judged_ids(P["test"], a.judge_n)
-            sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
-            js, _ = judge.judge_steps(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
-            sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, js)}
-            jo, _ = judge.judge_answers(*models["base"], [ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
-            sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, jo)}
-        res[f"{split}_{pool}"] = sets
-    return res
+def stage_train(a, st, names=tuple(MODELS)):
+    """The four reward models, fine-tuned from the base, TRAIN_PROCS at a time (one thread each: a tiny model
+    trains faster as two one-thread processes than as one two-thread process on two cores). -> {name: folder}."""
+    args = {n: train_args(a, st, n) for n in names}
+    settings = {n: {**{k: v for k, v in asdict(args[n]).items() if k != "out"}, "data": Path(args[n].data).name}
+                for n in names}  # no paths in the key: a moved output folder is still cached
+    todo = [n for n in names if not (st.fresh(f"train_{n}", settings[n], ("labels",))
+                                     and (Path(args[n].out) / "config.json").exists())]
+    t0 = time.time()
+    with ThreadPoolExecutor(TRAIN_PROCS) as ex:  # a failed run raises here
+        list(ex.map(lambda n: launch(args[n], st.out / f"{n}.log"), todo))
+    seconds = {n: (time.time() - t0) / len(todo) for n in todo}  # wall time shared out: the stages add up to it
+    return {n: st.run(f"train_{n}", settings[n], lambda n=n: args[n].out, ("labels",), seconds.get(n)) for n in names}
 
 
-def bon_tables(P, cands, sets, methods, a, split="test"):
-    """accuracy@N (mean over subsets) overall and per family for one pool."""
-    fam = {p["id"]: p["family"] for p in P[split]}
-    pools = bon.make_pools(P[split], cands, sets)
-    parts = {"all": pools, **{f: {k: v for k, v in pools.items() if fam[k] == f} for f in ("text", "visual")}}
-    return {part: bon.means(bon.accuracy_at_n(pp, methods, bon.NS, a.draws, a.seed)) for part, pp in parts.items()
-            if pp}
+def score_sets(a, P, split, kind, cands, models, prior):
+    """{key: {candidate id: step scores or a float}} for one pool; what is scored depends on what reads it."""
+    probs = {p["id"]: p for p in P[split]}
+    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    qs, st, ids = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands], [c["id"] for c in cands]
+
+    def score(name, images=ims, steps_=st, progress=False):
+        s = prm.score_steps(*models[name], images, qs, steps_, batch_size=SCORE_BATCH, progress=progress)[0]
+        return {i: x for i, x in zip(ids, s) if x is not None}
+    sets = {"prm": score("prm", progress=True)}
+    if split == "tune":  # the headline aggregation is chosen here: the PRM alone
+        return sets
+    sets["orm_steps"] = score("orm")  # the ORM read at every tag, for first-error F1; its answer score is the last
+    sets["orm"] = {i: s for i, s in zip(sets["orm_steps"], orm.from_steps(list(sets["orm_steps"].values())))}
+    if kind == "base":  # Best-of-N on the base's own answers reads the PRM and the ORM only
+        return sets
+    sets["prm_blank"] = score("prm", images=C.blank(ims))
+    sets["prior"] = dict(zip(ids, C.prior_scores(prior, st)))
+    sets["base_likelihood"] = dict(zip(ids, C.step_likelihood(*models["base"], ims, qs, st)))
+    judged = E.judged_ids(P[split], a.judge_n if split == "test" else a.judge_n // 2)
+    sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
+    jargs = ([ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
+    sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, judge.judge_steps(*models["base"], *jargs)[0])}
+    if split == "test":
+        sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, judge.judge_answers(*models["base"], *jargs)[0])}
+        for how in ("chunks", "pairs"):
+            sets[f"prm_{how}"] = score("prm", steps_=[steps.segment(s, how) for s in st])
+        for name in ("prm_visual", "prm_text"):
+            sets[name] = score(name)
+    return sets
 
 
-def first_error_table(P, pools, scores, judged):
-    """ProcessBench F1 on test, the threshold chosen on dev (judge: on half of the judged test problems)."""
-    out = {}
-    for key, name in (("prm", "prm"), ("orm_steps", "orm"), ("prm_blank", "prm_blank"), ("prior", "prior"),
-                      ("base_likelihood", "base_likelihood")):
-        dev, test = ([(scores[f"{s}_synthetic"][key][c["id"]], c["first_error"]) for c in pools[(s, "synthetic")]
-                      if c["id"] in scores[f"{s}_synthetic"][key]] for s in ("dev", "test"))
-        r = metrics.dev_test_f1(*zip(*dev), *zip(*test))
-        out[name] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
-                     "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
-    jp = bon.make_pools([p for p in P["test"] if p["id"] in judged], pools[("test", "synthetic")],
-                        {"judge_prm": scores["test_synthetic"]["judge_prm"]})
-    r = bon.step_f1(jp, "judge_prm")
-    out["judge_prm"] = {"first_error_f1": round(r["first_error_f1"], 4), "threshold": r["threshold"],
-                        "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
-    return out
+def stage_scores(a, st, P, pools, ck):
+    def make():
+        prior = C.prior_table(data.read_jsonl(st.out / "labels.jsonl", "labelled"))
+        models = {name: M.load(path) for name, path in {**ck, "base": a.base}.items()}
+        return {f"{s}_{k}": score_sets(a, P, s, k, cands, models, prior) for (s, k), cands in pools.items()}
+    return st.run("scores", {"judge_n": a.judge_n}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
 
 
-def selection_tables(a, P, pools, scores):
-    """Best-of-N (main pool, judged subset, base pool), hybrid, controls and segmentation tables from the scores."""
-    judged, S, cands = judged_ids(P["test"], a.judge_n), scores["test_synthetic"], pools[("test", "synthetic")]
-    main_rules = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
-    res_bon = bon_tables(P, cands, S, main_rules, a)
-    judge_rules = {k: bon.METHODS[k] for k in ("random", "majority", "orm", "prm_min", "prm_mean", "judge_orm",
-                                               "judge_prm", "oracle")}
-    res_judge = bon_tables({**P, "test": [p for p in P["test"] if p["id"] in judged]}, cands, S, judge_rules, a)
-    for part in res_bon:  # the judge methods only where the judge ran (judge_n test problems)
-        res_bon[part].update({k: res_judge[part][k] for k in ("judge_orm", "judge_prm")})
-    hybrid_rules = {**{f"prm_{g}": f"max:prm:{g}" for g in ("min", "mean", "last", "last2", "last3")},
-                    "orm": "max:orm"}
-    base_cands = pools[("test", "base")]
-    probs = {p["id"]: p for p in P["test"]}
-    ctrl_keys = ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
-    # segmentation: the same answers cut three ways; key-step against equal weights
-    segs = {"steps": "prm", "chunks": "prm_chunks", "pairs": "prm_pairs"}
-    seg_sets = {**S, "prm_key": {c["id"]: C.key_weighted(S["prm"][c["id"]], c["steps"]) for c in cands
-                                 if c["id"] in S["prm"]}}
-    seg_rules = {**{f"{n}_min": f"max:{k}:min" for n, k in segs.items()},
-                 **{f"{n}_mean": f"max:{k}:mean" for n, k in segs.items()},
-                 "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean"}
-    acc = lambda f, m, n="16": res_bon[f][m][n]  # noqa: E731
-    return {
-        "bon": res_bon, "bon_judged_subset": res_judge, "hybrid": bon_tables(P, cands, S, hybrid_rules, a)["all"],
-        "bon_base_policy": bon_tables(P, base_cands, scores["test_base"], main_rules, a) if base_cands else {},
-        "step": first_error_table(P, pools, scores, judged),
-        "controls": {"fresh_auc": {k: C.fresh_auc(cands, probs, S[k]) for k in ctrl_keys},
-                     "bon": bon_tables(P, cands, S, {k: f"max:{k}:min" for k in ctrl_keys}, a)["all"]},
-        "segmentation": bon_tables(P, cands, seg_sets, seg_rules, a)["all"],
-        "gain_over_one_sample": {f: {m: round(acc(f, m) - acc(f, "random", "1"), 4) for m in
-                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "oracle")}
-                                 for f in ("text", "visual")}}
+def choose_head(P, pools, scores):
+    """The PRM's headline aggregation: the best Best-of-16 on the tune split (exact; ties: the first in AGGS)."""
+    pp = bon.make_pools(P["tune"], pools[("tune", "synthetic")], scores["tune_synthetic"])
+    acc = {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}"), "max", 16)[0] for pool in pp.values()) / len(pp)
+           for g in bon.AGGS}
+    return max(bon.AGGS, key=lambda g: acc[g]), acc
 
 
-def write_outputs(results, a, out):
-    """results.json, the plot, report.md (printed); with --readme the README block and a copy in results/."""
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    text = R.report(results, a, R.plot(results["bon"]["all"], out / "bon_curve.png"))
+def run(a):
+    """One seed, the whole pipeline: -> (results, rows, first-error items, fresh-step items)."""
+    t0, st = time.time(), Stages(a.out)
+    st.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(a.seed)
+    P = stage_problems(a, st)
+    pools = stage_pools(a, st, P)
+    tau = stage_tau(a, st)
+    label_stats = stage_labels(a, st, P, tau["tau"])
+    if a.tune_only:  # the PRM alone, read on the tune split only
+        scores = {"tune_synthetic": score_sets(a, P, "tune", "synthetic", pools[("tune", "synthetic")],
+                                               {"prm": M.load(stage_train(a, st, ("prm",))["prm"])}, None)}
+        return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
+    ck = stage_train(a, st)
+    scores = stage_scores(a, st, P, pools, ck)
+    labelling = st.run("labelling", {"n": 200 if a.quick else 500, "rollouts": a.rollouts, "tau": tau["tau"],
+                                     "seed": a.seed},
+                       lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts, tau=tau["tau"] or 0,
+                                                    split="test"), after=("tau",) if a.labels != "oracle" else ())
+    spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
+                 after=("pools", "train_prm"))
+    head, tune_acc = choose_head(P, pools, scores)
+    rows = E.problem_rows(a, P, pools, scores, head)
+    fe_items, auc_items = E.step_items(P, pools, scores)
+    res = {"config": asdict(a), "seconds": round(st.seconds() + time.time() - t0 - st.this_run, 1),
+           "seconds_this_run": round(time.time() - t0, 1),
+           **E.results_from(a, rows, fe_items, auc_items, head, a.seed),
+           "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
+           "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
+           "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
+    return res, rows, fe_items, auc_items
+
+
+def write_outputs(res, rows, fe_items, auc_items, a, out):
+    """results.json, per_problem.jsonl, per_step.jsonl, the plot, report.md (printed); --readme: README and results/."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    meta = {"pool": "meta", "head": res["head"], "kept": res["filter"]["kept_ids"], "seed": a.seed}
+    data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
+    data.write_jsonl(out / "per_step.jsonl", [{"metric": "first_error", **i} for i in fe_items] +
+                     [{"metric": "fresh_auc", **i} for i in auc_items])
+    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a))
     (out / "report.md").write_text(text)
     print(text)
     if a.readme:
-        R.update_readme(results, a)
+        R.update_readme(res, a)
         (M.ROOT / "results").mkdir(exist_ok=True)
         for f in ("results.json", "report.md", "bon_curve.png"):
-            if (out / f).exists():
-                shutil.copy(out / f, M.ROOT / "results" / f)
+            shutil.copy(out / f, M.ROOT / "results" / f)
 
 
-def headline(results):
+def run_seeds(a, seeds):
+    """The pipeline once per seed (OUT/seed-K), then every number pooled over all seeds' test problems (intervals
+    over the pooled problems, clusters: content) and each seed's headline numbers with their mean and spread."""
+    per, rows, fe, au, t0 = {}, [], [], [], time.time()
+    for s in seeds:
+        r, rw, f, u = run(Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False, "out": f"{a.out}/seed-{s}"}))
+        write_outputs(r, rw, f, u, Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False}),
+                      Path(a.out) / f"seed-{s}")
+        per[s] = r
+        tag = lambda x: {**x, "problem": f"s{s}/{x['problem']}"}  # noqa: E731
+        rows += [tag(x) for x in rw]
+        fe += [tag(x) for x in f]
+        au += [tag(x) for x in u]
+    heads = {s: r["head"] for s, r in per.items()}
+    res = {"config": asdict(a), "seconds": round(sum(r["seconds"] for r in per.values()), 1),
+           "seconds_this_run": round(time.time() - t0, 1),
+           **E.results_from(a, rows, fe, au, max(set(heads.values()), key=list(heads.values()).count), a.seed),
+           **{k: per[seeds[0]][k] for k in ("tuning", "labelling", "speed", "pools")},
+           "seeds": {"heads": heads, "per_seed": {str(s): headline(r) for s, r in per.items()},
+                     "spread": spread([headline(r) for r in per.values()])}}
+    return res, rows, fe, au
+
+
+def spread(heads):
+    """Each headline number over seeds: mean and sample standard deviation."""
+    keys = [k for k, v in heads[0].items() if isinstance(v, (int, float))]
+    out = {}
+    for k in keys:
+        v = [h[k] for h in heads if h.get(k) is not None]
+        m = sum(v) / len(v)
+        out[k] = {"mean": round(m, 4), "std": round((sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5, 4)}
+    return out
+
+
+def headline(res):
     """The last stdout line: the headline numbers as one JSON object."""
-    b, step = results["bon"]["all"], results["step"]
-    best = max((m for m in b if m.startswith("prm_")), key=lambda m: b[m]["16"])
-    return {"seconds": results["seconds"], "best_prm": best, "best_prm@16": round(b[best]["16"], 4),
-            **{f"{m}@16": round(b[m]["16"], 4) for m in ("weighted_prm", "orm", "majority", "oracle")},
-            "random@1": round(b["random"]["1"], 4), "prm_f1": step["prm"]["first_error_f1"],
-            "orm_f1": step["orm"]["first_error_f1"]}
+    b, step = res["bon"]["all"], res["step"]
+    return {"seconds": res["seconds"], "head": res["head"], **{f"{m}@16": round(b[m]["16"], 4) for m in
+            ("prm_head", "weighted_prm", "orm", "majority", "oracle")}, "random@1": round(b["random"]["1"], 4),
+            "prm_f1": step["prm"]["first_error_f1"], "orm_f1": step["orm"]["first_error_f1"],
+            "verdicts": {v["finding"]: v["verdict"] for v in res["verdicts"]}, "resolvable": res["resolvable"]}
 
 
 def main(a: Args):
@@ -319,25 +386,14 @@ def main(a: Args):
         return speed.main(speed.Args())
     if a.quick:
         a = Args(**{**asdict(a), **QUICK})
-    t0, out = time.time(), Path(a.out)
-    STAGE_SECONDS["this_run"] = 0.0
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(a.seed)
-    P = stage_problems(a, out)
-    pools = stage_pools(a, out, P, *M.load(a.base))
-    label_stats = stage_labels(a, out, P)
-    ck = {o: stage_train(a, out, o) for o in ("prm", "orm")}
-    scores = cached(out / "scores.json", lambda: stage_scores(a, out, P, pools, ck))
-    labelling = cached(out / "labelling.json", lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts))
-    spd = cached(out / "speed.json", lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"],
-                                                                         pools[("test", "synthetic")]))
-    tables = selection_tables(a, P, pools, scores)
-    results = {"config": asdict(a), "seconds": pipeline_seconds(out, t0), "seconds_this_run": round(time.time() - t0, 1),
-               **tables, "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
-               "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
-    write_outputs(results, a, out)
-    print(json.dumps(headline(results)))
-    return results
+    seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    res, rows, fe, au = run_seeds(a, seeds) if seeds else run(a)
+    if a.tune_only:
+        print(json.dumps(res))
+        return res
+    write_outputs(res, rows, fe, au, a, Path(a.out))
+    print(json.dumps({k: v for k, v in headline(res).items() if k != "verdicts"}))
+    return res
 
 
 if __name__ == "__main__":

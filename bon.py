@@ -1,4 +1,4 @@
-"""Best-of-N: selection rules, accuracy@N over random subsets, first-error F1, the ViLBench filter.
+"""Best-of-N: aggregation, selection rules, exact accuracy@N, first-error F1, the ViLBench filter.
 
     python bon.py --problems P --candidates C --scores prm.jsonl orm.jsonl   # accuracy@N and first-error F1 tables
     python bon.py --mathv                                  # random, majority, oracle on the real MATH-V pool (15)
@@ -9,11 +9,13 @@ A pool: per problem, candidates {"answer", "correct", "scores": {key: float | [f
 answer; no answer, no vote), oracle (pass@N), max:KEY[:AGG] (highest score, step scores aggregated by aggregate),
 vote:KEY[:AGG] (weighted majority: the answer whose scores sum highest). A tie counts as its exact expectation: a
 uniform pick among the tied candidates or answer groups (a group is worth its members' mean correctness).
+accuracy@N is the exact expectation over all C(pool, N) subsets (at_n): argmax in closed form by rank; votes by
+enumeration, or where that is costly (N=8 of 16) over 2000 seeded random subsets, their error kept.
 """
+import itertools
 import json
 import math
 import random
-import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,8 @@ import metrics
 import orm
 import prm
 from model import MAX_LEN, load, parse_args
-from tasks import _norm, match_answer, seed_of
+from answers import match_answer, normalize
+from tasks import seed_of
 
 NS = (1, 2, 4, 8, 16)
 AGGS = ("min", "mean", "prod", "last", "last2")
@@ -58,11 +61,11 @@ def aggregate(step_scores, how="min"):
 
 
 def answer_key(answer, options=None):
-    """A hashable canonical answer: equal keys when tasks.match_answer agrees (numbers to 6 significant digits,
+    """A hashable canonical answer: equal keys when answers.match_answer agrees (numbers to 6 significant digits,
     option text -> its letter). None for no answer."""
     if answer is None or str(answer).strip() == "":
         return None
-    k = _norm(answer, options)
+    k = normalize(answer, options)
     return float(f"{k:.6g}") if isinstance(k, float) else k
 
 
@@ -120,79 +123,96 @@ def expected(items, kind):
     return sum(tied) / len(tied)
 
 
+EXACT_LIMIT, MC_DRAWS = 5000, 1000  # votes: every subset up to this many, else this many random ones
+
+
+def at_n(items, kind, n, seed=0, name=""):
+    """(expected correctness of the rule's pick from a uniformly random n-subset of the pool, Monte-Carlo variance
+    of that value: 0 when exact). Argmax, random and oracle are exact in closed form; a vote is exact by enumerating
+    the C(m, n) subsets when there are at most EXACT_LIMIT, else the mean over MC_DRAWS seeded random subsets."""
+    m = len(items)
+    n = min(n, m)
+    if m == 0:
+        return 0.0, 0.0
+    total, right = math.comb(m, n), sum(c for _, c, _ in items)
+    if kind == "random":
+        return right / m, 0.0
+    if kind == "oracle":  # at least one right answer in the subset
+        return 1 - math.comb(m - int(right), n) / total, 0.0
+    if kind == "max":  # by rank: the top score level of the subset is L with P = (C(b+g, n) - C(b, n)) / C(m, n)
+        levels = {}  # b below L, g members at L; a uniform pick among the tied members of L (no score: lowest)
+        for _, c, v in items:
+            levels.setdefault(-math.inf if v is None else v, []).append(c)
+        e, below = 0.0, 0
+        for v in sorted(levels):
+            g = len(levels[v])
+            e += (math.comb(below + g, n) - math.comb(below, n)) / total * sum(levels[v]) / g
+            below += g
+        return e, 0.0
+    if total <= EXACT_LIMIT:
+        vals = [expected([items[i] for i in s], kind) for s in itertools.combinations(range(m), n)]
+        return sum(vals) / total, 0.0
+    rng = random.Random(seed_of(seed, name, n))
+    vals = [expected([items[i] for i in rng.sample(range(m), n)], kind) for _ in range(MC_DRAWS)]
+    mean = sum(vals) / len(vals)
+    return mean, sum((x - mean) ** 2 for x in vals) / (len(vals) - 1) / len(vals)
+
+
+def problem_rows(pools, methods, ns=NS, seed=0, meta=None):
+    """Per-problem results: one row per (problem, method): {"problem", "method", "acc": {"N": value},
+    "mc_var": {"N": Monte-Carlo variance}} plus `meta` (a dict per problem id: family, content, pool...)."""
+    rows = []
+    for name, rule in methods.items():
+        kind = parse_rule(rule)[0]
+        for pid, pool in pools.items():
+            items = prepare(pool, rule)
+            res = {str(n): at_n(items, kind, n, seed, pid) for n in ns if n <= len(items) or n == max(ns)}
+            rows.append({"problem": pid, "method": name, **(meta or {}).get(pid, {}),
+                         "acc": {k: v[0] for k, v in res.items()}, "mc_var": {k: v[1] for k, v in res.items() if v[1]}})
+    return rows
+
+
 def select(pool, rule):
     """Expected correctness of `rule`'s pick from a whole pool (a list of candidate dicts)."""
     return expected(prepare(pool, rule), parse_rule(rule)[0])
 
 
-def subsets(m, n, draws=8, seed=0, name=""):
-    """Index subsets of size n from a pool of m. Each draw: a seeded random permutation cut into its m cyclic windows
-    of n, so each window is a uniform random n-subset and every candidate sits in exactly n of the m windows (a
-    random pick then averages to the pool's mean exactly). Same (seed, name, n, draw), same subsets. n >= m: the
-    whole pool, once."""
-    if n >= m:
-        return [tuple(range(m))]
-    out = []
-    for d in range(draws):
-        perm = list(range(m))
-        random.Random(seed_of(seed, name, n, d)).shuffle(perm)
-        out += [tuple(perm[(i + j) % m] for j in range(n)) for i in range(m)]
-    return out
-
-
-def per_problem(pools, rule, n, draws=8, seed=0):
-    """{problem id: [expected correctness of the rule's pick on each of its subsets]} (subsets seeded by the id,
-    so every rule sees the same subsets: comparisons are paired)."""
-    kind, out = parse_rule(rule)[0], {}
-    for pid, pool in pools.items():
-        items = prepare(pool, rule)
-        out[pid] = [expected([items[i] for i in s], kind) for s in subsets(len(items), n, draws, seed, pid)]
-    return out
-
-
-def accuracy_at_n(pools, methods, ns=NS, draws=8, seed=0):
-    """{method: {"N": {"mean", "std"}}} for pools {problem id: [candidate, ...]} and methods {name: rule}.
-    mean: over problems of the mean over that problem's subsets (draws x pool size of them; one when N >= pool).
-    std: across replicates, each one subset per problem, of the dataset-level accuracy: the spread of one
-    Best-of-N run over the subsets it happens to draw. An N above the largest pool becomes the pool size."""
+def accuracy_at_n(pools, methods, ns=NS, seed=0):
+    """{method: {"N": {"mean", "lo", "hi", "n"}}}: exact expected accuracy@N (at_n) averaged over the problems of
+    pools {problem id: [candidate, ...]}, with a 95% bootstrap interval over problems. An N above the largest pool
+    becomes the pool size."""
     top = max(len(p) for p in pools.values())
     ns = sorted({min(int(n), top) for n in ns})
-    out = {}
-    for name, rule in methods.items():
-        out[name] = {}
-        for n in ns:
-            per = list(per_problem(pools, rule, n, draws, seed).values())
-            reps = [sum(v[r % len(v)] for v in per) / len(per) for r in range(max(map(len, per)))]
-            out[name][str(n)] = {"mean": sum(sum(v) / len(v) for v in per) / len(per),
-                                 "std": statistics.pstdev(reps)}
-    return out
+    rows = problem_rows(pools, methods, ns, seed)
+    return {m: {str(n): metrics.bootstrap([r["acc"][str(n)] for r in rows if r["method"] == m], seed=seed)
+                for n in ns} for m in methods}
 
 
 def means(results):
-    """{method: {"N": {"mean", "std"}}} -> {method: {"N": mean}} (the shape of results.json's "bon")."""
+    """{method: {"N": {"mean", ...}}} -> {method: {"N": mean}} (the shape of results.json's "bon")."""
     return {m: {n: v["mean"] for n, v in r.items()} for m, r in results.items()}
 
 
-def vilbench_filter(pools, pairs, n=16, draws=8, seed=0):
+def vilbench_filter(pools, pairs, n=16, seed=0):
     """ViLBench's selection: per problem, the PRM-preference indicator = the mean over reward models (pairs of
     (PRM rule, ORM rule)) of Best-of-n accuracy with the PRM rule minus with the ORM rule. Keeps problems where it
     is > 0. Returns (kept problem ids in pool order, {problem id: indicator})."""
     gain = {pid: 0.0 for pid in pools}
     for prm_rule, orm_rule in pairs:
-        a, b = per_problem(pools, prm_rule, n, draws, seed), per_problem(pools, orm_rule, n, draws, seed)
-        for pid in pools:
-            gain[pid] += (sum(a[pid]) / len(a[pid]) - sum(b[pid]) / len(b[pid])) / len(pairs)
+        for pid, pool in pools.items():
+            a = at_n(prepare(pool, prm_rule), "max", n, seed, pid)[0]
+            gain[pid] += (a - at_n(prepare(pool, orm_rule), "max", n, seed, pid)[0]) / len(pairs)
     return [pid for pid in pools if gain[pid] > 1e-12], gain
 
 
 def table(results, methods=None, ns=None):
-    """A markdown table, rows methods, columns N; cells are accuracies, or "mean ± std" from accuracy_at_n."""
+    """A markdown table, rows methods, columns N; cells are accuracies, or "mean [lo, hi]" from accuracy_at_n."""
     methods = [m for m in (methods or list(results)) if m in results]
     ns = [str(n) for n in (ns or next(iter(results.values()), {}))]
     def cell(v):
         if not isinstance(v, dict):
             return "-" if v is None else f"{v:.3f}"
-        return f"{v['mean']:.3f} ± {v['std']:.3f}" if v.get("std") else f"{v['mean']:.3f}"
+        return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" if v.get("lo") is not None else "-"
     lines = ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
     lines += [f"| {m} | " + " | ".join(cell(results[m].get(n)) for n in ns) + " |" for m in methods]
     return "\n".join(lines)
@@ -261,8 +281,8 @@ def report(pools, rules, ns, a, families=None):
                               for f in sorted(set((families or {}).values()))}}
     res = {"bon": {}}
     for part, pp in parts.items():
-        res["bon"][part] = accuracy_at_n(pp, rules, ns, a.draws, a.seed)
-        print(f"\naccuracy@N, {part} ({len(pp)} problems; ± std over subset draws)\n{table(res['bon'][part])}")
+        res["bon"][part] = accuracy_at_n(pp, rules, ns, a.seed)
+        print(f"\naccuracy@N, {part} ({len(pp)} problems; [95% bootstrap interval])\n{table(res['bon'][part])}")
     scores = [c["scores"] for pool in pools.values() for c in pool]
     keys = sorted({k for s in scores for k, v in s.items() if isinstance(v, list)})
     if keys and any(c.get("first_error") is not None for pool in pools.values() for c in pool):
@@ -277,12 +297,12 @@ def report(pools, rules, ns, a, families=None):
              if "prm" in k and any(k.replace("prm", "orm") in s for s in scores)]
     if pairs:
         n = max(int(x) for x in res["bon"]["all"]["random"])
-        kept, _ = vilbench_filter(pools, pairs, n, a.draws, a.seed)
+        kept, _ = vilbench_filter(pools, pairs, n, a.seed)
         res["filter"] = {"n": n, "kept": len(kept), "of": len(pools), "pairs": pairs}
         print(f"\nViLBench filter (PRM mean minus ORM at N={n}, {len(pairs)} reward model(s)): kept {len(kept)} "
               f"of {len(pools)} problems")
         if kept:
-            res["filter"]["bon"] = accuracy_at_n({p: pools[p] for p in kept}, rules, ns, a.draws, a.seed)
+            res["filter"]["bon"] = accuracy_at_n({p: pools[p] for p in kept}, rules, ns, a.seed)
             print(table(res["filter"]["bon"]))
     return res
 
@@ -297,7 +317,6 @@ class Args:
     orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last)"})
     limit: int = field(default=0, metadata={"help": "with --mathv: only the first K problems (0: all)"})
     ns: str = field(default="1,2,4,8,16", metadata={"help": "the N of accuracy@N (above the pool size: the pool)"})
-    draws: int = field(default=8, metadata={"help": "random permutations per problem and N (pool-size subsets each)"})
     seed: int = field(default=0, metadata={"help": "seed of the subsets and of the dev split"})
     dev_frac: float = field(default=0.5, metadata={"help": "share of problems that choose the first-error threshold"})
     batch_size: int = field(default=8, metadata={"help": "with --model: answers per forward pass"})

@@ -12,6 +12,7 @@ import re
 import torch
 from PIL import Image
 
+import answers
 import metrics
 import tasks
 from model import encode, hidden_states, unwrap
@@ -48,7 +49,7 @@ def prior_table(label_recs):
     stats = {}
     for r in label_recs:
         for s, y in zip(r["completions"], r["labels"]):
-            for key in (_template(s), _template(s) + "|" + str(tasks.numbers(s)[-1:])):
+            for key in (_template(s), _template(s) + "|" + str(answers.numbers(s)[-1:])):
                 n, t = stats.get(key, (0, 0.0))
                 stats[key] = (n + 1, t + (y > 0.5))
     return {k: t / n for k, (n, t) in stats.items()}
@@ -59,7 +60,7 @@ def _template(s):
 
 
 def prior_scores(table, steps):
-    return [[table.get(_template(s) + "|" + str(tasks.numbers(s)[-1:]), table.get(_template(s), 0.5)) for s in st]
+    return [[table.get(_template(s) + "|" + str(answers.numbers(s)[-1:]), table.get(_template(s), 0.5)) for s in st]
             for st in steps]
 
 

@@ -1,11 +1,14 @@
-"""Step-level metrics, one home for train.py, bon.py and bench.py: ROC AUC, ProcessBench's first-error F1, and the
-threshold chosen on a dev split. Pure Python, checked on literal inputs in tests/test_metrics.py.
+"""Metrics, one home for train.py, bon.py and bench.py: ROC AUC, ProcessBench's first-error F1, the threshold chosen
+on a dev split; and the statistics of evidence: bootstrap intervals over problems (or clusters of problems that
+share content), paired and unpaired differences, verdicts. Checked on literal inputs in tests/test_metrics.py.
 
     first-error F1 (Zheng et al. 2024, ProcessBench): a solution's predicted first error is its first step scored
     below a threshold; F1 is the harmonic mean of the accuracy on erroneous solutions (the predicted first error is
     the true one) and on correct solutions (no error predicted).
 """
 import itertools
+
+import numpy as np
 
 
 def auc(scores, labels):
@@ -56,3 +59,109 @@ def dev_test_f1(dev_scores, dev_first_errors, test_scores, test_first_errors):
     return {"first_error_f1": r["f1"], "threshold": t, "acc_error": r["acc_error"], "acc_correct": r["acc_correct"],
             "f1_at_0.5": first_error_f1(test_scores, test_first_errors, 0.5)["f1"], "dev": len(dev_scores),
             "test": len(test_scores)}
+
+
+# Uncertainty (DESIGN.md "Evidence"): a percentile bootstrap over test problems, or over clusters of problems that
+# share content (a content repeats inside a split that has fewer contents than problems; its problems are not
+# independent). The resampled clusters depend only on the cluster keys and the seed, so every comparison over the
+# same problems is paired draw by draw.
+BOOT, LEVEL = 2000, 0.95
+
+
+def boot_means(values, clusters=None, boot=BOOT, seed=0):
+    """(boot,) bootstrap replicates of the mean of per-problem values: each draws clusters with replacement (None:
+    each value its own cluster) and averages over the problems they hold."""
+    v = np.asarray(values, dtype=float)
+    keys = list(range(len(v))) if clusters is None else list(clusters)
+    names = sorted(set(keys), key=str)
+    at = {c: i for i, c in enumerate(names)}
+    cl = np.array([at[c] for c in keys], dtype=int)
+    draws = np.random.default_rng(seed).integers(0, len(names), (boot, len(names)))
+    return np.bincount(cl, v, len(names))[draws].sum(1) / np.bincount(cl, None, len(names))[draws].sum(1)
+
+
+def interval(mean, reps, n, level=LEVEL):
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(mean), "lo": float(lo), "hi": float(hi), "n": int(n)}
+
+
+def bootstrap(values, clusters=None, boot=BOOT, seed=0, level=LEVEL):
+    """Mean of per-problem values with its percentile bootstrap interval -> {"mean", "lo", "hi", "n"}."""
+    if len(values) == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    return interval(np.mean(values), boot_means(values, clusters, boot, seed), len(values), level)
+
+
+def paired(a, b, clusters=None, boot=BOOT, seed=0, level=LEVEL):
+    """a - b paired per problem (the same problems in the same order): mean difference and its interval."""
+    if len(a) != len(b):
+        raise ValueError(f"paired comparison over {len(a)} and {len(b)} problems: not the same problems")
+    return bootstrap([x - y for x, y in zip(a, b)], clusters, boot, seed, level)
+
+
+def unpaired(a, b, clusters_a=None, clusters_b=None, boot=BOOT, seed=0, level=LEVEL):
+    """mean(a) - mean(b) over two different sets of problems (text gains minus visual gains): each resampled on its
+    own."""
+    if not len(a) or not len(b):
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    reps = boot_means(a, clusters_a, boot, seed) - boot_means(b, clusters_b, boot, seed + 1)
+    return interval(np.mean(a) - np.mean(b), reps, len(a) + len(b), level)
+
+
+def verdict(ci, direction=1):
+    """"holds" when the interval excludes 0 on the side of `direction` (+1: a > b expected), "opposite" when it
+    excludes 0 on the other side, "not resolved" otherwise."""
+    if ci.get("lo") is None:
+        return "not resolved"
+    if (ci["lo"] > 0 and direction > 0) or (ci["hi"] < 0 and direction < 0):
+        return "holds"
+    return "opposite" if ci["lo"] > 0 or ci["hi"] < 0 else "not resolved"
+
+
+def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL):
+    """ProcessBench F1 from predicted and true first errors (one per solution) with its bootstrap interval: the two
+    accuracies are sums over the resampled clusters, so each replicate is exact, not an average of F1s."""
+    pred, true = np.asarray(pred), np.asarray(true)
+    err, hit = true != -1, pred == true
+    keys = list(range(len(true))) if clusters is None else list(clusters)
+    names = sorted(set(keys), key=str)
+    at = {c: i for i, c in enumerate(names)}
+    cl = np.array([at[k] for k in keys], dtype=int)
+    K = len(names)
+    sums = [np.bincount(cl, w.astype(float), K) for w in (hit & err, err, hit & ~err, ~err)]
+    draws = np.random.default_rng(seed).integers(0, K, (boot, K))
+
+    def f1(he, ne, ho, no):
+        accs = [x for x in ((he / ne) if ne else None, (ho / no) if no else None) if x is not None]
+        return 0.0 if not accs or 0 in accs else len(accs) / sum(1 / x for x in accs)
+    reps = [f1(*(s[d].sum() for s in sums)) for d in draws]
+    he, ne, ho, no = (s.sum() for s in sums)
+    return {**interval(f1(he, ne, ho, no), reps, len(true), level),
+            "acc_error": float(he / ne) if ne else None, "acc_correct": float(ho / no) if no else None}
+
+
+def auc_fast(scores, labels):
+    """ROC AUC by ranks (ties count half), numpy: the same number as auc()."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return 0.5
+    _, inv, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inv]  # average rank of each tie group, 1-based
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def auc_ci(scores, labels, clusters=None, boot=500, seed=0, level=LEVEL):
+    """ROC AUC with a bootstrap interval over clusters (fewer replicates: each one sorts the resampled steps)."""
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    keys = list(range(len(s))) if clusters is None else list(clusters)
+    members = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    groups = [np.array(v) for v in members.values()]
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(boot):
+        idx = np.concatenate([groups[j] for j in rng.integers(0, len(groups), len(groups))])
+        reps.append(auc_fast(s[idx], y[idx]))
+    return interval(auc_fast(s, y), reps, len(s), level)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import answers
 import tasks
 from steps import split_steps
 
@@ -348,7 +349,7 @@ def solve(model, processor, images, questions, prefix_steps=None, max_new_tokens
     for i, t in enumerate(texts):
         new = split_steps(t if heads is None else f"Step {len(prefix_steps[i]) + 1}: " + t)
         st = (list(prefix_steps[i]) if heads else []) + new
-        out.append({"text": t, "steps": st, "answer": tasks.extract_answer(st) if st else None})
+        out.append({"text": t, "steps": st, "answer": answers.extract_answer(st) if st else None})
     return out
 
 

@@ -1,114 +1,207 @@
-"""bench.py's results as a person reads them: the markdown tables of report.md, the accuracy-vs-N plot, and the
-headline block of README.md (between the bench markers). Rendering only: every number comes from results.json.
+"""bench.py's results as a person reads them: report.md's tables (every number with its 95% interval), the
+accuracy-vs-N plot with interval bands, and the README's results block (between the bench markers). Rendering
+only: every number comes from results.json.
 """
 import os
+import platform
 from pathlib import Path
 
 import torch
 
+from metrics import verdict
 
-def plot(bon_all, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install matplotlib)"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in ("oracle", "weighted_prm", "prm_mean", "prm_min", "orm", "majority", "judge_prm", "random"):
-        if m in bon_all:
-            ns = sorted(bon_all[m], key=int)
-            ax.plot([int(n) for n in ns], [bon_all[m][n] for n in ns], marker="o", label=m,
-                    linestyle="--" if m in ("oracle", "random") else "-")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("N (candidates)")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Best-of-N on the synthetic suite (test)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return str(path)
-
-
-def md(rows, cols, cell):
-    lines = ["| | " + " | ".join(map(str, cols)) + " |", "|---|" + "---:|" * len(cols)]
-    return "\n".join(lines + [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows])
+NS = ("1", "2", "4", "8", "16")
+MAIN = ["random", "majority", "weighted_prm", "orm", "prm_head", "prm_min", "prm_mean", "prm_prod", "prm_last",
+        "prm_last2", "oracle"]
+COMPARISONS = {  # name: what it reads (a - b, paired over test problems at N=16)
+    "prm_vs_orm": "PRM vs ORM", "prm_vs_orm_visual": "PRM vs ORM, visual items", "prm_vs_orm_text":
+    "PRM vs ORM, text items", "prm_vs_majority": "PRM vs majority vote", "prm_vs_base_likelihood":
+    "PRM vs the base's own step likelihood", "weighted_vs_majority": "PRM-weighted vote vs majority",
+    "last2_vs_min": "hybrid last-2 vs min", "last2_vs_mean": "hybrid last-2 vs mean", "last2_vs_orm":
+    "hybrid last-2 vs ORM", "text_gain_vs_visual_gain": "PRM's gain over one sample: text minus visual",
+    "steps_vs_chunks": "writer's steps vs 24-character chunks", "steps_vs_pairs": "writer's steps vs pairs of steps",
+    "chunks_hurt_visual_more": "loss from chunking: visual minus text", "key_vs_equal":
+    "key-step weights vs equal weights (mean)", "prm_vs_judge_prm": "PRM vs the judge PRM (judged subset)",
+    "filtered_prm_vs_orm": "PRM vs ORM on ViLBench-filtered items (half B)", "unfiltered_prm_vs_orm":
+    "PRM vs ORM on the other items (half B)", "mixed_vs_visual_only_on_text":
+    "PRM on both families vs on visual labels only, text items", "mixed_vs_text_only_on_visual":
+    "PRM on both families vs on text labels only, visual items", "visual_only_vs_text_only_on_visual":
+    "visual-only PRM vs text-only PRM, visual items", "text_only_vs_visual_only_on_text":
+    "text-only PRM vs visual-only PRM, text items", "base_pool_prm_vs_majority":
+    "tiny base's own answers: PRM vs majority", "base_pool_prm_vs_orm": "tiny base's own answers: PRM vs ORM"}
 
 
 def f3(x):
     return "-" if x is None else f"{x:.3f}"
 
 
+def ci(c, sign=False):
+    """'0.850 [0.801, 0.893]' from {"mean", "lo", "hi"}."""
+    if not c or c.get("mean") is None:
+        return "-"
+    f = (lambda x: f"{x:+.3f}") if sign else f3
+    return f"{f(c['mean'])} [{f(c['lo'])}, {f(c['hi'])}]"
+
+
+def md(rows, cols, cell, corner=""):
+    lines = [f"| {corner} | " + " | ".join(map(str, cols)) + " |", "|---|" + "---:|" * len(cols)]
+    return "\n".join(lines + [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows])
+
+
+def plot(cells, path, a=None):
+    """Accuracy vs N with 95% interval bands (the test split's synthetic pool, all problems)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in ("oracle", "weighted_prm", "prm_head", "orm", "majority", "random"):
+        if m not in cells:
+            continue
+        ns = [n for n in NS if n in cells[m] and cells[m][n]["mean"] is not None]
+        x = [int(n) for n in ns]
+        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=m.replace("prm_head", "PRM (argmax)"),
+                        linestyle="--" if m in ("oracle", "random") else "-")
+        ax.fill_between(x, [cells[m][n]["lo"] for n in ns], [cells[m][n]["hi"] for n in ns], alpha=0.15,
+                        color=line.get_color())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    ax.set_xlabel("N (candidates the reward model chooses from)")
+    ax.set_ylabel("accuracy of the pick")
+    n = f", {a.n_test} test problems, seed {a.seeds or a.seed}" if a else ""
+    ax.set_title(f"Best-of-N on the synthetic suite (bands: 95% bootstrap intervals{n})", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def verdict_table(r):
+    comps = r["comparisons"]
+    rows = [(v["finding"], v) for v in r["verdicts"]]
+    return md([f for f, _ in rows], ["comparison (a - b at N=16)", "difference [95% CI]", "verdict"],
+              lambda f, c: {"comparison (a - b at N=16)": "; ".join(COMPARISONS.get(k, k) for k in dict(rows)[f]["comparisons"]),
+                            "difference [95% CI]": "; ".join(ci(comps.get(k), True) for k in dict(rows)[f]["comparisons"]),
+                            "verdict": f"**{dict(rows)[f]['verdict']}**"}[c], "finding of the paper")
+
+
+def comparison_table(r):
+    comps = r["comparisons"]
+    names = {COMPARISONS[k]: k for k in COMPARISONS if k in comps}
+    return md(list(names), ["difference [95% CI]", "problems", "a > b?"],
+              lambda n, c: {"difference [95% CI]": ci(comps[names[n]], True), "problems": str(comps[names[n]]["n"]),
+                            "a > b?": {"holds": "yes", "opposite": "no, b > a", "not resolved": "not resolved"}[
+                                verdict(comps[names[n]])]}[c], "comparison (a - b, N=16, paired)")
+
+
 def report(r, a, curve):
-    ns = ["1", "2", "4", "8", "16"]
-    order = ["random", "majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_prod", "prm_last", "prm_last2",
-             "judge_orm", "judge_prm", "oracle"]
-    cell = lambda tab: lambda m, n: f3(tab.get(m, {}).get(n))  # noqa: E731
-    t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''} --seed {a.seed}`: {r['seconds']:.0f} s "
-         f"on {os.cpu_count()} CPU cores (every stage; this run {r.get('seconds_this_run', r['seconds']):.0f} s)."
-         f" Test: {a.n_test} problems, pools of {a.pool} "
-         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta {a.beta}) "
-         f"fine-tuned {a.steps} steps "
-         f"from `{a.base}` on {a.labels} labels of {a.n_train} train problems. Judge methods: {a.judge_n} test "
-         f"problems only (half of each family).\n"]
+    iv, head, tun = r["intervals"], r["head"], r["tuning"]
+    seeds = f" --seeds {a.seeds}" if a.seeds else f" --seed {a.seed}"
+    t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''}{seeds}`: {r['seconds']:.0f} s on "
+         f"{os.cpu_count()} CPU cores (every stage; this run {r['seconds_this_run']:.0f} s). Test: {a.n_test} problems"
+         f"{' per seed' if a.seeds else ''} (content-disjoint from train, tune and dev), pools of {a.pool} "
+         f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta "
+         f"{a.beta}) fine-tuned {a.steps} steps from `{a.base}` on {a.labels} labels of {a.n_train} train problems. "
+         f"Chosen on the tune split ({a.n_tune} problems): the PRM's aggregation **{head}** (Best-of-16 on tune: "
+         + ", ".join(f"{g} {v:.3f}" for g, v in tun["aggregation"].items()) + f"); tau {tun['tau']['tau']}. "
+         f"Every interval: 95% bootstrap over test problems (clusters of shared content), paired for differences. "
+         f"The smallest paired difference this run resolves (median half-width): **{r['resolvable']}**.\n"]
+    if r.get("seeds"):
+        sp = r["seeds"]["spread"]
+        t.append("## Seeds: each seed's headline numbers, mean and spread (std)\n\n" +
+                 md(list(sp), ["mean", "std"] + [f"seed {s}" for s in r["seeds"]["per_seed"]],
+                    lambda k, c: f3(sp[k][c]) if c in ("mean", "std") else
+                    f3(r["seeds"]["per_seed"][c.split()[1]].get(k))) + "\n")
+    t.append("## (0) The paper's findings: verdicts\n\n" + verdict_table(r) + "\n")
+    t.append("## (1) Paired comparisons\n\n" + comparison_table(r) + "\n")
     for part in ("all", "visual", "text"):
-        t.append(f"## (1) Best-of-N accuracy, {part}\n\n" + md(order, ns, cell(r["bon"][part])) + "\n")
-    t.append(f"Plot: {curve}\n")
+        cells = iv["synthetic"][part]
+        t.append(f"## (2) Best-of-N accuracy, {part} (prm_head = prm_{head})\n\n" +
+                 md([m for m in MAIN if m in cells], ["1", "2", "4", "8", "16 [95% CI]"],
+                    lambda m, n: ci(cells[m]["16"]) if n.startswith("16") else f3(cells[m][n]["mean"])) + "\n")
+    t.append(f"Plot: {curve}. Majority and weighted vote at N=8 are Monte-Carlo (1000 subsets a problem; error "
+             f"{max(c['8'].get('mc_se') or 0 for c in iv['synthetic']['all'].values()):.4f}); every other cell is exact.\n")
     hy = ["orm", "prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3"]
-    t.append("## (2) Hybrid: score only the last k steps (N=16)\n\n" +
-             md(hy, ["N=4", "N=16"], lambda m, n: f3(r["hybrid"][m][n[2:]])) + "\n")
+    t.append("## (3) Hybrid: score only the last k steps\n\n" +
+             md(hy, ["N=4", "N=16 [95% CI]"], lambda m, n: ci(iv["synthetic"]["all"][m]["16"]) if "16" in n
+                else f3(iv["synthetic"]["all"][m]["4"]["mean"])) + "\n")
     g = r["gain_over_one_sample"]
-    t.append("## (3) Gain over one sample at N=16, text vs visual\n\n" +
+    t.append("## (4) Gain over one sample at N=16, text vs visual\n\n" +
              md(list(g["text"]), ["text", "visual"], lambda m, f: f"{g[f][m]:+.3f}") + "\n")
     lab = r["labelling"]
-    t.append("## (4) Labelling cost and quality against the oracle (`tree_search.evaluate`)\n\n" +
-             md(["mc", "mcts"], ["rollouts_per_solution", "first_error_agreement", "step_label_accuracy"],
-                lambda m, c: str(lab[m][c])) +
-             f"\n\nTrain labels ({a.labels}): {lab['train_labels']['records']} records, "
+    t.append("## (5) Labelling: tau chosen on tune, cost and quality on test problems against the oracle\n\n" +
+             md([m for m in ("mc", "mcts") if m in lab], ["rollouts_per_solution", "first_error_agreement",
+                                                         "step_label_accuracy"], lambda m, c: str(lab[m][c])) +
+             f"\n\nTau grid on tune ({a.labels}, first-error agreement): " +
+             ", ".join(f"{k}: {v['first_error_agreement']}" for k, v in tun["tau"].get("grid", {}).items()) +
+             f". Train labels: {lab['train_labels']['records']} records, "
              f"{lab['train_labels']['rollouts_per_solution']} rollouts per solution.\n")
-    t.append("## (5) First-error F1 (ProcessBench), threshold from dev\n\n" +
-             md(list(r["step"]), ["first_error_f1", "threshold", "acc_error", "acc_correct"],
-                lambda m, c: f3(r["step"][m][c]) if c != "threshold" else f"{r['step'][m][c]:.2f}") + "\n")
+    st = r["step"]
+    t.append("## (6) First-error F1 (ProcessBench), threshold from dev\n\n" +
+             md(list(st), ["F1 [95% CI]", "threshold", "acc_error", "acc_correct", "solutions"],
+                lambda k, c: {"F1 [95% CI]": ci({"mean": st[k]["first_error_f1"], **st[k]}),
+                              "threshold": f"{st[k]['threshold']:.2f}", "acc_error": f3(st[k]["acc_error"]),
+                              "acc_correct": f3(st[k]["acc_correct"]), "solutions": str(st[k]["n"])}[c]) + "\n")
+    fa = r["controls"]["fresh_auc_ci"]
+    kinds = sorted({k for v in fa.values() for k in v})
+    t.append("## (7) Controls: fresh-step AUC per kind [95% CI]\n\n" +
+             md(list(fa), kinds, lambda m, k: ci(fa[m].get(k))) + "\n")
+    sg = iv["synthetic"]["all"]
+    segs = [m for m in ("steps_head", "chunks_head", "pairs_head", "steps_min", "chunks_min", "pairs_min",
+                        "steps_mean", "chunks_mean", "pairs_mean", "key_weighted", "equal_weights") if m in sg]
+    t.append("## (8) Step segmentation (same answers, three cuts) and key-step weighting\n\n" +
+             md(segs, ["N=4", "N=16 [95% CI]"], lambda m, n: ci(sg[m]["16"]) if "16" in n else f3(sg[m]["4"]["mean"]))
+             + "\n")
+    fl = r["filter"]
+    t.append(f"## (9) The ViLBench filter\n\nKept on half A of each pool (PRM minus ORM at N=8 > 0): {fl['kept']} of "
+             f"{fl['of']} test problems; measured on half B (the other 8 candidates):\n\n" +
+             md([k for k in ("filtered_prm_vs_orm", "unfiltered_prm_vs_orm") if k in r["comparisons"]],
+                ["PRM - ORM [95% CI]", "problems"], lambda k, c: ci(r["comparisons"][k], True) if c[0] == "P"
+                else str(r["comparisons"][k]["n"])) + "\n")
+    cd = iv["synthetic"]
+    t.append("## (10) Cross-domain: PRMs trained on one family's labels (same steps), Best-of-16 [95% CI]\n\n" +
+             md([m for m in ("prm_head", "prm_visual_head", "prm_text_head") if m in cd["all"]],
+                ["all", "visual items", "text items"], lambda m, p: ci(cd[p.split()[0]][m]["16"])) + "\n")
+    if iv.get("base", {}).get("all"):
+        b = iv["base"]["all"]
+        t.append("## (11) Best-of-N on the tiny base's own samples (all)\n\n" +
+                 md([m for m in MAIN if m in b], ["1", "4", "16 [95% CI]"],
+                    lambda m, n: ci(b[m]["16"]) if n.startswith("16") else f3(b[m][n]["mean"])) + "\n")
+    j = iv["judged"]["all"]
+    t.append(f"## (12) Judges (the base prompted with the rubric) on {a.judge_n} test problems\n\n" +
+             md(list(j), ["1", "4", "16 [95% CI]"], lambda m, n: ci(j[m]["16"]) if n.startswith("16")
+                else f3(j[m][n]["mean"])) + "\n")
     s = r["speed"]
-    t.append(f"## (6) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
+    t.append(f"## (13) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
              f"each prefix separately {s['per_prefix_s']} s: {s['slowdown']}x slower.\n")
-    c = r["controls"]
-    kinds = sorted({k for v in c["fresh_auc"].values() for k in v})
-    t.append("## (7) Controls: fresh-step AUC per kind, and Best-of-16 with each score (min)\n\n" +
-             md(list(c["fresh_auc"]), kinds + ["BoN@16"], lambda m, k: f3(c["bon"][m]["16"]) if k == "BoN@16"
-                else f3(c["fresh_auc"][m].get(k))) + "\n")
-    sg = r["segmentation"]
-    t.append("## (8) Step segmentation (same answers, three cuts) and key-step aggregation\n\n" +
-             md(list(sg), ["N=4", "N=16"], lambda m, n: f3(sg[m][n[2:]])) + "\n")
-    if r.get("bon_base_policy"):
-        t.append("## Best-of-N on the tiny base's own samples (all)\n\n" +
-                 md(order[:-3] + ["oracle"], ns, cell(r["bon_base_policy"]["all"])) + "\n")
     return "\n".join(t)
 
 
 def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
-    """Replace the README's results block (between the bench markers) with this run's headline tables."""
-    import platform
-    b, ns = r["bon"], ["1", "4", "16"]
-    rows = ["random", "majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_last2", "judge_orm", "judge_prm",
-            "oracle"]
-    cols = [f"{p} N={n}" for p in ("all", "visual", "text") for n in ns]
-    block = [f"`python bench.py{' --quick' if a.quick else ''}` (seed {a.seed}): {r['seconds'] / 60:.1f} minutes on "
-             f"{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}, no GPU). Test: "
-             f"{a.n_test} problems, pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM and ORM "
-             f"({a.head} head) fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of {a.n_train} train problems; "
-             f"judges (the base, rubric prompt, logits) on {a.judge_n} test problems (half of each family). Full "
-             f"tables: `results/report.md` (a copy of `{a.out}/report.md`, with `results.json` and `bon_curve.png`).\n",
-             "Best-of-N accuracy (mean over random subsets of the pool of 16):\n",
-             md(rows, cols, lambda m, c: f3(b[c.split()[0]][m][c.split("=")[1]])), "",
-             "First-error F1 (ProcessBench; threshold from the dev split) and fresh-step AUC (all earlier steps "
-             "right) per step kind:\n",
-             md(["prm", "orm", "judge_prm", "prm_blank", "prior", "base_likelihood"], ["F1", "perception AUC",
-                "visual arith AUC", "text arith AUC"], lambda m, c: f3(r["step"][m]["first_error_f1"]) if c == "F1"
-                else f3(r["controls"]["fresh_auc"].get("orm_steps" if m == "orm" else m, {}).get(
-                    {"perception AUC": "perception", "visual arith AUC": "visual_arith",
-                     "text arith AUC": "text_arith"}[c]))), ""]
+    """Replace the README's results block (between the bench markers) with this run's verdicts and headline tables."""
+    iv = r["intervals"]["synthetic"]
+    rows = [m for m in ("random", "majority", "weighted_prm", "orm", "prm_head", "oracle") if m in iv["all"]]
+    block = [f"`python bench.py{' --quick' if a.quick else ''}{f' --seeds {a.seeds}' if a.seeds else ''}` "
+             f"(seed {a.seeds or a.seed}): {r['seconds'] / 60:.1f} minutes on {os.cpu_count()} CPU cores "
+             f"({platform.machine()}, torch {torch.__version__}, no GPU). Test: {a.n_test} problems (content-disjoint "
+             f"from train, tune and dev), pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM "
+             f"and ORM ({a.head} head) fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of "
+             f"{a.n_train} train problems; the PRM's aggregation (**{r['head']}**) and tau "
+             f"({r['tuning']['tau']['tau']}) chosen on the tune split. Intervals: 95% bootstrap over test problems; "
+             f"differences paired. Smallest resolvable paired difference: **{r['resolvable']}**. Full tables: "
+             f"`results/report.md`.\n", "The paper's findings on the synthetic suite:\n", verdict_table(r), "",
+             "Best-of-N accuracy (exact expectation over all N-subsets of the pool of 16; prm_head is the PRM's "
+             f"argmax with {r['head']}):\n",
+             md(rows, ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"],
+                lambda m, c: ci(iv[c.split()[0]][m][c.split("=")[1]]) if c.endswith("16")
+                else f3(iv[c.split()[0]][m][c.split("=")[1]]["mean"])), "",
+             "First-error F1 (ProcessBench; threshold from dev) [95% CI]:\n",
+             md(list(r["step"]), ["F1"], lambda k, c: ci({"mean": r["step"][k]["first_error_f1"], **r["step"][k]})),
+             ""]
     text = path.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
     if start not in text or end not in text:

@@ -1,6 +1,6 @@
-"""The synthetic visual-math suite: problems, images, gold steps, the oracle, answer matching, the sampler policy.
+"""The synthetic visual-math suite: content-disjoint splits, problems, images, gold steps, the oracle, the sampler.
 
-    python tasks.py --n 8 --out out/suite [--seed 0] [--strength default]
+    python tasks.py --n 8 --out out/suite [--seed 0] [--strength default] [--split test]
 
 writes out/suite/{problems.jsonl, images/, candidates.jsonl, labels.jsonl, sheet.png}.
 
@@ -9,9 +9,11 @@ Two families, as MathVerse's text-dominant vs vision-dominant split (ViLBench Ta
 - text: the numbers are in the question, the image only illustrates (rect_perimeter; shop_total).
 Every step states numbers; the oracle knows each step's truth. A wrong value is drawn from the same range as a
 right one, so a number alone says nothing about its truth; a trapped problem has one step most samples get wrong
-the same way, so majority voting can fail (as with real models).
+the same way, so majority voting can fail (as with real models). Splits (SPLITS) are disjoint by content: a
+problem's split is a function of its kind and values, never of its id or layout.
 """
 import argparse
+import functools
 import hashlib
 import math
 import os
@@ -23,6 +25,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 import data
+from answers import match_answer, numbers
 
 IMAGE_SIZE, CELL = 64, 8  # 8 px shapes on the 8x8 grid of 8 px vision patches (model.PATCH)
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (235, 200, 20)}
@@ -36,10 +39,9 @@ PROGRAMS = {
     "shop_total": [("arith", "*", ("f", "n"), ("f", "c")), ("arith", "+", ("s", 0), ("f", "k")), ("answer", 1)],
 }
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
-NUM = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Suite:
     """Difficulty knobs. The defaults leave headroom: the tiny base does not solve every kind."""
     count_max: int = 7  # counts drawn from 1..count_max
@@ -61,30 +63,75 @@ def seed_of(*parts):
     return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:12], 16)
 
 
-def make_problem(pid, seed, suite=Suite(), kind=None):
+# Splits are disjoint by content (DESIGN.md "Evidence"): every distinct content of a kind (the values that define the
+# question and its answer, never the layout, the distractors or the id) belongs to exactly one split, so no test
+# problem's content is in train, tune, dev, the tiny base's pretraining stream or the labelling pool.
+SPLITS = {"train": 0.6, "tune": 0.1, "dev": 0.1, "test": 0.2}
+
+
+def contents(kind, suite=Suite()):
+    """Every distinct content of a kind: (A, B, count A, count B) | (w, h) | (pens, price, book)."""
+    if KINDS[kind] == "visual":
+        n = range(1, suite.count_max + 1)
+        pairs = [(x, y) for x in n for y in n if kind == "count_add" or x > y]
+        return [(a, b, x, y) for a in COLOURS for b in COLOURS if a != b for x, y in pairs]
+    nums = range(2, suite.num_max + 1)
+    if kind == "rect_perimeter":
+        return [(w, h) for w in nums for h in nums]
+    return [(n, c, k) for n in range(2, 6) for c in nums for k in nums]
+
+
+@functools.lru_cache(maxsize=None)
+def split_contents(kind, suite=Suite()):
+    """{split: [content, ...]}: a kind's contents ranked by a fixed hash (no seed: the splits never move), then cut
+    in the SPLITS shares. The same for every run seed, so the shipped tiny base stays on the train side."""
+    ranked = sorted(contents(kind, suite), key=lambda c: seed_of("content-split", kind, *c))
+    out, start = {}, 0
+    for i, (name, share) in enumerate(SPLITS.items()):
+        end = len(ranked) if i == len(SPLITS) - 1 else start + round(share * len(ranked))
+        out[name] = ranked[start:end]
+        start = end
+    return out
+
+
+def content_of(prob):
+    """The content key of a problem (its kind and values): what the splits are disjoint on."""
+    f = prob["facts"]
+    if prob["family"] == "visual":
+        return prob["kind"], (f["A"], f["B"], f[f["A"]], f[f["B"]])
+    return prob["kind"], tuple(f[k] for k in (("w", "h") if prob["kind"] == "rect_perimeter" else ("n", "c", "k")))
+
+
+def split_of(prob, suite=Suite()):
+    kind, c = content_of(prob)
+    return next(s for s, cs in split_contents(kind, suite).items() if c in cs)
+
+
+def make_problem(pid, seed, suite=Suite(), kind=None, split="train", content=None):
+    """One problem of `split`: its content drawn from that split's contents (or given), its layout, distractors
+    and trap from a generator seeded by (seed, pid)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {list(SPLITS)}")
     rng = random.Random(seed_of(seed, pid))
     kind = kind or rng.choice(list(suite.kinds))
+    content = content or rng.choice(split_contents(kind, suite)[split])
     f = {}
     if KINDS[kind] == "visual":
-        a, b, *others = rng.sample(list(COLOURS), len(COLOURS))
-        f["A"], f["B"] = a, b
-        na, nb = rng.randint(1, suite.count_max), rng.randint(1, suite.count_max)
-        if kind == "count_diff":
-            while na == nb:
-                na, nb = rng.randint(1, suite.count_max), rng.randint(1, suite.count_max)
-            na, nb = max(na, nb), min(na, nb)
-        f[a], f[b] = na, nb
-        for c in others:
-            f[c] = rng.randint(0, suite.distractors // 2)
+        a, b, na, nb = content
+        f["A"], f["B"], f[a], f[b] = a, b, na, nb
+        for c in COLOURS:
+            if c not in (a, b):
+                f[c] = rng.randint(0, suite.distractors // 2)
         q = (f"How many {a} and {b} shapes are there in total?" if kind == "count_add"
              else f"How many more {a} shapes than {b} shapes are there?")
     elif kind == "rect_perimeter":
-        f["w"], f["h"] = rng.randint(2, suite.num_max), rng.randint(2, suite.num_max)
+        f["w"], f["h"] = content
         q = f"A rectangle has width {f['w']} and height {f['h']}. What is its perimeter?"
     else:
-        f["n"], f["c"], f["k"] = rng.randint(2, 5), rng.randint(2, suite.num_max), rng.randint(2, suite.num_max)
+        f["n"], f["c"], f["k"] = content
         q = f"Tom buys {f['n']} pens that cost {f['c']} dollars each and a book that costs {f['k']} dollars. How much does he pay?"
-    prob = {"id": pid, "question": q, "family": KINDS[kind], "kind": kind, "facts": f, "layout_seed": rng.randrange(2**31)}
+    prob = {"id": pid, "question": q, "family": KINDS[kind], "kind": kind, "facts": f, "split": split,
+            "layout_seed": rng.randrange(2**31)}
     prob["answer"] = str(gold_values(prob)[-1])
     perception = [i for i, s in enumerate(PROGRAMS[kind]) if s[0] == "count" or (s[0] == "arith" and "f" in (s[2][0], s[3][0]))]
     if rng.random() < suite.trap_rate:  # a systematic error: most samples misread this step the same way
@@ -94,8 +141,19 @@ def make_problem(pid, seed, suite=Suite(), kind=None):
 
 
 def make_problems(n, seed=0, split="train", suite=Suite()):
-    """n problems, the kinds in turn (balanced families); problem i depends only on (seed, split, i)."""
-    return [make_problem(f"{split}-{i:05d}", seed, suite, suite.kinds[i % len(suite.kinds)]) for i in range(n)]
+    """n problems of `split`, the kinds in turn (balanced families). Each kind walks a seeded shuffle of the split's
+    contents, so a content repeats only once all of them are used; problem i depends only on (seed, split, i)."""
+    order = {}
+    for kind in suite.kinds:
+        cs = list(split_contents(kind, suite)[split] if split in SPLITS else [])
+        random.Random(seed_of(seed, split, kind)).shuffle(cs)
+        order[kind] = cs
+    out = []
+    for i in range(n):
+        kind = suite.kinds[i % len(suite.kinds)]
+        cs = order[kind] or [None]
+        out.append(make_problem(f"{split}-{i:05d}", seed, suite, kind, split, cs[(i // len(suite.kinds)) % len(cs)]))
+    return out
 
 
 def render(prob):
@@ -167,10 +225,6 @@ def format_steps(steps, fmt="step"):
     return ("\n" if fmt == "plain" else " ").join(steps)
 
 
-def numbers(text):
-    return [float(x) for x in NUM.findall(text)]
-
-
 def first_error(prob, steps):
     """The oracle: index of the first wrong step, or -1. A step is right when it states the gold step's numbers
     (as a multiset); later steps count as wrong (ProcessBench). A solution that stops before the answer has its
@@ -185,49 +239,6 @@ def first_error(prob, steps):
 def step_labels(prob, steps):
     fe = first_error(prob, steps)
     return [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(steps))]
-
-
-def _norm(ans, options=None):
-    s = str(ans).strip()
-    m = re.search(r"\\boxed\{([^{}]*)\}", s)
-    s = (m.group(1) if m else s).strip().strip("$").strip().rstrip(".").strip()
-    s = re.sub(r"^\(?([A-Ea-e])\)?[.:]?$", r"\1", s)  # "(B)", "B.", "b" -> "B"
-    if options:
-        letters = "ABCDEFGH"
-        for i, o in enumerate(options):
-            if s.lower() == str(o).strip().lower() and i < len(letters):
-                return letters[i]
-    if len(s) == 1 and s.isalpha():
-        return s.upper()
-    s = s.replace(",", "").replace(" ", "").replace("\\%", "").replace("%", "")
-    m = re.fullmatch(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}", s)
-    if m and int(m.group(2)) != 0:
-        return int(m.group(1)) / int(m.group(2))
-    try:
-        return float(s)
-    except ValueError:
-        return s.lower()
-
-
-def match_answer(pred, gold, options=None):
-    """True when pred and gold are the same answer: numbers (ints, decimals, simple fractions, 1e-6 relative),
-    multiple-choice letters ("(B)", "b", or the option's text), or the same normalized string."""
-    if pred is None or str(pred).strip() == "":
-        return False
-    p, g = _norm(pred, options), _norm(gold, options)
-    if isinstance(p, float) and isinstance(g, float):
-        return math.isclose(p, g, rel_tol=1e-6, abs_tol=1e-9)
-    return p == g
-
-
-def extract_answer(steps):
-    """The final answer of a solution: "answer is X" or \\boxed{X} in the last steps, else the last number."""
-    text = "\n".join(steps)
-    m = re.findall(r"\\boxed\{([^{}]*)\}", text) or re.findall(r"answer is:?\s*\$?(-?[\w.]+)", text, re.I)
-    if m:
-        return m[-1].rstrip(".")
-    nums = NUM.findall(text)
-    return nums[-1] if nums else None
 
 
 def _wrong(rng, truth, lo, hi):
@@ -331,7 +342,7 @@ def contact_sheet(probs, cands, images_dir, out, per_problem=2):
     sheet.save(out)
 
 
-def write_suite(out, n, seed=0, n_cands=4, strength="default", split="train", suite=Suite()):
+def write_suite(out, n, seed=0, n_cands=4, strength="default", split="test", suite=Suite()):
     """Problems, images, candidates, oracle labels and a contact sheet under `out`."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -357,7 +368,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed: same seed, same problems and candidates")
     ap.add_argument("--cands", type=int, default=4, help="candidates per problem")
     ap.add_argument("--strength", default="default", choices=list(STRENGTHS), help="sampler policy strength")
-    ap.add_argument("--split", default="train", help="split name (part of every id and seed)")
+    ap.add_argument("--split", default="test", choices=list(SPLITS),
+                    help="content split (default test: held out from train and from the tiny base)")
     for fl in fields(Suite):
         if fl.type in (int, float, "int", "float"):
             ap.add_argument(f"--{fl.name.replace('_', '-')}", type=type(fl.default), default=fl.default,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+import answers
 import data
 import metrics
 import model as M
@@ -78,10 +79,16 @@ def lr_at(step, a):
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def synthetic_problems(step, n, seed):
+    """The tiny base's pretraining problems at `step`: train contents only (tasks.SPLITS), so nothing it saw is in
+    the tune, dev or test split."""
+    return [tasks.make_problem(f"sft-{step}-{i}", seed, split="train") for i in range(n)]
+
+
 def synthetic_sft(step, n, seed, eos):
     """The global batch of step `step`: fresh problems that depend only on (seed, step), so a resume sees the same."""
     rng = random.Random(tasks.seed_of(seed, "sft", step))
-    probs = [tasks.make_problem(f"sft-{step}-{i}", seed) for i in range(n)]
+    probs = synthetic_problems(step, n, seed)
     fmts = [rng.choice(["step", "step", "numbered", "plain"]) for _ in probs]
     texts = [tasks.format_steps([s for s, _, _ in tasks.gold_steps(p)], f) + eos for p, f in zip(probs, fmts)]
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
@@ -157,7 +164,7 @@ def evaluate_sft(model, processor, a, n=None):
     """Held-out greedy accuracy: each step kind with the gold prefix given (teacher-forced), and the final answer of
     a free greedy solution, per family."""
     model.eval()
-    probs = [tasks.make_problem(f"heldout-{i}", a.seed + 1000) for i in range(n or a.eval_n)]
+    probs = tasks.make_problems(n or a.eval_n, a.seed + 1000, "dev")  # contents the base never saw
     imgs = {p["id"]: tasks.render(p) for p in probs}
     jobs = []  # (problem, step index): continue "Step k:" after the gold steps before it
     for p in probs:
@@ -171,7 +178,7 @@ def evaluate_sft(model, processor, a, n=None):
                           [pre for _, _, pre in chunk], max_new_tokens=24)
         for (p, i, _), o in zip(chunk, outs):
             _, kind, nums = tasks.gold_steps(p)[i]
-            ok = sorted(tasks.numbers(o.split("\n")[0])) == sorted(float(x) for x in nums)
+            ok = sorted(answers.numbers(o.split("\n")[0])) == sorted(float(x) for x in nums)
             hits[kind] = hits.get(kind, 0) + ok
             tot[kind] = tot.get(kind, 0) + 1
     res = {f"step_{k}": round(hits[k] / tot[k], 4) for k in sorted(tot)}
@@ -180,7 +187,7 @@ def evaluate_sft(model, processor, a, n=None):
         chunk = probs[j:j + 64]
         outs = M.solve(model, processor, [imgs[p["id"]] for p in chunk], [p["question"] for p in chunk])
         for p, o in zip(chunk, outs):
-            ok = tasks.match_answer(o["answer"], p["answer"])
+            ok = answers.match_answer(o["answer"], p["answer"])
             fam_hits[p["family"]] = fam_hits.get(p["family"], 0) + ok
             fam_tot[p["family"]] = fam_tot.get(p["family"], 0) + 1
     res.update({f"answer_{f}": round(fam_hits[f] / fam_tot[f], 4) for f in sorted(fam_tot)})

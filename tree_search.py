@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+import answers
 import data
 import model as M
 import tasks
@@ -89,7 +90,7 @@ class VLMPolicy:
 
 def reaches(problem, rollout):
     """Does a rollout state the gold answer? An empty or answerless rollout does not."""
-    return bool(rollout["steps"]) and tasks.match_answer(rollout["answer"], problem["answer"], problem.get("options"))
+    return bool(rollout["steps"]) and answers.match_answer(rollout["answer"], problem["answer"], problem.get("options"))
 
 
 def mc_value(problem, policy, prefix, k, seed, cache=None):
@@ -232,7 +233,7 @@ def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=
                      "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(sols, 1), 3)}
 
 
-def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="eval", methods=("mc", "mcts")):
+def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="test", methods=("mc", "mcts")):
     """The methods at the same K on synthetic problems of `split` (tune to choose tau, test to report), against the
     oracle: first_error_agreement (the predicted first error, or its absence, equals tasks.first_error; a solution
     left unlabelled counts as a miss) and step_label_accuracy (hard labels: mc value > tau, mcts before its first

@@ -1,6 +1,7 @@
 """bon.py: aggregation and selection rules on literal pools with exact expected values, accuracy@N, the ViLBench
 filter, the table, the score-file CLI and the MATH-V pool (model-free, and tiny-init on 3 problems against scores
 computed here). The step metrics (AUC, first-error F1) are tests/test_metrics.py's."""
+import itertools
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import metrics  # noqa: E402
 import model as M  # noqa: E402
 import prm  # noqa: E402
 import tasks  # noqa: E402
-from bon import accuracy_at_n, select, subsets, table, vilbench_filter  # noqa: E402
+from bon import accuracy_at_n, select, table, vilbench_filter  # noqa: E402
 
 
 def cand(answer, correct, **scores):
@@ -45,7 +46,7 @@ def test_random_is_the_exact_mean_correctness():
 
 
 def test_majority_groups_normalized_answers_and_averages_a_tie():
-    # "3", "3.0" and "\boxed{3}" are one answer (as tasks.match_answer says); "(B)" and "b" too
+    # "3", "3.0" and "\boxed{3}" are one answer (as answers.match_answer says); "(B)" and "b" too
     pool = [cand("3", True), cand("3.0", True), cand("\\boxed{4}", False), cand("4", False), cand("", False)]
     assert select(pool, "majority") == 0.5  # 3 and 4 tie with 2 votes each: half the time right
     pool += [cand("\\boxed{3}", True)]
@@ -107,13 +108,20 @@ def test_oracle_is_pass_at_n():
     assert select([cand("1", False), cand("2", None)], "oracle") == 0.0  # unknown correctness counts as wrong
 
 
-def test_subsets_are_seeded_balanced_windows():
-    s = subsets(16, 4, draws=3, seed=1, name="p7")
-    assert s == subsets(16, 4, draws=3, seed=1, name="p7")
-    assert s != subsets(16, 4, draws=3, seed=2, name="p7") and s != subsets(16, 4, draws=3, seed=1, name="p8")
-    assert len(s) == 3 * 16 and all(len(set(w)) == 4 for w in s)
-    assert all(sum(i in w for w in s) == 3 * 4 for i in range(16))  # every candidate in n windows per draw
-    assert subsets(16, 16) == subsets(16, 40) == [tuple(range(16))]
+def test_problem_rows_carry_exact_accuracy_per_n_and_the_meta():
+    pools = {"p": [cand("1", True, orm=0.9), cand("2", False, orm=0.5), cand("1", True, orm=0.1)],
+             "q": [cand("3", False, orm=0.2), cand("4", True, orm=0.7)]}
+    rows = bon.problem_rows(pools, {"orm": "max:orm", "random": "random"}, ns=(1, 2, 3), seed=0,
+                            meta={"p": {"family": "text"}, "q": {"family": "visual"}})
+    # p, N=2 of 3: {0,1} -> 0.9 right, {0,2} -> 0.9 right, {1,2} -> 0.5 wrong: 2/3; N=3: the 0.9 pick.
+    # q has 2 candidates: N=3 (the largest N asked for) is kept as its whole pool, exact: no Monte-Carlo variance.
+    assert rows == [
+        {"problem": "p", "method": "orm", "family": "text", "acc": {"1": 2 / 3, "2": 2 / 3, "3": 1.0}, "mc_var": {}},
+        {"problem": "q", "method": "orm", "family": "visual", "acc": {"1": 0.5, "2": 1.0, "3": 1.0}, "mc_var": {}},
+        {"problem": "p", "method": "random", "family": "text", "acc": {"1": 2 / 3, "2": 2 / 3, "3": 2 / 3},
+         "mc_var": {}},
+        {"problem": "q", "method": "random", "family": "visual", "acc": {"1": 0.5, "2": 0.5, "3": 0.5},
+         "mc_var": {}}]
 
 
 def _pools():
@@ -128,17 +136,25 @@ def _pools():
 def test_accuracy_at_16_is_the_full_pool_selection_and_random_is_exact():
     pools, methods = _pools(), {"random": "random", "majority": "majority", "orm": "max:orm",
                                 "prm_min": "max:prm:min", "prm_last": "max:prm:last", "oracle": "oracle"}
-    res = accuracy_at_n(pools, methods, draws=4, seed=0)
+    res = accuracy_at_n(pools, methods, seed=0)
     for m, rule in methods.items():
-        full = sum(select(pool, rule) for pool in pools.values()) / 2
-        assert res[m]["16"] == {"mean": pytest.approx(full, abs=1e-12), "std": 0.0}
+        full = [select(pool, rule) for pool in pools.values()]
+        assert res[m]["16"]["mean"] == pytest.approx(sum(full) / 2, abs=1e-12) and res[m]["16"]["n"] == 2
+        assert res[m]["16"]["lo"] == pytest.approx(min(full)) and res[m]["16"]["hi"] == pytest.approx(max(full))
         assert res[m]["1"]["mean"] == pytest.approx(res["random"]["1"]["mean"], abs=1e-12)  # N=1: any rule is random
     mean_correct = (5 / 16 + 4 / 16) / 2  # p0: 5 of 16 right (i % 3 == 1), p1: 4 (i % 4 == 1)
     assert all(res["random"][n]["mean"] == pytest.approx(mean_correct, abs=1e-12) for n in res["random"])
+    assert res["random"]["4"]["lo"] == pytest.approx(4 / 16) and res["random"]["4"]["hi"] == pytest.approx(5 / 16)
     assert res["oracle"]["16"]["mean"] == 1.0 and res["oracle"]["1"]["mean"] < res["oracle"]["4"]["mean"] < 1.0
-    assert res["random"]["4"]["std"] > 0
-    assert accuracy_at_n(pools, methods, draws=4, seed=0) == res  # deterministic
-    assert accuracy_at_n(pools, methods, draws=4, seed=1)["orm"]["4"] != res["orm"]["4"]
+    # N=4 is exact: the mean over all C(16, 4) subsets of the rule's pick, enumerated here
+    for m in ("orm", "prm_min", "majority", "oracle"):
+        want = sum(sum(select([pool[i] for i in s], methods[m]) for s in itertools.combinations(range(16), 4)) / 1820
+                   for pool in pools.values()) / 2
+        assert res[m]["4"]["mean"] == pytest.approx(want, abs=1e-12), m
+    assert accuracy_at_n(pools, methods, seed=0) == res  # deterministic
+    other = accuracy_at_n(pools, methods, seed=1)  # exact cells do not depend on the seed; a sampled vote does
+    assert {m: other[m]["4"]["mean"] for m in methods} == {m: res[m]["4"]["mean"] for m in methods}
+    assert other["majority"]["8"]["mean"] != res["majority"]["8"]["mean"]  # C(16, 8) > EXACT_LIMIT: Monte-Carlo
     assert list(accuracy_at_n({"p": pools["p0"][:5]}, {"r": "random"}, ns=(1, 4, 8, 16))["r"]) == ["1", "4", "5"]
 
 
@@ -158,10 +174,10 @@ def test_vilbench_filter_keeps_problems_where_prms_beat_orms():
 
 
 def test_table_is_markdown():
-    res = {"random": {"1": {"mean": 0.5, "std": 0.125}, "16": {"mean": 0.5, "std": 0.0}},
+    res = {"random": {"1": {"mean": 0.5, "lo": 0.25, "hi": 0.75, "n": 2}, "16": {"mean": None, "lo": None}},
            "oracle": {"1": 0.5, "16": 1.0}}
     assert table(res, ["oracle", "random", "missing"], [1, 16]) == (
-        "| method | N=1 | N=16 |\n|---|---:|---:|\n| oracle | 0.500 | 1.000 |\n| random | 0.500 ± 0.125 | 0.500 |")
+        "| method | N=1 | N=16 |\n|---|---:|---:|\n| oracle | 0.500 | 1.000 |\n| random | 0.500 [0.250, 0.750] | - |")
     assert table(res) == table(res, ["random", "oracle"], ["1", "16"])
 
 
@@ -182,7 +198,7 @@ def test_cli_on_score_files(tmp_path):
                      "score")
     out = subprocess.run([sys.executable, str(ROOT / "bon.py"), "--problems", str(tmp_path / "p.jsonl"),
                           "--candidates", str(tmp_path / "c.jsonl"), "--scores", str(tmp_path / "prm.jsonl"),
-                          str(tmp_path / "orm_scores.jsonl"), "--draws", "2"],
+                          str(tmp_path / "orm_scores.jsonl")],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -218,7 +234,7 @@ def mathv_run():
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        res = bon.main(bon.Args(mathv=str(data.MATHV), ns="1,2,4,8,16", draws=4))
+        res = bon.main(bon.Args(mathv=str(data.MATHV), ns="1,2,4,8,16"))
     return res, buf.getvalue()
 
 
@@ -255,7 +271,7 @@ def test_mathv_with_tiny_init_on_3_problems(capsys, monkeypatch):
     sets = {}  # what bon.score_pool hands to the selection, kept to compare with the reference below
     real = bon.score_pool
     monkeypatch.setattr(bon, "score_pool", lambda *args: sets.update(real(*args)) or sets)
-    res = bon.main(bon.Args(mathv=str(data.MATHV), model="tiny-init", limit=3, ns="1,15", draws=2, device="cpu"))
+    res = bon.main(bon.Args(mathv=str(data.MATHV), model="tiny-init", limit=3, ns="1,15", device="cpu"))
     bo = res["bon"]["all"]
     assert res["problems"] == 3 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["problems"] == 3
     assert {"prm_min", "prm_mean", "prm_last2", "weighted_prm", "orm"} <= set(bo)

@@ -62,6 +62,22 @@ def test_fresh_auc_per_step_kind_on_literal_candidates():
     assert controls.fresh_auc(cands[:1], probs, scores) == {"perception": 0.5, "visual_arith": 0.5}  # one class
 
 
+def test_fresh_items_are_the_steps_before_and_at_the_first_error():
+    visual = tasks.make_problem("v", 0, kind="count_add")  # kinds: count, count, arith, answer
+    c = {"id": "c", "problem_id": "v", "first_error": 1}
+    # step 0 right (fresh), step 1 the first error (fresh, wrong), later steps are not fresh
+    assert controls.fresh_items(c, visual, [0.9, 0.2, 0.8, 0.7]) == [
+        {"kind": "perception", "score": 0.9, "label": True}, {"kind": "perception", "score": 0.2, "label": False}]
+    # all right: every step with a checkable kind (the restating answer has none); fewer scores than steps: those
+    assert controls.fresh_items(dict(c, first_error=-1), visual, [0.9, 0.8, 0.7, 0.6]) == [
+        {"kind": "perception", "score": 0.9, "label": True}, {"kind": "perception", "score": 0.8, "label": True},
+        {"kind": "visual_arith", "score": 0.7, "label": True}]
+    assert controls.fresh_items(dict(c, first_error=-1), visual, [0.9]) == [
+        {"kind": "perception", "score": 0.9, "label": True}]
+    assert controls.fresh_items(dict(c, first_error=None), visual, [0.9]) == []  # no oracle: nothing
+    assert controls.fresh_items(c, visual, None) == []  # not scored
+
+
 def test_key_weights():
     steps = ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.", "The answer is 7."]
     assert controls.key_weighted([1.0, 1.0, 1.0, 0.0], steps) == 6 / 7  # the restatement weighs 1, the rest 2

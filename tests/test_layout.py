@@ -87,7 +87,7 @@ def test_file_is_at_most_400_lines(path):
     assert n <= MAX_LINES, f"{path.name}: {n} lines"
 
 
-@pytest.mark.parametrize("name", ["steps"])  # "Pure Python, no torch" (its docstring, issue 11)
+@pytest.mark.parametrize("name", ["steps", "answers"])  # "Pure Python" (their docstrings; issues 11, 12)
 def test_pure_python_files_import_only_the_standard_library(name):
     tree = ast.parse((ROOT / f"{name}.py").read_text(encoding="utf-8"))
     third = {m for node in ast.walk(tree) for m in imported(node)} - set(sys.stdlib_module_names) - PROJECT

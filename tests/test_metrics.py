@@ -1,7 +1,9 @@
 """metrics.py on literal inputs with exact expected values: AUC, the predicted first error, ProcessBench's
-first-error F1, the threshold chosen on dev, and dev_test_f1 (threshold from dev, F1 on test)."""
+first-error F1, the threshold chosen on dev, and dev_test_f1 (threshold from dev, F1 on test); the unpaired
+difference (bootstrap, paired and verdict: tests/test_evidence.py)."""
 import pytest
 
+import metrics
 from metrics import auc, choose_threshold, dev_test_f1, first_error_f1, predicted_first_error
 
 
@@ -57,3 +59,22 @@ def test_dev_test_f1_takes_the_threshold_from_dev_and_measures_on_test():
     # the threshold really comes from dev: a dev split that separates at 0.95 moves it, and the test F1 with it
     hi = dev_test_f1([[0.99, 0.9], [0.99]], [1, -1], test, test_fe)
     assert hi["threshold"] == 0.95 and hi["first_error_f1"] == 0.0 and hi["acc_correct"] == 0.0
+
+
+def test_unpaired_difference_on_literal_inputs():
+    d = metrics.unpaired([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0])  # constant groups: every replicate is 1
+    assert d == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": 7} and metrics.verdict(d) == "holds"
+    d = metrics.unpaired([0.25, 0.75], [0.5, 0.5, 0.5, 0.5])
+    assert d["mean"] == 0.0 and d["n"] == 6 and d["lo"] == -0.25 and d["hi"] == 0.25  # a: 0.25, 0.5 or 0.75
+    assert metrics.unpaired([], [1.0]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    assert metrics.verdict(metrics.unpaired([], [1.0])) == "not resolved"
+    # the two groups are resampled apart: the same values give an interval around 0, where a paired difference of
+    # a list with itself is exactly 0
+    v = [0.0, 1.0] * 50
+    u, p = metrics.unpaired(v, v), metrics.paired(v, v)
+    assert (p["lo"], p["hi"]) == (0.0, 0.0) and u["lo"] < 0 < u["hi"] and metrics.verdict(u) == "not resolved"
+    # its width: sqrt(0.25 / 100 * 2) = 0.0707 the standard error of a difference of two means of 100 coin flips
+    assert 1.7 * 0.0707 < (u["hi"] - u["lo"]) / 2 < 2.2 * 0.0707
+    # clusters: two clusters of identical values per group, resampled as wholes -> a wider interval
+    wide = metrics.unpaired(v, v, [i % 2 for i in range(100)], [i % 2 for i in range(100)])
+    assert wide["hi"] - wide["lo"] > 3 * (u["hi"] - u["lo"])

@@ -1,7 +1,12 @@
-"""The synthetic suite: determinism, the oracle on hand-made cases, answer matching, honest errors."""
+"""The synthetic suite: determinism, the oracle on hand-made cases, honest errors (answer matching: test_answers.py)."""
 import collections
+import dataclasses
+import json
 import random
 
+import pytest
+
+import answers
 import tasks
 
 
@@ -19,6 +24,39 @@ def test_kinds_balanced_and_families():
     ps = tasks.make_problems(8, seed=0)
     assert [p["kind"] for p in ps[:4]] == ["count_add", "count_diff", "rect_perimeter", "shop_total"]
     assert collections.Counter(p["family"] for p in ps) == {"visual": 4, "text": 4}
+
+
+def test_a_problem_of_a_split_has_a_content_of_that_split():
+    c = tasks.split_contents("count_diff")["test"][0]  # (colour A, colour B, count A, count B)
+    p = tasks.make_problem("x", 5, kind="count_diff", split="test", content=c)
+    f = p["facts"]
+    assert (f["A"], f["B"], f[f["A"]], f[f["B"]]) == c and f[f["A"]] > f[f["B"]] and p["split"] == "test"
+    assert tasks.content_of(p) == ("count_diff", c) and tasks.split_of(p) == "test"
+    # the layout, distractors and id are not the content: another id, the same content and split
+    q = tasks.make_problem("y", 6, kind="count_diff", split="test", content=c)
+    assert tasks.content_of(q) == tasks.content_of(p) and q["layout_seed"] != p["layout_seed"]
+    assert tasks.split_of(tasks.make_problem("z", 0, kind="shop_total", split="dev")) == "dev"
+    with pytest.raises(ValueError, match="unknown split 'eval'"):
+        tasks.make_problem("x", 0, split="eval")
+    for k in tasks.KINDS:  # the shares of tasks.SPLITS (rounded; test takes the rest), every content in one split
+        d, n = tasks.split_contents(k), len(tasks.contents(k))
+        assert [len(d[s]) for s in ("train", "tune", "dev")] == [round(tasks.SPLITS[s] * n) for s in
+                                                                 ("train", "tune", "dev")]
+        assert sum(map(len, d.values())) == n == len(set().union(*map(set, d.values())))
+    with pytest.raises(dataclasses.FrozenInstanceError):  # split_contents is cached per Suite
+        tasks.Suite().count_max = 9
+
+
+def test_make_problems_walks_a_seeded_shuffle_of_the_split_contents():
+    rect = tasks.split_contents("rect_perimeter")["tune"]  # 6 contents
+    ps = tasks.make_problems(4 * 13, 0, "tune")
+    assert [p["id"] for p in ps[:2]] == ["tune-00000", "tune-00001"] and {p["split"] for p in ps} == {"tune"}
+    walk = [tasks.content_of(p)[1] for p in ps if p["kind"] == "rect_perimeter"]
+    assert len(walk) == 13 and sorted(walk[:6]) == sorted(rect)  # each content once before any repeats
+    assert walk[6:12] == walk[:6] and walk[12] == walk[0]  # then the same order again
+    assert tasks.make_problems(10, 0, "tune") == ps[:10]  # problem i depends only on (seed, split, i)
+    other = [tasks.content_of(p)[1] for p in tasks.make_problems(4 * 6, 1, "tune") if p["kind"] == "rect_perimeter"]
+    assert sorted(other) == sorted(rect) and other != walk[:6]  # another seed: another order
 
 
 def test_visual_counts_are_in_the_image():
@@ -60,23 +98,6 @@ def test_text_kinds_gold():
     assert tasks.gold_values(p) == [11, 22, 22]
 
 
-def test_match_answer():
-    assert tasks.match_answer("7", "7") and tasks.match_answer("7.0", "7") and tasks.match_answer(" 7. ", "7")
-    assert tasks.match_answer("\\boxed{12}", "12") and tasks.match_answer("1,000", "1000")
-    assert tasks.match_answer("(B)", "B") and tasks.match_answer("b", "B") and tasks.match_answer("B.", "B")
-    assert tasks.match_answer("\\frac{1}{2}", "0.5") and tasks.match_answer("2.50", "2.5")
-    assert tasks.match_answer("red", "A", options=["red", "blue"])
-    assert not tasks.match_answer("8", "7") and not tasks.match_answer("", "7") and not tasks.match_answer(None, "7")
-    assert not tasks.match_answer("C", "B") and not tasks.match_answer("-1", "1")
-
-
-def test_extract_answer():
-    assert tasks.extract_answer(["3 + 4 = 7.", "The answer is 7."]) == "7"
-    assert tasks.extract_answer(["so $\\boxed{B}$"]) == "B"
-    assert tasks.extract_answer(["3 + 4 = 7"]) == "7"
-    assert tasks.extract_answer(["no numbers"]) is None
-
-
 def test_sampler_continues_a_prefix_and_errors_propagate():
     p = hand_problem()
     outs = tasks.sample(p, 50, prefix=["There are 5 red shapes."], rng=random.Random(0))
@@ -93,7 +114,7 @@ def test_wrong_values_come_from_the_same_range():
         if p["kind"] != "count_add":
             continue
         for c in tasks.candidates(p, 8, seed=1):
-            v = int(tasks.numbers(c["steps"][0])[0])
+            v = int(answers.numbers(c["steps"][0])[0])
             (right if c["first_error"] != 0 else wrong)[v] += 1
     assert set(right) == set(wrong) == set(range(1, 8))
 
@@ -109,7 +130,7 @@ def test_strength_orders_accuracy_and_traps_hurt_majority():
     for p in trapped:
         cs = tasks.candidates(p, 16, 2)
         top = collections.Counter(c["answer"] for c in cs).most_common(1)[0][0]
-        maj.append(tasks.match_answer(top, p["answer"]))
+        maj.append(answers.match_answer(top, p["answer"]))
     assert sum(maj) / len(maj) < 0.6  # majority voting often follows the shared mistake
 
 
@@ -125,3 +146,10 @@ def test_write_suite_outputs(tmp_path):
     for lab, c in zip(labs, cands):
         fe = c["first_error"]
         assert lab["labels"] == [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(c["steps"]))]
+
+
+def test_the_walkthrough_writes_held_out_problems(tmp_path, capsys):
+    tasks.main(["--n", "4", "--out", str(tmp_path)])  # README: python tasks.py --n 8 --out out/suite
+    probs = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
+    assert len(probs) == 4 and all(p["split"] == "test" == tasks.split_of(p) for p in probs)
+    assert (tmp_path / "sheet.png").exists() and "wrote 4 problems" in capsys.readouterr().out
