@@ -21,6 +21,7 @@ tiny base -> scores -> tables. The last stdout line is one JSON object with the 
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -107,7 +108,8 @@ class Stages:
             self.keys[name] = key
             return old["out"]
         if old:
-            diff = {k: (old["settings"].get(k), v) for k, v in settings.items() if old["settings"].get(k) != v}
+            had = old.get("settings") or {}  # (a stage file from an older bench has none)
+            diff = {k: (had.get(k), v) for k, v in settings.items() if had.get(k) != v}
             print(f"[bench] {name}: settings or an earlier stage changed {diff or '(upstream)'}: recomputing")
         t0 = time.time()
         res = make()
@@ -328,7 +330,7 @@ def write_outputs(res, rows, fe_items, auc_items, a, out):
     data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
     data.write_jsonl(out / "per_step.jsonl", [{"metric": "first_error", **i} for i in fe_items] +
                      [{"metric": "fresh_auc", **i} for i in auc_items])
-    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a))
+    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a, res["head"]))
     (out / "report.md").write_text(text)
     print(text)
     if a.readme:
@@ -363,13 +365,8 @@ def run_seeds(a, seeds):
 
 def spread(heads):
     """Each headline number over seeds: mean and sample standard deviation."""
-    keys = [k for k, v in heads[0].items() if isinstance(v, (int, float))]
-    out = {}
-    for k in keys:
-        v = [h[k] for h in heads if h.get(k) is not None]
-        m = sum(v) / len(v)
-        out[k] = {"mean": round(m, 4), "std": round((sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5, 4)}
-    return out
+    return {k: {"mean": round(statistics.mean(v), 4), "std": round(statistics.stdev(v) if len(v) > 1 else 0.0, 4)}
+            for k in heads[0] if isinstance(heads[0][k], (int, float)) for v in [[h[k] for h in heads]]}
 
 
 def headline(res):

@@ -31,6 +31,9 @@ COMPARISONS = {  # name: what it reads (a - b, paired over test problems at N=16
     "tiny base's own answers: PRM vs majority", "base_pool_prm_vs_orm": "tiny base's own answers: PRM vs ORM"}
 
 
+FILTER = {"kept": "filtered_prm_vs_orm", "the rest": "unfiltered_prm_vs_orm"}
+
+
 def f3(x):
     return "-" if x is None else f"{x:.3f}"
 
@@ -48,7 +51,7 @@ def md(rows, cols, cell, corner=""):
     return "\n".join(lines + [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows])
 
 
-def plot(cells, path, a=None):
+def plot(cells, path, a=None, head=None):
     """Accuracy vs N with 95% interval bands (the test split's synthetic pool, all problems)."""
     try:
         import matplotlib
@@ -56,13 +59,13 @@ def plot(cells, path, a=None):
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for m in ("oracle", "weighted_prm", "prm_head", "orm", "majority", "random"):
         if m not in cells:
             continue
         ns = [n for n in NS if n in cells[m] and cells[m][n]["mean"] is not None]
         x = [int(n) for n in ns]
-        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=m.replace("prm_head", "PRM (argmax)"),
+        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=m.replace("prm_head", f"PRM argmax ({head or 'tuned'})"),
                         linestyle="--" if m in ("oracle", "random") else "-")
         ax.fill_between(x, [cells[m][n]["lo"] for n in ns], [cells[m][n]["hi"] for n in ns], alpha=0.15,
                         color=line.get_color())
@@ -72,7 +75,7 @@ def plot(cells, path, a=None):
     ax.set_ylabel("accuracy of the pick")
     n = f", {a.n_test} test problems, seed {a.seeds or a.seed}" if a else ""
     ax.set_title(f"Best-of-N on the synthetic suite (bands: 95% bootstrap intervals{n})", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -159,9 +162,9 @@ def report(r, a, curve):
     fl = r["filter"]
     t.append(f"## (9) The ViLBench filter\n\nKept on half A of each pool (PRM minus ORM at N=8 > 0): {fl['kept']} of "
              f"{fl['of']} test problems; measured on half B (the other 8 candidates):\n\n" +
-             md([k for k in ("filtered_prm_vs_orm", "unfiltered_prm_vs_orm") if k in r["comparisons"]],
-                ["PRM - ORM [95% CI]", "problems"], lambda k, c: ci(r["comparisons"][k], True) if c[0] == "P"
-                else str(r["comparisons"][k]["n"])) + "\n")
+             md([k for k in ("kept", "the rest") if FILTER[k] in r["comparisons"]], ["PRM - ORM [95% CI]", "problems"],
+                lambda k, c: ci(r["comparisons"][FILTER[k]], True) if c[0] == "P"
+                else str(r["comparisons"][FILTER[k]]["n"]), "items (half B)") + "\n")
     cd = iv["synthetic"]
     t.append("## (10) Cross-domain: PRMs trained on one family's labels (same steps), Best-of-16 [95% CI]\n\n" +
              md([m for m in ("prm_head", "prm_visual_head", "prm_text_head") if m in cd["all"]],
