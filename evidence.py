@@ -280,7 +280,8 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
         "bon_base_policy": {p: mean("base", p) for p in PARTS}, "intervals": iv, "head": head,
         "hybrid": mean("synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")),
         "step": step,
-        "controls": {"fresh_auc": {k: {kind: v["mean"] for kind, v in d.items()} for k, d in fresh.items()},
+        "controls": {"fresh_auc": {("orm_steps" if k == "orm" else k): {kind: v["mean"] for kind, v in d.items()}
+                                   for k, d in fresh.items()},
                      "fresh_auc_ci": fresh,
                      "bon": {k: b["all"][f"{k}_min"] for k in ("prm", "prm_blank", "prior", "base_likelihood",
                                                                 "orm_steps")}},

@@ -7,6 +7,7 @@ import torch
 import judge
 import model as M
 import tasks
+import tiny
 
 
 @pytest.mark.parametrize("reply, score", [
@@ -63,7 +64,7 @@ def test_generate_mode_parses_each_reply_and_counts_failures(monkeypatch):
         batches.append(list(prompts))
         return [replies[q] for q in prompts]
     monkeypatch.setattr(judge, "generate", fake_generate)
-    scores, fails = judge.rate(None, M.tiny_processor(), [None] * 4, list("abcd"), "generate", batch_size=3)
+    scores, fails = judge.rate(None, tiny.tiny_processor(), [None] * 4, list("abcd"), "generate", batch_size=3)
     assert batches == [["a", "b", "c"], ["d"]]
     assert scores == [1.0, None, None, 0.25] and fails == 2
 

@@ -14,6 +14,7 @@ import model as M
 import orm
 import prm
 import tasks
+from tiny import tiny_tokenizer
 
 
 def batch_of(processor, n=4):
@@ -42,7 +43,7 @@ def test_tiny_init_offline_and_deterministic(monkeypatch):
 
 
 def test_tokenizer_round_trips_any_text():
-    tok = M.tiny_tokenizer()
+    tok = tiny_tokenizer()
     for text in ["There are 3 red shapes.\n3 + 4 = 7.", "非英语 $\\frac{1}{2}$ café", "Step 1: x"]:
         assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
@@ -87,7 +88,7 @@ def test_forward_backward_lowers_the_loss():
 def test_label_tokens_are_added_to_a_checkpoint_that_lacks_the_tag(tmp_path):
     m, p = M.load("tiny-init", device="cpu")
     n = m.get_input_embeddings().weight.shape[0]
-    tok = M.tiny_tokenizer()  # rebuild a tokenizer without the step tag: a "real" checkpoint's situation
+    tok = tiny_tokenizer()  # rebuild a tokenizer without the step tag: a "real" checkpoint's situation
     from tokenizers import Tokenizer
     raw = Tokenizer.from_str(tok.backend_tokenizer.to_str())
     assert M.STEP_TAG in raw.get_vocab()
