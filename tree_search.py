@@ -285,7 +285,7 @@ def main(a: Args):
         for m, r in res.items():
             print(f"{m:<6} {r['rollouts_per_solution']:>18.2f} {r['first_error_agreement']:>22.3f} "
                   f"{r['step_label_accuracy']:>20.3f}")
-        print(f"K={a.rollouts} tau={a.tau} samples={a.samples}, {a.n_problems or 500} eval problems, "
+        print(f"K={a.rollouts} tau={a.tau} samples={a.samples}, {a.n_problems or 500} test problems, "
               f"{time.time() - t0:.1f}s; mcts/mc rollouts "
               f"{res['mcts']['rollouts_per_solution'] / max(res['mc']['rollouts_per_solution'], 1e-9):.2f}")
         print(json.dumps(res))
