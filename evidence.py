@@ -96,7 +96,9 @@ def comparisons(ix, n=16, kept=None, seed=0):
         "prm_vs_orm_visual": compare(ix, S, P, "orm", n, "visual", seed=seed),
         "prm_vs_orm_text": compare(ix, S, P, "orm", n, "text", seed=seed),
         "prm_vs_majority": compare(ix, S, P, "majority", n, seed=seed),
-        "prm_vs_base_likelihood": compare(ix, S, P, "base_likelihood_head", n, seed=seed),
+        # the base's likelihood with its own fixed aggregation (min): the PRM's tuned one can be unfair to it (last2
+        # reads restatements the base always finds likely)
+        "prm_vs_base_likelihood": compare(ix, S, P, "base_likelihood_min", n, seed=seed),
         "weighted_vs_majority": compare(ix, S, "weighted_prm", "majority", n, seed=seed),
         "last2_vs_min": compare(ix, S, "prm_last2", "prm_min", n, seed=seed),
         "last2_vs_mean": compare(ix, S, "prm_last2", "prm_mean", n, seed=seed),
