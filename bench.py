@@ -330,7 +330,8 @@ def write_outputs(res, rows, fe_items, auc_items, a, out):
     data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
     data.write_jsonl(out / "per_step.jsonl", [{"metric": "first_error", **i} for i in fe_items] +
                      [{"metric": "fresh_auc", **i} for i in auc_items])
-    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a, res["head"]))
+    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a,
+                                         "tuned per seed" if res.get("seeds") else res["head"]))
     (out / "report.md").write_text(text)
     print(text)
     if a.readme:
