@@ -84,7 +84,8 @@ def compare_diff(ix, pool, a, b, n=16, seed=0):
         rb = {r["problem"]: r for r in _select(ix, pool, b, part)}
         both = [p for p in ra if p in rb]
         d[part] = ([ra[p]["acc"][str(n)] - rb[p]["acc"][str(n)] for p in both], [ra[p]["content"] for p in both])
-    return {**metrics.unpaired(*d["visual"][:1], *d["text"][:1], d["visual"][1], d["text"][1], seed=seed),
+    (dv, cv), (dt, ct) = d["visual"], d["text"]
+    return {**metrics.unpaired(dv, dt, cv, ct, seed=seed),
             "a": f"{a} - {b} (visual)", "b": f"{a} - {b} (text)", "pool": pool, "n_best": n, "part": "visual - text"}
 
 

@@ -68,16 +68,19 @@ def dev_test_f1(dev_scores, dev_first_errors, test_scores, test_first_errors):
 BOOT, LEVEL = 2000, 0.95
 
 
+def cluster_index(keys):
+    """(cluster number per item, number of clusters): items with the same key share a number."""
+    at = {c: i for i, c in enumerate(sorted(set(keys), key=str))}
+    return np.array([at[k] for k in keys], dtype=int), len(at)
+
+
 def boot_means(values, clusters=None, boot=BOOT, seed=0):
     """(boot,) bootstrap replicates of the mean of per-problem values: each draws clusters with replacement (None:
     each value its own cluster) and averages over the problems they hold."""
     v = np.asarray(values, dtype=float)
-    keys = list(range(len(v))) if clusters is None else list(clusters)
-    names = sorted(set(keys), key=str)
-    at = {c: i for i, c in enumerate(names)}
-    cl = np.array([at[c] for c in keys], dtype=int)
-    draws = np.random.default_rng(seed).integers(0, len(names), (boot, len(names)))
-    return np.bincount(cl, v, len(names))[draws].sum(1) / np.bincount(cl, None, len(names))[draws].sum(1)
+    cl, K = cluster_index(list(range(len(v))) if clusters is None else list(clusters))
+    draws = np.random.default_rng(seed).integers(0, K, (boot, K))
+    return np.bincount(cl, v, K)[draws].sum(1) / np.bincount(cl, None, K)[draws].sum(1)
 
 
 def interval(mean, reps, n, level=LEVEL):
@@ -123,11 +126,7 @@ def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL)
     accuracies are sums over the resampled clusters, so each replicate is exact, not an average of F1s."""
     pred, true = np.asarray(pred), np.asarray(true)
     err, hit = true != -1, pred == true
-    keys = list(range(len(true))) if clusters is None else list(clusters)
-    names = sorted(set(keys), key=str)
-    at = {c: i for i, c in enumerate(names)}
-    cl = np.array([at[k] for k in keys], dtype=int)
-    K = len(names)
+    cl, K = cluster_index(list(range(len(true))) if clusters is None else list(clusters))
     sums = [np.bincount(cl, w.astype(float), K) for w in (hit & err, err, hit & ~err, ~err)]
     draws = np.random.default_rng(seed).integers(0, K, (boot, K))
 
