@@ -2,7 +2,7 @@
 for each of the paper's findings.
 
     python bench.py                  # default run (~15 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
-    python bench.py --quick          # smoke run (~3 min): every stage on a few problems, numbers not evidence
+    python bench.py --quick          # smoke run (~5 min): every stage on a few problems, numbers not evidence
     python bench.py --seeds 0,1,2    # the pipeline once per seed (out/bench/seed-K), each number as mean and spread
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
     python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
@@ -13,15 +13,16 @@ tree search's tau) or on dev (first-error thresholds); test is only reported. Be
 subsets (votes at N=8: Monte-Carlo, its error reported). Intervals: bootstrap over test problems (clusters: content);
 comparisons are paired. Per-problem results: OUT/per_problem.jsonl (`python evidence.py` redoes any comparison).
 
-Stages, each cached under --out with the settings that made it: a changed setting recomputes that stage and every
-stage after it. problems -> pools (synthetic weak+strong sampler; the tiny base at a temperature) -> tau (chosen on
-tune) -> tree-search labels of the train problems -> PRM, ORM and the two single-domain PRMs, fine-tuned from the
-tiny base -> scores -> tables. The last stdout line is one JSON object with the headline numbers.
+Headline: the pools are the tiny base's own answers and the PRM's labels come from tree search over its own
+answers and rollouts (on-policy, as the paper's policies are at least as strong as its PRM's base); the synthetic
+sampler's pools (a weaker policy) carry the other findings. Stages, each cached under --out with the settings that
+made it (a changed setting recomputes that stage and every later one): problems -> pools -> tau (tune) -> labels
+-> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) -> scores -> tables. The last stdout line
+is one JSON object with the headline numbers.
 """
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +38,6 @@ import controls as C
 import data
 import evidence as E
 import judge
-import metrics
 import model as M
 import orm
 import prm
@@ -63,22 +63,24 @@ class Args:
     n_test: int = field(default=200, metadata={"help": "test problems (everything reported)"})
     pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
     labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
+    label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
+                              "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)"})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
     taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "tree search: tau values tried on the tune split"})
     head: str = field(default=prm.HEAD, metadata={"help": "PRM / ORM head: implicit | tag"})
     beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
-    steps: int = field(default=800, metadata={"help": "fine-tuning steps of every reward model (chosen on tune: --tune-only)"})
-    lr: float = field(default=1e-3, metadata={"help": "PRM / ORM learning rate"})
+    steps: int = field(default=400, metadata={"help": "fine-tuning steps of every reward model (chosen on tune: --tune-only)"})
+    lr: float = field(default=1e-4, metadata={"help": "PRM / ORM learning rate (chosen on tune)"})
     batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
-    judge_n: int = field(default=32, metadata={"help": "test (and dev) problems scored by the judges (slow)"})
+    judge_n: int = field(default=16, metadata={"help": "test (and dev) problems scored by the judges (slow)"})
     temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
                             "aggregation on the tune split: how steps, lr and beta are chosen (never on test)"})
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
-SCORE_BATCH, GEN_BATCH = 32, 64  # answers per scoring pass, solutions per generate call
+SCORE_BATCH, GEN_BATCH = 32, 128  # answers per scoring pass, solutions per generate call
 TRAIN_PROCS = 2  # reward models trained at once
 QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8)
 SPLITS = ("train", "tune", "dev", "test")
@@ -140,68 +142,80 @@ def stage_problems(a, st):
     return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in SPLITS}
 
 
-def base_policy_pool(a, probs, model, processor):
+def base_policy_pool(a, probs, policy):
     """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
-    jobs = [(p, j) for p in probs for j in range(a.pool)]
-    cands = []
-    for b in range(0, len(jobs), GEN_BATCH):
-        chunk = jobs[b:b + GEN_BATCH]
-        sols = M.solve(model, processor, [tasks.render(p) for p, _ in chunk], [p["question"] for p, _ in chunk],
-                       temperature=a.temperature, seed=tasks.seed_of(a.seed, "base-pool", b))
-        for (p, j), s in zip(chunk, sols):
-            cands.append({"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": s["steps"], "answer": s["answer"],
-                          "correct": answers.match_answer(s["answer"], p["answer"]), "policy": "tiny-base",
-                          "text": s["text"], "first_error": tasks.first_error(p, s["steps"]) if s["steps"] else None})
-    return [c for c in cands if c["steps"]]
+    sols = policy.rollout_many([({k: v for k, v in p.items() if k != "image"}, [], a.pool,
+                                 tasks.seed_of(a.seed, "base-pool")) for p in probs])
+    return [{"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": s["steps"], "answer": s["answer"],
+             "correct": answers.match_answer(s["answer"], p["answer"]), "policy": "tiny-base", "text": s["text"],
+             "first_error": tasks.first_error(p, s["steps"])} for p, ss in zip(probs, sols) for j, s in enumerate(ss)
+            if s["steps"]]
 
 
 def stage_pools(a, st, P):
-    """Pools of `pool` candidates per tune/dev/test problem: "synthetic" (half weak, half strong sampler) and, for
-    test, "base" (the tiny base's own samples)."""
-    names = [("tune", "synthetic"), ("dev", "synthetic"), ("test", "synthetic"), ("test", "base")]
+    """`pool` candidates per tune/dev/test problem: "base" (the tiny base's own answers: the headline, a policy as
+    strong as the reward models' base) and "synthetic" (half weak, half strong sampler: a weaker policy)."""
+    names = [(s, k) for k in ("base", "synthetic") for s in ("tune", "dev", "test")]
 
     def make():
-        base = M.load(a.base)
+        base = tree_search.VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH)
         for split, kind in names:
             cands = ([c for p in P[split] for s in ("weak", "strong") for c in tasks.candidates(p, a.pool // 2, a.seed, s)]
-                     if kind == "synthetic" else base_policy_pool(a, P[split], *base))
+                     if kind == "synthetic" else base_policy_pool(a, P[split], base))
             data.write_jsonl(st.out / f"cands_{split}_{kind}.jsonl", cands, "candidate")
         return {f"{s}_{k}": True for s, k in names}
-    st.run("pools", {"pool": a.pool, "base": a.base, "temperature": a.temperature}, make, after=("problems",))
+    st.run("pools", {"pool": a.pool, "base": a.base, "temperature": a.temperature, "pools": names}, make,
+           after=("problems",))
     return {n: data.read_jsonl(st.out / f"cands_{n[0]}_{n[1]}.jsonl", "candidate") for n in names}
 
 
 def stage_tau(a, st):
     """tau (a prefix is right when its value > tau) chosen on tune problems: the best first-error agreement."""
     taus = [float(t) for t in a.taus.split(",")]
-    n = 100 if a.quick else 300
+    n = a.n_tune if a.label_policy == "base" else (100 if a.quick else 300)  # the tune problems (VLM: slow)
 
     def make():
+        pol = label_policy(a)
         res = {str(t): tree_search.evaluate(n, a.seed, a.rollouts, samples=a.samples, tau=t, split="tune",
-                                            methods=(a.labels,))[a.labels] for t in taus}
+                                            methods=(a.labels,), policy=pol)[a.labels] for t in taus}
         return {"tau": max(taus, key=lambda t: res[str(t)]["first_error_agreement"]), "grid": res}
     if a.labels == "oracle":
         return {"tau": None, "grid": {}}
     return st.run("tau", {"taus": taus, "n": n, "rollouts": a.rollouts, "samples": a.samples, "seed": a.seed,
-                          "labels": a.labels}, make)
+                          "labels": a.labels, "policy": a.label_policy, "base": a.base,
+                          "temperature": a.temperature}, make)
+
+
+def label_policy(a):
+    """The tree search's policy: the tiny base (on-policy: it writes the headline pools) or the synthetic sampler."""
+    if a.label_policy not in ("base", "synthetic"):
+        raise SystemExit(f"--label-policy {a.label_policy!r}: expected base or synthetic")
+    return tree_search.VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH) if a.label_policy == "base" else \
+        tree_search.SyntheticPolicy()
 
 
 def stage_labels(a, st, P, tau):
     def make():
-        if a.labels == "oracle":  # the oracle's exact labels: an upper bound on what tree search can give
-            recs = [{**tasks.labelled(p, c, p["image"]), "meta": {"correct": c["correct"], "problem_id": p["id"]}}
-                    for p in P["train"] for c in tasks.candidates(p, a.samples, a.seed)]
+        probs = [{k: v for k, v in p.items() if k != "image"} for p in P["train"]]  # the policy renders them
+        if a.labels == "oracle":  # the oracle's exact labels of the same solutions: tree search's upper bound
+            roots = label_policy(a).rollout_many([(p, [], a.samples, tasks.seed_of(a.seed, "solutions")) for p in probs])
+            recs = [{**tasks.labelled(p, {"id": f"{p['id']}-oracle{j:02d}", **s}, p["image"]),
+                     "meta": {"correct": answers.match_answer(s["answer"], p["answer"]), "problem_id": p["id"]}}
+                    for p, sols in zip(P["train"], roots) for j, s in enumerate(sols) if s["steps"]]
             stats = {"records": len(recs), "rollouts": 0, "rollouts_per_solution": 0.0}
         else:
-            recs, stats = tree_search.label(P["train"], tree_search.SyntheticPolicy(), a.labels, a.rollouts, 0,
-                                            a.seed, a.samples, tau, progress=True)
+            recs, stats = (tree_search.label_rounds(probs, label_policy(a), a.rollouts, a.seed, a.samples, tau, True)
+                           if a.labels == "mcts" else
+                           tree_search.label(probs, label_policy(a), a.labels, a.rollouts, 0, a.seed, a.samples, tau,
+                                             progress=True))
         fam = {p["id"]: p["family"] for p in P["train"]}
         data.write_jsonl(st.out / "labels.jsonl", recs, "labelled")
         for f in ("visual", "text"):  # the single-domain training sets of the cross-domain experiment
             data.write_jsonl(st.out / f"labels_{f}.jsonl", [r for r in recs if fam[r["meta"]["problem_id"]] == f],
                              "labelled")
         return stats
-    return st.run("labels", {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau},
+    return st.run("labels", {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau,
+                             "policy": a.label_policy, "base": a.base, "temperature": a.temperature},
                   make, after=("problems",) + (("tau",) if a.labels != "oracle" else ()))
 
 
@@ -255,11 +269,12 @@ def score_sets(a, P, split, kind, cands, models, prior):
         return sets
     sets["orm_steps"] = score("orm")  # the ORM read at every tag, for first-error F1; its answer score is the last
     sets["orm"] = {i: s for i, s in zip(sets["orm_steps"], orm.from_steps(list(sets["orm_steps"].values())))}
-    if kind == "base":  # Best-of-N on the base's own answers reads the PRM and the ORM only
+    sets["base_likelihood"] = {i: s for i, s in zip(ids, C.step_likelihood(*models["base"], ims, qs, st))
+                               if s is not None}
+    if kind == "base":  # the headline pool: the PRM against what one gets for free (majority, ORM, the base itself)
         return sets
     sets["prm_blank"] = score("prm", images=C.blank(ims))
     sets["prior"] = dict(zip(ids, C.prior_scores(prior, st)))
-    sets["base_likelihood"] = dict(zip(ids, C.step_likelihood(*models["base"], ims, qs, st)))
     judged = E.judged_ids(P[split], a.judge_n if split == "test" else a.judge_n // 2)
     sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
     jargs = ([ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
@@ -282,8 +297,9 @@ def stage_scores(a, st, P, pools, ck):
 
 
 def choose_head(P, pools, scores):
-    """The PRM's headline aggregation: the best Best-of-16 on the tune split (exact; ties: the first in AGGS)."""
-    pp = bon.make_pools(P["tune"], pools[("tune", "synthetic")], scores["tune_synthetic"])
+    """The PRM's aggregation: the best Best-of-16 on the tune split's headline pool (exact; ties: the first in
+    AGGS)."""
+    pp = bon.make_pools(P["tune"], pools[("tune", "base")], scores["tune_base"])
     acc = {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}"), "max", 16)[0] for pool in pp.values()) / len(pp)
            for g in bon.AGGS}
     return max(bon.AGGS, key=lambda g: acc[g]), acc
@@ -299,15 +315,18 @@ def run(a):
     tau = stage_tau(a, st)
     label_stats = stage_labels(a, st, P, tau["tau"])
     if a.tune_only:  # the PRM alone, read on the tune split only
-        scores = {"tune_synthetic": score_sets(a, P, "tune", "synthetic", pools[("tune", "synthetic")],
-                                               {"prm": M.load(stage_train(a, st, ("prm",))["prm"])}, None)}
+        scores = {"tune_base": score_sets(a, P, "tune", "base", pools[("tune", "base")],
+                                          {"prm": M.load(stage_train(a, st, ("prm",))["prm"])}, None)}
         return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
     ck = stage_train(a, st)
     scores = stage_scores(a, st, P, pools, ck)
-    labelling = st.run("labelling", {"n": 200 if a.quick else 500, "rollouts": a.rollouts, "tau": tau["tau"],
-                                     "seed": a.seed},
-                       lambda: tree_search.evaluate(200 if a.quick else 500, a.seed, a.rollouts, tau=tau["tau"] or 0,
-                                                    split="test"), after=("tau",) if a.labels != "oracle" else ())
+    n_lab = a.n_test if a.label_policy == "base" else (200 if a.quick else 500)  # the test problems (VLM: slow)
+    labelling = st.run("labelling", {"n": n_lab, "rollouts": a.rollouts, "tau": tau["tau"], "seed": a.seed,
+                                     "policy": a.label_policy, "base": a.base, "temperature": a.temperature},
+                       lambda: tree_search.evaluate(n_lab, a.seed, a.rollouts, tau=tau["tau"] or 0, split="test",
+                                                    methods=("mcts",) if a.label_policy == "base" else ("mc", "mcts"),
+                                                    policy=label_policy(a)),
+                       after=("tau",) if a.labels != "oracle" else ())
     spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
                  after=("pools", "train_prm"))
     head, tune_acc = choose_head(P, pools, scores)
@@ -322,32 +341,13 @@ def run(a):
     return res, rows, fe_items, auc_items
 
 
-def write_outputs(res, rows, fe_items, auc_items, a, out):
-    """results.json, per_problem.jsonl, per_step.jsonl, the plot, report.md (printed); --readme: README and results/."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=1))
-    meta = {"pool": "meta", "head": res["head"], "kept": res["filter"]["kept_ids"], "seed": a.seed}
-    data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
-    data.write_jsonl(out / "per_step.jsonl", [{"metric": "first_error", **i} for i in fe_items] +
-                     [{"metric": "fresh_auc", **i} for i in auc_items])
-    text = R.report(res, a, R.plot(res["intervals"]["synthetic"]["all"], out / "bon_curve.png", a,
-                                         "tuned per seed" if res.get("seeds") else res["head"]))
-    (out / "report.md").write_text(text)
-    print(text)
-    if a.readme:
-        R.update_readme(res, a)
-        (M.ROOT / "results").mkdir(exist_ok=True)
-        for f in ("results.json", "report.md", "bon_curve.png"):
-            shutil.copy(out / f, M.ROOT / "results" / f)
-
-
 def run_seeds(a, seeds):
     """The pipeline once per seed (OUT/seed-K), then every number pooled over all seeds' test problems (intervals
     over the pooled problems, clusters: content) and each seed's headline numbers with their mean and spread."""
     per, rows, fe, au, t0 = {}, [], [], [], time.time()
     for s in seeds:
         r, rw, f, u = run(Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False, "out": f"{a.out}/seed-{s}"}))
-        write_outputs(r, rw, f, u, Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False}),
+        R.write_outputs(r, rw, f, u, Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False}),
                       Path(a.out) / f"seed-{s}")
         per[s] = r
         tag = lambda x: {**x, "problem": f"s{s}/{x['problem']}"}  # noqa: E731
@@ -359,24 +359,9 @@ def run_seeds(a, seeds):
            "seconds_this_run": round(time.time() - t0, 1),
            **E.results_from(a, rows, fe, au, max(set(heads.values()), key=list(heads.values()).count), a.seed),
            **{k: per[seeds[0]][k] for k in ("tuning", "labelling", "speed", "pools")},
-           "seeds": {"heads": heads, "per_seed": {str(s): headline(r) for s, r in per.items()},
-                     "spread": spread([headline(r) for r in per.values()])}}
+           "seeds": {"heads": heads, "per_seed": {str(s): R.headline(r) for s, r in per.items()},
+                     "spread": R.spread([R.headline(r) for r in per.values()])}}
     return res, rows, fe, au
-
-
-def spread(heads):
-    """Each headline number over seeds: mean and sample standard deviation."""
-    return {k: {"mean": round(statistics.mean(v), 4), "std": round(statistics.stdev(v) if len(v) > 1 else 0.0, 4)}
-            for k in heads[0] if isinstance(heads[0][k], (int, float)) for v in [[h[k] for h in heads]]}
-
-
-def headline(res):
-    """The last stdout line: the headline numbers as one JSON object."""
-    b, step = res["bon"]["all"], res["step"]
-    return {"seconds": res["seconds"], "head": res["head"], **{f"{m}@16": round(b[m]["16"], 4) for m in
-            ("prm_head", "weighted_prm", "orm", "majority", "oracle")}, "random@1": round(b["random"]["1"], 4),
-            "prm_f1": step["prm"]["first_error_f1"], "orm_f1": step["orm"]["first_error_f1"],
-            "verdicts": {v["finding"]: v["verdict"] for v in res["verdicts"]}, "resolvable": res["resolvable"]}
 
 
 def main(a: Args):
@@ -389,8 +374,8 @@ def main(a: Args):
     if a.tune_only:
         print(json.dumps(res))
         return res
-    write_outputs(res, rows, fe, au, a, Path(a.out))
-    print(json.dumps({k: v for k, v in headline(res).items() if k != "verdicts"}))
+    R.write_outputs(res, rows, fe, au, a, Path(a.out))
+    print(json.dumps({k: v for k, v in R.headline(res).items() if k != "verdicts"}))
     return res
 
 

@@ -15,32 +15,25 @@ from PIL import Image
 import answers
 import metrics
 import tasks
-from model import encode, hidden_states, unwrap
+from model import encode, step_logprobs
 
 
 def step_likelihood(model, processor, images, questions, steps, batch_size=32):
-    """The base model's own belief in each step: exp(mean log-prob of the step's tokens) given the steps before it.
-    A zero-shot verifier: is the PRM doing more than the base already knew? One list per answer, None for an answer
-    too long to encode (as prm.score_steps)."""
-    tok, out = processor.tokenizer, [None] * len(questions)
+    """The base model's own belief in each step: exp(mean log-prob of the step's tokens) given the steps before it,
+    the steps written as the base writes them (model.step_logprobs). A zero-shot verifier: is the PRM doing more
+    than the base already knew? One list per answer, None for an answer too long to encode (as prm.score_steps)."""
+    out = [None] * len(questions)
     for j in range(0, len(questions), batch_size):
-        sl = range(j, min(j + batch_size, len(questions)))
-        texts = [tasks.format_steps(steps[i], "step") for i in sl]
-        batch, keep, _ = encode(processor, [images[i] for i in sl], [questions[i] for i in sl], answers=texts)
+        sl = list(range(j, min(j + batch_size, len(questions))))
+        batch, keep, _ = encode(processor, [images[i] for i in sl], [questions[i] for i in sl],
+                                steps=[steps[i] for i in sl], native=True)
         if batch is None:
             continue
         with torch.no_grad():
-            h = hidden_states(model, batch)
-            logp = torch.log_softmax(unwrap(model).lm_head(h[:, :-1]).float(), -1)
-            lp = logp.gather(-1, batch["input_ids"][:, 1:, None].to(logp.device))[..., 0]  # (B, S-1)
-        for r, i in enumerate(sl[k] for k in keep):
-            start, scores = int(batch["prompt_lens"][r]), []
-            for k in range(len(steps[i])):  # token span of step k: prefix lengths are stable at the newline
-                lo = start + len(tok.encode(tasks.format_steps(steps[i][:k], "step") + ("\n" if k else ""),
-                                            add_special_tokens=False))
-                hi = start + len(tok.encode(tasks.format_steps(steps[i][:k + 1], "step"), add_special_tokens=False))
-                scores.append(float(lp[r, lo - 1:hi - 1].mean().exp()))
-            out[i] = scores
+            v = step_logprobs(model, batch).exp().tolist()
+        k = 0
+        for i in (sl[x] for x in keep):
+            out[i], k = v[k:k + len(steps[i])], k + len(steps[i])
     return out
 
 

@@ -13,6 +13,7 @@ the other way, and is "not resolved" otherwise (DESIGN.md "Evidence").
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -91,8 +92,13 @@ def compare_diff(ix, pool, a, b, n=16, seed=0):
 
 def comparisons(ix, n=16, kept=None, seed=0):
     """Every paired comparison the README makes. Methods ending in _head use the aggregation chosen on tune."""
-    P, S = "prm_head", "synthetic"
+    P, S, B = "prm_head", "synthetic", "base"
     c = {
+        # the headline: the tiny base's own answers (a policy as strong as the reward models' base)
+        "headline_prm_vs_majority": compare(ix, B, P, "majority", n, seed=seed),
+        "headline_prm_vs_orm": compare(ix, B, P, "orm", n, seed=seed),
+        "headline_prm_vs_base_likelihood": compare(ix, B, P, "base_likelihood_min", n, seed=seed),
+        "headline_weighted_vs_majority": compare(ix, B, "weighted_prm", "majority", n, seed=seed),
         "prm_vs_orm": compare(ix, S, P, "orm", n, seed=seed),
         "prm_vs_orm_visual": compare(ix, S, P, "orm", n, "visual", seed=seed),
         "prm_vs_orm_text": compare(ix, S, P, "orm", n, "text", seed=seed),
@@ -116,8 +122,6 @@ def comparisons(ix, n=16, kept=None, seed=0):
                                                       seed=seed),
         "text_only_vs_visual_only_on_text": compare(ix, S, "prm_text_head", "prm_visual_head", n, "text",
                                                     seed=seed),
-        "base_pool_prm_vs_majority": compare(ix, "base", P, "majority", n, seed=seed),
-        "base_pool_prm_vs_orm": compare(ix, "base", P, "orm", n, seed=seed),
     }
     if kept is not None:  # the ViLBench filter: kept on half A of each pool, measured on half B (other candidates)
         half = max(int(k) for r in ix.get(("half_b", P), {}).values() for k in r["acc"]) if ("half_b", P) in ix else n
@@ -129,10 +133,14 @@ def comparisons(ix, n=16, kept=None, seed=0):
 
 # The paper's findings (ViLBench's abstract, Sec. 3-5 and conclusion), each read off one or two comparisons.
 FINDINGS = [
+    ("a trained PRM picks better than what one gets for free: majority vote, an ORM, the base's own likelihood "
+     "(the base's own answers)", ("headline_prm_vs_majority", "headline_prm_vs_orm",
+                                  "headline_prm_vs_base_likelihood"), "all"),
+    ("... and finds the first wrong step better than the ORM and the base's likelihood (first-error F1)",
+     ("headline_f1_prm_vs_orm", "headline_f1_prm_vs_base_likelihood"), "all"),
     ("neither ORM nor PRM wins everywhere", ("prm_vs_orm_visual", "prm_vs_orm_text"), "split"),
     ("the hybrid (score the last 2 steps) >= full PRM (mean) and ORM", ("last2_vs_mean", "last2_vs_orm"), "all"),
     ("text-dominant items gain more from Best-of-N than vision-dominant ones", ("text_gain_vs_visual_gain",), "all"),
-    ("a trained PRM beats an untrained VLM judge", ("prm_vs_judge_prm",), "all"),
     ("PRM > ORM on the ViLBench-filtered items", ("filtered_prm_vs_orm",), "all"),
     ("unclear step divisions hurt a PRM (writer's steps > 24-character chunks)", ("steps_vs_chunks",), "all"),
     ("... and hurt most on visual items", ("chunks_hurt_visual_more",), "all"),
@@ -195,7 +203,8 @@ def method_sets(head):
     judged = {k: bon.METHODS.get(k, f"max:prm:{head}") for k in ("random", "majority", "orm", "prm_min", "prm_mean",
                                                                "prm_head", "judge_orm", "judge_prm", "oracle")}
     half = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
-    return {"synthetic": syn, "judged": judged, "base": main, "half_a": half, "half_b": half}
+    return {"synthetic": syn, "judged": judged, "base": {**main, **H("base_likelihood")}, "half_a": half,
+            "half_b": half}
 
 
 def halves(cands):
@@ -224,25 +233,47 @@ def problem_rows(a, P, pools, scores, head):
 
 
 def step_items(P, pools, scores):
-    """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind."""
-    keys = {"prm": "prm", "orm": "orm_steps", "prm_blank": "prm_blank", "prior": "prior",
-            "base_likelihood": "base_likelihood", "judge_prm": "judge_prm"}
+    """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind, for each
+    pool; keys of the headline (base) pool end in "@base"."""
+    keys = {"synthetic": {"prm": "prm", "orm": "orm_steps", "prm_blank": "prm_blank", "prior": "prior",
+                          "base_likelihood": "base_likelihood", "judge_prm": "judge_prm"},
+            "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"}}
     probs = {p["id"]: p for p in P["test"]}
     fe_items, auc_items = [], []
-    for name, key in keys.items():
-        dev = [(scores["dev_synthetic"][key][c["id"]], c["first_error"]) for c in pools[("dev", "synthetic")]
-               if c["id"] in scores["dev_synthetic"].get(key, {})]
-        t = metrics.choose_threshold(*zip(*dev)) if dev else 0.5
-        for c in pools[("test", "synthetic")]:
-            s = scores["test_synthetic"][key].get(c["id"])
-            if s is None:
-                continue
-            p = probs[c["problem_id"]]
-            fe_items.append({"key": name, "problem": p["id"], "content": content(p), "family": p["family"],
-                             "true": c["first_error"], "pred": metrics.predicted_first_error(s, t), "threshold": t})
-            auc_items += [{"key": name, "problem": p["id"], "content": content(p), **x}
-                          for x in C.fresh_items(c, p, s)]
+    for pool, names in keys.items():
+        for name, key in names.items():
+            dv = scores[f"dev_{pool}"].get(key, {})
+            dev = [(dv[c["id"]], c["first_error"]) for c in pools[("dev", pool)] if c["id"] in dv]
+            t = metrics.choose_threshold(*zip(*dev)) if dev else 0.5
+            for c in pools[("test", pool)]:
+                s = scores[f"test_{pool}"][key].get(c["id"])
+                if s is None:
+                    continue
+                p = probs[c["problem_id"]]
+                fe_items.append({"key": name, "candidate": c["id"], "problem": p["id"], "content": content(p),
+                                 "family": p["family"], "true": c["first_error"],
+                                 "pred": metrics.predicted_first_error(s, t), "threshold": t})
+                auc_items += [{"key": name, "problem": p["id"], "content": content(p), **x}
+                              for x in C.fresh_items(c, p, s)]
     return fe_items, auc_items
+
+
+def with_f1(comps, fe_items, seed=0):
+    """comps plus the headline's first-error F1 comparisons: the PRM vs each free verifier, on the base's answers."""
+    for free in ("orm", "base_likelihood"):
+        comps[f"headline_f1_prm_vs_{free}"] = f1_difference(fe_items, "prm@base", f"{free}@base", seed)
+    return {k: v for k, v in comps.items() if v["n"]}
+
+
+def f1_difference(fe_items, a, b, seed=0):
+    """Paired first-error F1 difference of score keys a - b on the solutions both scored (clusters: content)."""
+    A = {i["candidate"]: i for i in fe_items if i["key"] == a}
+    B = {i["candidate"]: i for i in fe_items if i["key"] == b}
+    both = [c for c in A if c in B]
+    if not both:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    return metrics.first_error_f1_ci([A[c]["pred"] for c in both], [A[c]["true"] for c in both],
+                                     [A[c]["content"] for c in both], seed=seed, pred_b=[B[c]["pred"] for c in both])
 
 
 def step_tables(fe_items, auc_items, seed):
@@ -275,7 +306,7 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
     ha = {(r["problem"], r["method"]): r["acc"] for r in rows if r["pool"] == "half_a"}
     top = str(min(8, a.pool // 2))
     kept = sorted(p for p in half if ha[(p, "prm_head")][top] - ha[(p, "orm")][top] > 1e-12)
-    comps = comparisons(ix, 16, kept, seed)
+    comps = with_f1(comparisons(ix, 16, kept, seed), fe_items, seed)
     step, fresh = step_tables(fe_items, auc_items, seed)
     acc = lambda part, m, n="16": b[part][m][n]  # noqa: E731
     return {
@@ -305,10 +336,11 @@ def read_rows(path):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("rows", help="per_problem.jsonl written by bench.py")
+    ap.add_argument("rows", help="per_problem.jsonl written by bench.py (its per_step.jsonl beside it: the F1 rows)")
     ap.add_argument("--a", help="method a (with --b: one paired comparison a - b)")
     ap.add_argument("--b", help="method b")
-    ap.add_argument("--pool", default="synthetic", help="synthetic | base | judged | half_a | half_b")
+    ap.add_argument("--pool", default="base", help="base (the headline: the base's own answers) | synthetic | "
+                    "judged | half_a | half_b")
     ap.add_argument("--n", type=int, default=16, help="N of Best-of-N")
     ap.add_argument("--part", default="all", choices=PARTS, help="problems: all | visual | text")
     a = ap.parse_args(argv)
@@ -321,7 +353,9 @@ def main(argv=None):
         print(f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {c['mean']:+.4f} "
               f"[{c['lo']:+.4f}, {c['hi']:+.4f}] -> {metrics.verdict(c)}")
         return c
-    comps = comparisons(ix, a.n, meta.get("kept"), seed)
+    steps = Path(a.rows).with_name("per_step.jsonl")
+    fe = [r for r in read_rows(steps) if r.get("metric") == "first_error"] if steps.exists() else []
+    comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed), fe, seed)
     for k, c in comps.items():
         print(f"{k:38s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  n={c['n']}  {metrics.verdict(c)}")
     for v in verdicts(comps):

@@ -121,21 +121,28 @@ def verdict(ci, direction=1):
     return "opposite" if ci["lo"] > 0 or ci["hi"] < 0 else "not resolved"
 
 
-def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL):
+def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL, pred_b=None):
     """ProcessBench F1 from predicted and true first errors (one per solution) with its bootstrap interval: the two
-    accuracies are sums over the resampled clusters, so each replicate is exact, not an average of F1s."""
-    pred, true = np.asarray(pred), np.asarray(true)
-    err, hit = true != -1, pred == true
+    accuracies are sums over the resampled clusters, so each replicate is exact, not an average of F1s. With pred_b
+    (another method's predictions on the same solutions): the paired difference F1(pred) - F1(pred_b)."""
+    true = np.asarray(true)
     cl, K = cluster_index(list(range(len(true))) if clusters is None else list(clusters))
-    sums = [np.bincount(cl, w.astype(float), K) for w in (hit & err, err, hit & ~err, ~err)]
     draws = np.random.default_rng(seed).integers(0, K, (boot, K))
+
+    def sums(p):
+        err, hit = true != -1, np.asarray(p) == true
+        return [np.bincount(cl, w.astype(float), K) for w in (hit & err, err, hit & ~err, ~err)]
 
     def f1(he, ne, ho, no):
         accs = [x for x in ((he / ne) if ne else None, (ho / no) if no else None) if x is not None]
         return 0.0 if not accs or 0 in accs else len(accs) / sum(1 / x for x in accs)
-    reps = [f1(*(s[d].sum() for s in sums)) for d in draws]
-    he, ne, ho, no = (s.sum() for s in sums)
-    return {**interval(f1(he, ne, ho, no), reps, len(true), level),
+    sa, sb = sums(pred), sums(pred_b) if pred_b is not None else None
+    full = lambda ss: f1(*(s.sum() for s in ss))  # noqa: E731
+    rep = lambda ss, d: f1(*(s[d].sum() for s in ss))  # noqa: E731
+    if sb is not None:
+        return interval(full(sa) - full(sb), [rep(sa, d) - rep(sb, d) for d in draws], len(true), level)
+    he, ne, ho, no = (s.sum() for s in sa)
+    return {**interval(full(sa), [rep(sa, d) for d in draws], len(true), level),
             "acc_error": float(he / ne) if ne else None, "acc_correct": float(ho / no) if no else None}
 
 

@@ -102,8 +102,12 @@ def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
     model = model.to(device=device, dtype=dtype).eval()
     cfg = Path(path, "train_config.json") if name_or_path != "tiny-init" else None
     c = json.loads(cfg.read_text()) if cfg and cfg.exists() else {}
+    if c.get("objective") == "sft":  # a base: no reward head, whatever its settings say
+        c = {}
     if c.get("head") == "implicit":
         make_implicit(model, c["model"], c["beta"], device, dtype, c.get("size", "small"), c.get("seed", 0))
+    if c.get("head") == "likelihood":
+        model.likelihood = tuple(c["calibration"])  # (a, b, cumulative): sigmoid(a * log-likelihood + b)
     return model, processor
 
 
@@ -135,10 +139,13 @@ def unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN, cache=None, keys=None):
+def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN, cache=None, keys=None,
+           native=False):
     """A right-padded batch of chat prompt (image + question) + assistant text, for training and scoring.
 
     answers: one text each (SFT). steps: one list of steps each (PRM/ORM input: every step followed by the tag).
+    native=True (with steps): the steps as the base writes them ("Step k: ..." lines, no tag) and batch["step_of"],
+    (B, S) the step number (1..n) of each token, 0 elsewhere: what the likelihood head and step_logprobs read.
     A sequence over max_len has its question cut, never its steps; if that is not enough it is skipped.
     cache (a dict) with keys (one hashable per item): each item is encoded once (a training loop's epochs reuse it).
     Returns (batch or None, kept indices, skipped [(index, reason)]); batch["prompt_lens"] marks where answers start.
@@ -148,7 +155,7 @@ def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN
         key = keys[i] if cache is not None else None
         if key is None or key not in cache:
             res = _encode_one(processor, images[i], prompts[i], answers[i] if steps is None else None,
-                              None if steps is None else steps[i], max_len)
+                              None if steps is None else steps[i], max_len, native)
             if key is not None:
                 cache[key] = res
         else:
@@ -168,15 +175,18 @@ def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN
              "pixel_values": torch.cat([r["pixel_values"] for r in rows]),
              "image_grid_thw": torch.cat([r["image_grid_thw"] for r in rows]),
              "prompt_lens": torch.tensor(plens)}
-    if "mm_token_type_ids" in rows[0]:
-        batch["mm_token_type_ids"] = torch.cat([pad(r["mm_token_type_ids"], 0) for r in rows])
+    for k in ("mm_token_type_ids", "step_of"):
+        if k in rows[0]:
+            batch[k] = torch.cat([pad(r[k], 0) for r in rows])
     return batch, keep, skipped
 
 
-def _encode_one(processor, image, q, answer, steps, max_len):
+def _encode_one(processor, image, q, answer, steps, max_len, native=False):
     """-> (processor output, prompt length) or the reason it is skipped (a str)."""
     tok = processor.tokenizer
-    body = answer if steps is None else "".join(f"{s.replace(STEP_TAG, '').strip()}{STEP_TAG}\n" for s in steps)
+    clean = None if steps is None else [s.replace(STEP_TAG, "").strip() for s in steps]
+    body = (answer if steps is None else tasks.format_steps(clean, "step") if native
+            else "".join(f"{s}{STEP_TAG}\n" for s in clean))
     n_body = len(tok.encode(body, add_special_tokens=False))
     for _ in range(3):
         enc = processor(text=[chat_prompt(processor, q) + body], images=[image], return_tensors="pt")
@@ -187,7 +197,15 @@ def _encode_one(processor, image, q, answer, steps, max_len):
         q = tok.decode(q_ids[:max(len(q_ids) - (n - max_len) - 4, 0)]) + " ..."
     if n > max_len:
         return f"{n} tokens > max_len {max_len} even with the question cut"
-    if steps is not None and int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps):
+    if native and steps is not None:  # step k's tokens: from the end of the steps before it to the end of its own
+        span = lambda k, nl: len(tok.encode(tasks.format_steps(clean[:k], "step") + nl, add_special_tokens=False))  # noqa: E731
+        step_of = torch.zeros_like(enc["input_ids"])
+        for k in range(len(clean)):
+            step_of[0, n - n_body + span(k, "\n" if k else ""):n - n_body + span(k + 1, "")] = k + 1
+        if int(step_of.max()) != len(clean) or len(set(step_of[0].tolist()) - {0}) != len(clean):
+            return "a step has no tokens of its own"
+        enc["step_of"] = step_of
+    elif steps is not None and int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps):
         return "step tags in the input do not match the number of steps"
     return enc, n - n_body
 
@@ -220,6 +238,26 @@ def token_logprobs(model, batch, ids):
     lp = torch.zeros(inp.shape, device=h.device)
     lp[:, 1:][keep] = torch.log_softmax(head(h[keep]).float(), -1).gather(1, inp[:, 1:][keep][:, None])[:, 0]
     return lp
+
+
+def step_logprobs(model, batch, cumulative=False):
+    """(T,) the mean log-probability of each step's tokens (batch from encode(..., native=True)), in reading
+    order: the base's own belief in a step, and the likelihood head's input. One forward pass. cumulative: the mean
+    over the answer so far (every token of steps 1..k) instead, so the last step's value is the whole answer's."""
+    head = unwrap(model).lm_head
+    h = hidden_states(model, batch)[:, :-1]
+    so = batch["step_of"].to(h.device)[:, 1:]  # the step of the token each position predicts
+    keep = so > 0
+    lp = torch.log_softmax(head(h[keep]).float(), -1).gather(1, batch["input_ids"].to(h.device)[:, 1:][keep][:, None])
+    n = batch["step_of"].to(h.device).max(1).values
+    idx = ((torch.cumsum(n, 0) - n)[:, None].expand_as(so))[keep] + so[keep] - 1
+    total = torch.zeros(int(n.sum()), device=h.device).index_add(0, idx, lp[:, 0])
+    count = torch.zeros_like(total).index_add(0, idx, torch.ones_like(lp[:, 0]))
+    if cumulative:  # running sums within each answer: a cumsum over all steps minus the answers before
+        first = torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
+        run = lambda v: torch.cumsum(v, 0) - torch.cat([v.new_zeros(1), torch.cumsum(v, 0)])[first]  # noqa: E731
+        total, count = run(total), run(count)
+    return total / count
 
 
 def chat_prompt(processor, question):

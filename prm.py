@@ -10,19 +10,29 @@ Two heads: "tag", P("+") from the LM head at each tag; "implicit" (Yuan et al. 2
 ratio to the start model) of the answer so far. train.py trains both; the answer score (aggregation) is bon.py's.
 """
 import os
+import random
 import textwrap
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import data
 import judge
-from model import MAX_LEN, encode, hidden_states, load, parse_args, token_ids, token_logprobs, unwrap
+from model import MAX_LEN, encode, hidden_states, load, parse_args, step_logprobs, token_ids, token_logprobs, unwrap
 from steps import split_steps
+from tasks import seed_of
 
-HEAD, BETA = "implicit", 0.1  # the default head and its beta (train.py and bench.py), chosen on the tune split
+# The default head (train.py and bench.py), chosen on the tune split (README, "Choices"); beta: the implicit head's
+HEAD, BETA = "likelihood", 0.1
+HEADS = ("implicit", "tag", "likelihood")
+
+
+def is_likelihood(model):
+    """Does this PRM read steps as the base writes them (the likelihood head, no tags)?"""
+    return getattr(unwrap(model), "likelihood", None) is not None
 
 
 
@@ -32,6 +42,8 @@ def tag_logits(model, batch, ids):
     inner = unwrap(model)
     if getattr(inner, "implicit", None):
         return implicit_logits(model, batch, ids)
+    if is_likelihood(model):
+        return likelihood_logits(model, batch)
     h = hidden_states(model, batch)
     mask = batch["input_ids"].to(h.device) == ids["tag"]
     # fork here: another head read at the tags (it must return (T, 2) logits: score = softmax(.)[:, 0])
@@ -53,6 +65,61 @@ def implicit_logits(model, batch, ids):
     return torch.stack([q, torch.zeros_like(q)], -1)
 
 
+def likelihood_logits(model, batch):
+    """The likelihood head: a step's score is sigmoid(a * its mean token log-prob + b), the steps written as the base
+    writes them ("Step k: ..." lines, no tag: a tag the base never saw upsets its predictions after it). (a, b) are
+    fitted to the train labels on the start model (train.calibrate), so before any step of training the PRM ranks
+    answers exactly as the base's own step likelihood does (controls.step_likelihood); fine-tuning moves the
+    likelihoods. An ORM reads the answer so far instead (cumulative: its last value is the whole answer's mean
+    log-prob, not the last step's). Returned as (T, 2) logits (value, 0), like the other heads."""
+    a, b, *cumulative = unwrap(model).likelihood
+    v = a * step_logprobs(model, batch, bool(cumulative and cumulative[0])) + b
+    return torch.stack([v, torch.zeros_like(v)], -1)
+
+
+@torch.no_grad()
+def calibrate(model, processor, rows, a, n=512):
+    """The likelihood head's (a, b, cumulative): a logistic fit of the labels on the start model's log-likelihoods
+    over n train records (a fixed sample), so training starts from the base's own likelihood, calibrated. prm: each
+    step's label on that step's likelihood; orm (cumulative): the outcome on the whole answer's."""
+    orm_ = a.objective == "orm"
+    pick = random.Random(seed_of(a.seed, "calibrate")).sample(range(len(rows)), min(n, len(rows)))
+    ll, y = [], []
+    for j in range(0, len(pick), 64):
+        chunk = [rows[i] for i in pick[j:j + 64]]
+        batch, keep, _ = encode(processor, [r[0] for r in chunk], [r[1] for r in chunk],
+                                  steps=[r[2] for r in chunk], max_len=a.max_len, native=True)
+        if batch is None:
+            continue
+        v = step_logprobs(model, batch, cumulative=orm_).float().cpu()
+        ll.append(v[torch.cumsum(batch["step_of"].max(1).values, 0) - 1] if orm_ else v)
+        y += [chunk[k][4] for k in keep] if orm_ else [v for k in keep for v in chunk[k][3]]
+    x, y = torch.cat(ll), torch.tensor(y, dtype=torch.float32)
+    ab = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = F.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+            loss.backward()
+        return loss
+    opt.step(closure)
+    return round(float(ab[0]), 6), round(float(ab[1]), 6), orm_
+
+
+def after_first_error(y, n_steps):
+    """(T,) True at the steps after each record's first wrong step (label < 0.5); y holds the records' labels in
+    reading order, n_steps how many each has."""
+    out, k = torch.zeros_like(y, dtype=torch.bool), 0
+    for n in n_steps.tolist():
+        bad = (y[k:k + n] < 0.5).nonzero()
+        if len(bad):
+            out[k + int(bad[0]) + 1:k + n] = True
+        k += n
+    return out
+
+
 @torch.no_grad()
 def score_steps(model, processor, images, questions, steps, batch_size=16, max_len=MAX_LEN, progress=False):
     """P(step is right) for every step of every answer, ONE forward pass per answer (batched, padded).
@@ -65,7 +132,7 @@ def score_steps(model, processor, images, questions, steps, batch_size=16, max_l
         if not todo:
             continue
         batch, keep, skip = encode(processor, [images[i] for i in todo], [questions[i] for i in todo],
-                                   steps=[steps[i] for i in todo], max_len=max_len)
+                                   steps=[steps[i] for i in todo], max_len=max_len, native=is_likelihood(model))
         skipped += [(todo[k], why) for k, why in skip]
         if batch is None:
             continue

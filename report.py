@@ -2,13 +2,19 @@
 accuracy-vs-N plot with interval bands, and the README's results block (between the bench markers). Rendering
 only: every number comes from results.json.
 """
+import json
 import os
 import platform
+import shutil
+import statistics
 from pathlib import Path
 
 import torch
 
+import data
 from metrics import verdict
+
+ROOT = Path(__file__).resolve().parent
 
 NS = ("1", "2", "4", "8", "16")
 MAIN = ["random", "majority", "weighted_prm", "orm", "prm_head", "prm_min", "prm_mean", "prm_prod", "prm_last",
@@ -27,8 +33,14 @@ COMPARISONS = {  # name: what it reads (a - b, paired over test problems at N=16
     "PRM on both families vs on visual labels only, text items", "mixed_vs_text_only_on_visual":
     "PRM on both families vs on text labels only, visual items", "visual_only_vs_text_only_on_visual":
     "visual-only PRM vs text-only PRM, visual items", "text_only_vs_visual_only_on_text":
-    "text-only PRM vs visual-only PRM, text items", "base_pool_prm_vs_majority":
-    "tiny base's own answers: PRM vs majority", "base_pool_prm_vs_orm": "tiny base's own answers: PRM vs ORM"}
+    "text-only PRM vs visual-only PRM, text items",
+    "headline_prm_vs_majority": "headline (base's answers): PRM vs majority vote",
+    "headline_prm_vs_orm": "headline (base's answers): PRM vs ORM",
+    "headline_prm_vs_base_likelihood": "headline (base's answers): PRM vs the base's own step likelihood (min)",
+    "headline_weighted_vs_majority": "headline (base's answers): PRM-weighted vote vs majority",
+    "headline_f1_prm_vs_orm": "headline (base's answers): first-error F1, PRM vs ORM",
+    "headline_f1_prm_vs_base_likelihood": "headline (base's answers): first-error F1, PRM vs the base's likelihood"}
+HEADLINE = ["random", "majority", "weighted_prm", "orm", "base_likelihood_min", "prm_head", "oracle"]
 
 
 FILTER = {"kept": "filtered_prm_vs_orm", "the rest": "unfiltered_prm_vs_orm"}
@@ -52,7 +64,7 @@ def md(rows, cols, cell, corner=""):
 
 
 def plot(cells, path, a=None, head=None):
-    """Accuracy vs N with 95% interval bands (the test split's synthetic pool, all problems)."""
+    """Accuracy vs N with 95% interval bands (the headline pool: the tiny base's own answers, all test problems)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -60,12 +72,15 @@ def plot(cells, path, a=None, head=None):
     except ImportError:
         return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    for m in ("oracle", "weighted_prm", "prm_head", "orm", "majority", "random"):
+    names = {"prm_head": f"PRM argmax ({head or 'tuned'})", "base_likelihood_min": "base's own step likelihood (min)",
+             "weighted_prm": "PRM-weighted vote", "orm": "ORM", "majority": "majority vote",
+             "random": "one sample", "oracle": "oracle (any right)"}
+    for m in ("oracle", "weighted_prm", "prm_head", "base_likelihood_min", "orm", "majority", "random"):
         if m not in cells:
             continue
         ns = [n for n in NS if n in cells[m] and cells[m][n]["mean"] is not None]
         x = [int(n) for n in ns]
-        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=m.replace("prm_head", f"PRM argmax ({head or 'tuned'})"),
+        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=names[m],
                         linestyle="--" if m in ("oracle", "random") else "-")
         ax.fill_between(x, [cells[m][n]["lo"] for n in ns], [cells[m][n]["hi"] for n in ns], alpha=0.15,
                         color=line.get_color())
@@ -74,7 +89,7 @@ def plot(cells, path, a=None, head=None):
     ax.set_xlabel("N (candidates the reward model chooses from)")
     ax.set_ylabel("accuracy of the pick")
     n = f", {a.n_test} test problems{' per seed' if a.seeds else ''}, seed {a.seeds or a.seed}" if a else ""
-    ax.set_title(f"Best-of-N on the synthetic suite (bands: 95% bootstrap intervals{n})", fontsize=9)
+    ax.set_title(f"Best-of-N on the tiny base's own answers (bands: 95% bootstrap intervals{n})", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -121,9 +136,16 @@ def report(r, a, curve):
                     f3(r["seeds"]["per_seed"][c.split()[1]].get(k))) + "\n")
     t.append("## (0) The paper's findings: verdicts\n\n" + verdict_table(r) + "\n")
     t.append("## (1) Paired comparisons\n\n" + comparison_table(r) + "\n")
+    b = iv["base"]
+    t.append(f"## (2a) Headline: Best-of-N on the tiny base's own answers (a policy exactly as strong as the reward "
+             f"models' base; prm_head = prm_{head})\n\n" +
+             md([m for m in HEADLINE if m in b["all"]], ["1", "4", "16 [95% CI]", "visual 16", "text 16"],
+                lambda m, n: ci(b["all"][m]["16"]) if n.startswith("16") else f3(b[n.split()[0]][m]["16"]["mean"])
+                if " " in n else f3(b["all"][m][n]["mean"])) + "\n")
     for part in ("all", "visual", "text"):
         cells = iv["synthetic"][part]
-        t.append(f"## (2) Best-of-N accuracy, {part} (prm_head = prm_{head})\n\n" +
+        t.append(f"## (2) Best-of-N on the synthetic pools (a policy weaker than the base), {part} "
+                 f"(prm_head = prm_{head})\n\n" +
                  md([m for m in MAIN if m in cells], ["1", "2", "4", "8", "16 [95% CI]"],
                     lambda m, n: ci(cells[m]["16"]) if n.startswith("16") else f3(cells[m][n]["mean"])) + "\n")
     t.append(f"Plot: {curve}. Majority and weighted vote at N=8 are Monte-Carlo (1000 subsets a problem; error "
@@ -169,40 +191,40 @@ def report(r, a, curve):
     t.append("## (10) Cross-domain: PRMs trained on one family's labels (same steps), Best-of-16 [95% CI]\n\n" +
              md([m for m in ("prm_head", "prm_visual_head", "prm_text_head") if m in cd["all"]],
                 ["all", "visual items", "text items"], lambda m, p: ci(cd[p.split()[0]][m]["16"])) + "\n")
-    if iv.get("base", {}).get("all"):
-        b = iv["base"]["all"]
-        t.append("## (11) Best-of-N on the tiny base's own samples (all)\n\n" +
-                 md([m for m in MAIN if m in b], ["1", "4", "16 [95% CI]"],
-                    lambda m, n: ci(b[m]["16"]) if n.startswith("16") else f3(b[m][n]["mean"])) + "\n")
     j = iv["judged"]["all"]
-    t.append(f"## (12) Judges (the base prompted with the rubric) on {a.judge_n} test problems\n\n" +
+    t.append(f"## (11) Judges (the base prompted with the rubric) on {a.judge_n} test problems\n\n" +
              md(list(j), ["1", "4", "16 [95% CI]"], lambda m, n: ci(j[m]["16"]) if n.startswith("16")
                 else f3(j[m][n]["mean"])) + "\n")
     s = r["speed"]
-    t.append(f"## (13) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
+    t.append(f"## (12) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
              f"each prefix separately {s['per_prefix_s']} s: {s['slowdown']}x slower.\n")
     return "\n".join(t)
 
 
-def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
+def update_readme(r, a, path=ROOT / "README.md"):
     """Replace the README's results block (between the bench markers) with this run's verdicts and headline tables."""
-    iv = r["intervals"]["synthetic"]
+    iv, base = r["intervals"]["synthetic"], r["intervals"]["base"]
     rows = [m for m in ("random", "majority", "weighted_prm", "orm", "prm_head", "oracle") if m in iv["all"]]
+    cols = ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"]
+    cell = lambda t: lambda m, c: (ci(t[c.split()[0]][m][c.split("=")[1]]) if c.endswith("16")  # noqa: E731
+                                   else f3(t[c.split()[0]][m][c.split("=")[1]]["mean"]))
     block = [f"`python bench.py{' --quick' if a.quick else ''}{f' --seeds {a.seeds}' if a.seeds else ''}` "
              f"(seed {a.seeds or a.seed}): {r['seconds'] / 60:.1f} minutes on {os.cpu_count()} CPU cores "
              f"({platform.machine()}, torch {torch.__version__}, no GPU). Test: {a.n_test} problems (content-disjoint "
-             f"from train, tune and dev), pools of {a.pool} synthetic answers (half weak, half strong sampler); PRM "
-             f"and ORM ({a.head} head) fine-tuned {a.steps} steps from the tiny base on {a.labels} labels of "
-             f"{a.n_train} train problems; the PRM's aggregation (**{r['head']}**) and tau "
-             f"({r['tuning']['tau']['tau']}) chosen on the tune split. Intervals: 95% bootstrap over test problems; "
-             f"differences paired. Smallest resolvable paired difference: **{r['resolvable']}**. Full tables: "
-             f"`results/report.md`.\n", "The paper's findings on the synthetic suite:\n", verdict_table(r), "",
-             "Best-of-N accuracy (exact expectation over all N-subsets of the pool of 16; prm_head is the PRM's "
-             f"argmax with {r['head']}):\n",
-             md(rows, ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"],
-                lambda m, c: ci(iv[c.split()[0]][m][c.split("=")[1]]) if c.endswith("16")
-                else f3(iv[c.split()[0]][m][c.split("=")[1]]["mean"])), "",
-             "First-error F1 (ProcessBench; threshold from dev) [95% CI]:\n",
+             f"from train, tune and dev). Headline pools: {a.pool} answers per problem sampled from the tiny base "
+             f"(temperature {a.temperature}); PRM and ORM ({a.head} head) fine-tuned {a.steps} steps from the same "
+             f"base on {a.labels} labels of {a.n_train} train problems ({a.label_policy} policy: its own answers and "
+             f"rollouts); the PRM's aggregation (**{r['head']}**) and tau ({r['tuning']['tau']['tau']}) chosen on "
+             f"the tune split. Intervals: 95% bootstrap over test problems; differences paired. Smallest resolvable "
+             f"paired difference: **{r['resolvable']}**. Full tables: `results/report.md`.\n",
+             "The paper's findings:\n", verdict_table(r), "",
+             "Headline: Best-of-N on the tiny base's own answers (exact expectation over all N-subsets of the pool of "
+             f"16; prm_head is the PRM's argmax with {r['head']}; base_likelihood_min is the untrained base's own step "
+             "likelihood):\n",
+             md([m for m in HEADLINE if m in base["all"]], cols, cell(base)), "",
+             "The synthetic pools (half weak, half strong sampler: a policy weaker than the base):\n",
+             md(rows, cols, cell(iv)), "",
+             "First-error F1 (ProcessBench; threshold from dev) [95% CI] (@base: on the base's own answers):\n",
              md(list(r["step"]), ["F1"], lambda k, c: ci({"mean": r["step"][k]["first_error_f1"], **r["step"][k]})),
              ""]
     text = path.read_text()
@@ -211,3 +233,43 @@ def update_readme(r, a, path=Path(__file__).resolve().parent / "README.md"):
         raise SystemExit(f"{path}: no {start} ... {end} block to fill")
     head, rest = text.split(start, 1)
     path.write_text(head + start + "\n" + "\n".join(block) + "\n" + end + rest.split(end, 1)[1])
+
+
+def spread(heads):
+    """Each headline number over seeds: mean and sample standard deviation."""
+    return {k: {"mean": round(statistics.mean(v), 4), "std": round(statistics.stdev(v) if len(v) > 1 else 0.0, 4)}
+            for k in heads[0] if isinstance(heads[0][k], (int, float)) for v in [[h[k] for h in heads]]}
+
+
+def headline(res):
+    """The last stdout line: the headline numbers (the base's own answers; syn_: the synthetic pools) as one JSON
+    object."""
+    b, s, step = res["bon_base_policy"]["all"], res["bon"]["all"], res["step"]
+    f1 = lambda k: step.get(k, {}).get("first_error_f1")  # noqa: E731
+    return {"seconds": res["seconds"], "head": res["head"],
+            **{f"{m}@16": round(b[m]["16"], 4) for m in ("prm_head", "weighted_prm", "orm", "majority",
+                                                         "base_likelihood_min", "oracle")},
+            "random@1": round(b["random"]["1"], 4), "prm_f1": f1("prm@base"), "orm_f1": f1("orm@base"),
+            "base_likelihood_f1": f1("base_likelihood@base"),
+            **{f"syn_{m}@16": round(s[m]["16"], 4) for m in ("prm_head", "weighted_prm", "orm", "majority")},
+            "syn_prm_f1": f1("prm"), "verdicts": {v["finding"]: v["verdict"] for v in res["verdicts"]},
+            "resolvable": res["resolvable"]}
+
+
+def write_outputs(res, rows, fe_items, auc_items, a, out):
+    """results.json, per_problem.jsonl, per_step.jsonl, the plot, report.md (printed); --readme: README and results/."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    meta = {"pool": "meta", "head": res["head"], "kept": res["filter"]["kept_ids"], "seed": a.seed}
+    data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
+    data.write_jsonl(out / "per_step.jsonl", [{"metric": "first_error", **i} for i in fe_items] +
+                     [{"metric": "fresh_auc", **i} for i in auc_items])
+    text = report(res, a, plot(res["intervals"]["base"]["all"], out / "bon_curve.png", a,
+                                         "tuned per seed" if res.get("seeds") else res["head"]))
+    (out / "report.md").write_text(text)
+    print(text)
+    if a.readme:
+        update_readme(res, a)
+        (ROOT / "results").mkdir(exist_ok=True)
+        for f in ("results.json", "report.md", "bon_curve.png"):
+            shutil.copy(out / f, ROOT / "results" / f)

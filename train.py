@@ -67,7 +67,7 @@ class Args:
     ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
     attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
-    head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags)"})
+    head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)"})
     beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
@@ -127,7 +127,11 @@ def loss_on(model, batch, ids, objective, labels=None):
         last = torch.cumsum(batch["n_steps"], 0).to(logits.device) - 1
         logits = logits[last]
     logp = F.log_softmax(logits, -1)
-    return -(y * logp[:, 0] + (1 - y) * logp[:, 1]).mean()  # soft labels stay floats (TRL casts them to int)
+    nll = -(y * logp[:, 0] + (1 - y) * logp[:, 1])  # soft labels stay floats (TRL casts them to int)
+    if objective == "prm" and prm.is_likelihood(model):  # a step's own likelihood speaks for it alone: the steps
+        w = prm.after_first_error(y, batch["n_steps"]).logical_not().float()  # after the first error are not its
+        return (nll * w).sum() / w.sum()
+    return nll.mean()
 
 
 @torch.no_grad()
@@ -148,7 +152,7 @@ def make_batch(processor, items, a, objective, cache=None, keys=None):
                                           cache=cache, keys=keys)
         return batch, None, skipped
     batch, keep, skipped = M.encode(processor, images, prompts, steps=payload, max_len=a.max_len, cache=cache,
-                                      keys=keys)
+                                      keys=keys, native=a.head == "likelihood")
     if batch is None:
         return None, None, skipped
     if objective == "prm":
@@ -211,6 +215,11 @@ def evaluate_rm(model, processor, a, rows):
     return {"step_acc": round(sum((s >= 0.5) == y for s, y in zip(flat_s, flat_y)) / max(len(flat_s), 1), 4),
             "step_auc": round(metrics.auc(flat_s, flat_y), 4),
             "first_error_f1": round(metrics.first_error_f1(scores, fe_true, 0.5)["f1"], 4)}
+
+
+def calibration(model):
+    """What a checkpoint's train_config.json needs for model.load to rebuild the likelihood head."""
+    return {"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {}
 
 
 def setup(a):
@@ -321,6 +330,10 @@ def main(a: Args):
         print(json.dumps(res))
         return res
     rows, dev_rows = load_rows(a, processor)
+    if a.head == "likelihood" and a.objective != "sft" and not prm.is_likelihood(model):
+        model.likelihood = prm.calibrate(model, processor, rows, a)  # before any step: the base's likelihood, calibrated
+        print(f"[train] likelihood head: a = {model.likelihood[0]}, b = {model.likelihood[1]}, "
+              f"cumulative = {model.likelihood[2]}")
     recipe.prepare(model, a)
     opt, start = recipe.make_optimizer(model, a, device), 0
     if resume:
@@ -348,10 +361,11 @@ def main(a: Args):
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
         if (step + 1) % a.save_every == 0 or done:
-            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1})
+            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1, **calibration(model)})
             torch.save({"opt": opt.state_dict(), "step": step + 1}, last / "trainer_state.pt")
     if rank == 0:
-        M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"]})
+        M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
+                                       **calibration(model)})
         print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
               "skipped)")
     if world > 1:

@@ -71,6 +71,10 @@ class SyntheticPolicy:
         rng = random.Random(tasks.seed_of(seed, problem["id"], len(prefix_steps), *prefix_steps))
         return tasks.sample(problem, n, prefix=list(prefix_steps), rng=rng, strength=self.strength)
 
+    def rollout_many(self, requests):
+        """[(problem, prefix_steps, n, seed)] -> one list of rollouts each (label_rounds batches its requests)."""
+        return [self.rollout(*r) for r in requests]
+
 
 class VLMPolicy:
     """Any checkpoint model.load reads, continuing "Step 1: ... Step i+1: " sampled at a temperature."""
@@ -86,6 +90,24 @@ class VLMPolicy:
             out += M.solve(self.model, self.processor, [image] * m, [problem["question"]] * m, [prefix_steps] * m,
                            self.max_new_tokens, self.temperature, seed=tasks.seed_of(seed, problem["id"], b, *prefix_steps))
         return [{"steps": s["steps"], "answer": s["answer"]} for s in out]
+
+    def rollout_many(self, requests, rows=None):
+        """[(problem, prefix_steps, n, seed)] -> one list of rollouts ({"steps", "answer", "text": the new text})
+        each, generated `rows` at a time across requests (one generate call serves many prefixes of many problems).
+        Deterministic for the same requests."""
+        flat, rows = [(p, list(pre), tasks.seed_of(seed, p["id"], j, *pre)) for p, pre, n, seed in requests
+                      for j in range(n)], rows or self.batch_size
+        out = []
+        for b in range(0, len(flat), rows):
+            chunk = flat[b:b + rows]
+            ims = [Image.open(p["image"]).convert("RGB") if p.get("image") else tasks.render(p) for p, _, _ in chunk]
+            out += M.solve(self.model, self.processor, ims, [p["question"] for p, _, _ in chunk],
+                           [pre for _, pre, _ in chunk], self.max_new_tokens, self.temperature, seed=chunk[0][2])
+        res, i = [], 0
+        for _, _, n, _ in requests:
+            res.append([{"steps": s["steps"], "answer": s["answer"], "text": s["text"]} for s in out[i:i + n]])
+            i += n
+        return res
 
 
 def reaches(problem, rollout):
@@ -198,6 +220,55 @@ def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
     return out, sum(spent.values())
 
 
+def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
+    """label_mcts's binary search for many problems at once, in rounds: each round every unfinished search asks for
+    the value of its next prefix, and one policy.rollout_many call answers all of them (a VLM generates hundreds of
+    continuations per call instead of k). Estimates are cached per problem, as in label_mcts; with no budget cut
+    the labels are label_mcts's (a test checks it on the synthetic policy). -> (records, stats) as label()."""
+    t0 = time.time()
+    roots = policy.rollout_many([(p, [], samples, tasks.seed_of(seed, "solutions")) for p in problems])
+    cache = {p["id"]: {} for p in problems}
+    spent = {(p["id"], j): 0 for p, sols in zip(problems, roots) for j in range(len(sols))}
+    search = {(p["id"], j): [0, len(s["steps"]) - 1] for p, sols in zip(problems, roots) for j, s in enumerate(sols)
+              if s["steps"] and not reaches(p, s)}  # (problem, solution) -> [lo, hi] (first_error_search's)
+    probs, sols_of = {p["id"]: p for p in problems}, {p["id"]: s for p, s in zip(problems, roots)}
+    bar = tqdm(desc="tree search rounds", disable=not progress, unit="round")
+    while any(lo < hi for lo, hi in search.values()):
+        asks = {}  # (problem, prefix) -> the first search that asked for it (it is charged the rollouts)
+        for (pid, j), (lo, hi) in search.items():
+            prefix = tuple(sols_of[pid][j]["steps"][:(lo + hi) // 2 + 1])
+            if lo < hi and prefix not in cache[pid]:
+                asks.setdefault((pid, prefix), (pid, j))
+        reqs = list(asks)
+        for (pid, prefix), rs in zip(reqs, policy.rollout_many(
+                [(probs[pid], list(pre), k, tasks.seed_of(seed, "mcts")) for pid, pre in reqs])):
+            cache[pid][prefix] = sum(reaches(probs[pid], r) for r in rs) / max(len(rs), 1)
+            spent[asks[(pid, prefix)]] += len(rs)
+        for (pid, j), lh in search.items():  # every search moves on by the values now known
+            while lh[0] < lh[1] and tuple(sols_of[pid][j]["steps"][:(lh[0] + lh[1]) // 2 + 1]) in cache[pid]:
+                mid = (lh[0] + lh[1]) // 2
+                lh[:] = [mid + 1, lh[1]] if cache[pid][tuple(sols_of[pid][j]["steps"][:mid + 1])] > tau else [lh[0], mid]
+        bar.update(1)
+    bar.close()
+    records = []
+    for p, sols in zip(problems, roots):
+        for j, s in enumerate(sols):
+            if not s["steps"]:
+                continue
+            fe = search[(p["id"], j)][0] if (p["id"], j) in search else -1
+            labels = [0.0 if fe != -1 and i >= fe else cache[p["id"]].get(tuple(s["steps"][:i + 1]), 1.0)
+                      for i in range(len(s["steps"]))]
+            if fe == -1:
+                labels[-1] = 1.0
+            records.append({"id": f"{p['id']}-mcts{j:02d}", "images": [p.get("image") or f"images/{p['id']}.png"],
+                            "prompt": p["question"], "completions": list(s["steps"]), "labels": labels,
+                            "first_error": fe, "meta": {"rollouts": spent[(p["id"], j)], "method": "mcts",
+                                                        "problem_id": p["id"], "correct": reaches(p, s)}})
+    n_sols, rollouts = sum(len(s) for s in roots), sum(spent.values())
+    return records, {"rollouts": rollouts, "records": len(records), "solutions": n_sols,
+                     "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(n_sols, 1), 3)}
+
+
 def label_problem(problem, policy, method, k, budget, seed, samples, tau=TAU, image=None):
     """-> (records, rollouts spent, solutions sampled) for one problem: `samples` solutions from the root, each
     labelled (a solution with no step, possible from a VLM, has nothing to label and is left out). budget <= 0:
@@ -233,15 +304,19 @@ def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=
                      "seconds": round(time.time() - t0, 2), "rollouts_per_solution": round(rollouts / max(sols, 1), 3)}
 
 
-def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="test", methods=("mc", "mcts")):
+def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="test", methods=("mc", "mcts"),
+             policy=None):
     """The methods at the same K on synthetic problems of `split` (tune to choose tau, test to report), against the
     oracle: first_error_agreement (the predicted first error, or its absence, equals tasks.first_error; a solution
     left unlabelled counts as a miss) and step_label_accuracy (hard labels: mc value > tau, mcts before its first
-    error, vs tasks.step_labels)."""
+    error, vs tasks.step_labels). policy: the synthetic one, or a VLMPolicy (mcts then runs in batched rounds)."""
     problems = {p["id"]: p for p in tasks.make_problems(n_problems, seed, split)}
-    res = {}
+    policy, res = policy or SyntheticPolicy(), {}
     for method in methods:
-        recs, st = label(list(problems.values()), SyntheticPolicy(), method, k, budget, seed, samples, tau)
+        if method == "mcts" and budget <= 0:  # the same labels as label(), batched
+            recs, st = label_rounds(list(problems.values()), policy, k, seed, samples, tau)
+        else:
+            recs, st = label(list(problems.values()), policy, method, k, budget, seed, samples, tau)
         agree, steps_ok, steps = 0, 0, 0
         for r in recs:
             p, fe = problems[r["meta"]["problem_id"]], r["first_error"]

@@ -22,6 +22,7 @@ import evidence as E
 import metrics
 import model as M
 import prm
+import report as R
 import tasks
 import train
 
@@ -94,11 +95,13 @@ def check_numbers(out, a):
     assert meta == {"pool": "meta", "head": head, "kept": saved["filter"]["kept_ids"], "seed": a.seed}
     assert all(p["split"] == s and tasks.split_of(p) == s for s in bench.SPLITS for p in P[s].values())
     assert saved["pools"] == {"tune_synthetic": a.n_tune * a.pool, "dev_synthetic": a.n_dev * a.pool,
-                              "test_synthetic": a.n_test * a.pool, "test_base": len(cands["test_base"])}
+                              "test_synthetic": a.n_test * a.pool,
+                              **{f"{s}_base": len(cands[f"{s}_base"]) for s in ("tune", "dev", "test")}}
+    assert all(c["policy"] == "tiny-base" for s in ("tune", "dev", "test") for c in cands[f"{s}_base"])
     pools = by_problem(cands["test_synthetic"], test)
-    # the headline aggregation: the best Best-of-16 on the tune split (the whole pool: an argmax by hand)
-    tune = by_problem(cands["tune_synthetic"], P["tune"])
-    tuned = {g: sum(argmax(pool, scores["tune_synthetic"]["prm"], AGG[g]) for pool in tune.values()) / len(tune)
+    # the aggregation: the best Best-of-16 on the tune split's headline pool (the whole pool: an argmax by hand)
+    tune = by_problem(cands["tune_base"], [p for p in P["tune"] if any(c["problem_id"] == p for c in cands["tune_base"])])
+    tuned = {g: sum(argmax(pool, scores["tune_base"]["prm"], AGG[g]) for pool in tune.values()) / len(tune)
              for g in bon.AGGS}
     assert saved["tuning"]["aggregation"] == pytest.approx(tuned, abs=1e-12)
     assert head == max(bon.AGGS, key=lambda g: tuned[g])
@@ -128,8 +131,12 @@ def check_numbers(out, a):
         base = by_problem(cands["test_base"], [pid for pid in ids if any(c["problem_id"] == pid
                                                                          for c in cands["test_base"])])
         B = scores["test_base"]
-        assert saved["bon_base_policy"][part]["prm_head"]["16"] == pytest.approx(
-            sum(argmax(pool, B["prm"], AGG[head]) for pool in base.values()) / len(base), abs=1e-12)
+        for m, f in {"prm_head": lambda pool: argmax(pool, B["prm"], AGG[head]),
+                     "base_likelihood_min": lambda pool: argmax(pool, B["base_likelihood"], min),
+                     "orm": lambda pool: argmax(pool, B["orm"]), "majority": lambda pool: vote(pool, lambda c: 1.0),
+                     "weighted_prm": lambda pool: vote(pool, lambda c: min(B["prm"][c["id"]]))}.items():
+            assert saved["bon_base_policy"][part][m]["16"] == pytest.approx(
+                sum(f(pool) for pool in base.values()) / len(base), abs=1e-12), (part, m)
     assert saved["hybrid"]["prm_last2"] == saved["bon"]["all"]["prm_last2"]
     assert saved["segmentation"]["steps_min"] == saved["bon"]["all"]["prm_min"]
     # every cell of every pool: the mean of its per-problem rows, with the bootstrap interval over them (clusters:
@@ -170,21 +177,32 @@ def check_numbers(out, a):
     assert comps["prm_vs_orm"]["mean"] == pytest.approx(
         saved["bon"]["all"]["prm_head"]["16"] - saved["bon"]["all"]["orm"]["16"], abs=1e-12)
     assert comps["prm_vs_judge_prm"]["n"] == len(judged)
+    on = sorted(p for p in test if ("base", "prm_head", p) in acc)  # the headline: the base's own answers
+    d = [acc["base", "prm_head", p]["16"] - acc["base", "base_likelihood_min", p]["16"] for p in on]
+    want = metrics.bootstrap(d, [E.content(test[p]) for p in on], seed=a.seed)
+    assert {k: comps["headline_prm_vs_base_likelihood"][k] for k in want} == pytest.approx(want, abs=1e-12)
     assert [v["finding"] for v in saved["verdicts"]] == [f for f, _, _ in E.FINDINGS]
     assert saved["verdicts"] == E.verdicts(comps)
     assert {v["verdict"] for v in saved["verdicts"]} <= {"holds", "opposite", "not resolved", "not run"}
     widths = sorted((c["hi"] - c["lo"]) / 2 for c in comps.values())
     assert saved["resolvable"] == round(widths[len(widths) // 2], 4)
     # first-error F1: the threshold chosen on the dev pool's scores, the F1 measured on the test pool's
-    for name, key in (("prm", "prm"), ("orm", "orm_steps"), ("prior", "prior")):
+    f1s = {}
+    for name, key, pool in (("prm", "prm", "synthetic"), ("orm", "orm_steps", "synthetic"),
+                            ("prior", "prior", "synthetic"), ("prm@base", "prm", "base"),
+                            ("base_likelihood@base", "base_likelihood", "base")):
         part = lambda cs, sc: ([sc[c["id"]] for c in cs if c["id"] in sc],  # noqa: E731
                                [c["first_error"] for c in cs if c["id"] in sc])
-        t = metrics.choose_threshold(*part(cands["dev_synthetic"], scores["dev_synthetic"][key]))
-        f1 = metrics.first_error_f1(*part(cands["test_synthetic"], S[key]), t)
+        t = metrics.choose_threshold(*part(cands[f"dev_{pool}"], scores[f"dev_{pool}"][key]))
+        f1 = metrics.first_error_f1(*part(cands[f"test_{pool}"], scores[f"test_{pool}"][key]), t)
         st = saved["step"][name]
         assert (st["threshold"], st["first_error_f1"], st["acc_error"], st["acc_correct"], st["n"]) == (
-            t, round(f1["f1"], 4), f1["acc_error"], f1["acc_correct"], len(part(cands["test_synthetic"], S[key])[0]))
+            t, round(f1["f1"], 4), f1["acc_error"], f1["acc_correct"],
+            len(part(cands[f"test_{pool}"], scores[f"test_{pool}"][key])[0]))
         assert st["lo"] <= f1["f1"] <= st["hi"]
+        f1s[name] = f1["f1"]
+    assert comps["headline_f1_prm_vs_base_likelihood"]["mean"] == pytest.approx(
+        f1s["prm@base"] - f1s["base_likelihood@base"], abs=1e-12)  # paired over the same answers
     steps = [json.loads(line) for line in (out / "per_step.jsonl").read_text().splitlines()]
     fe = [s for s in steps if s["metric"] == "first_error" and s["key"] == "prm"]
     assert metrics.first_error_f1_ci([s["pred"] for s in fe], [s["true"] for s in fe])["mean"] == pytest.approx(
@@ -214,11 +232,17 @@ def test_bench_small_run_recomputed_cached_and_relabelled(tmp_path, capsys):
     assert (tmp_path / "bon_curve.png").read_bytes()[:4] == b"\x89PNG"
     # evidence.py redoes a comparison from the kept rows alone: the same difference and interval as results.json
     out = subprocess.run([sys.executable, str(ROOT / "evidence.py"), str(tmp_path / "per_problem.jsonl"), "--a",
-                          "prm_head", "--b", "orm"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          "prm_head", "--b", "orm", "--pool", "synthetic"], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     c = saved["comparisons"]["prm_vs_orm"]
     assert (f"prm_head - orm at N=16 (synthetic, all, {c['n']} problems): {c['mean']:+.4f} "
             f"[{c['lo']:+.4f}, {c['hi']:+.4f}] -> {metrics.verdict(c)}") in out.stdout.splitlines()
+    every = subprocess.run([sys.executable, str(ROOT / "evidence.py"), str(tmp_path / "per_problem.jsonl")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # + per_step.jsonl: F1 rows
+    assert every.returncode == 0, every.stderr
+    for k, c in saved["comparisons"].items():
+        assert f"{k:38s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  n={c['n']}" in every.stdout, k
     # a rerun with nothing changed recomputes nothing: no stage file rewritten, the same numbers
     before, files = stage_files(tmp_path), mtimes(tmp_path, ["*.json", "*.jsonl", "*/model.safetensors"])
     capsys.readouterr()
@@ -256,7 +280,7 @@ def test_bench_seeds_pool_two_runs(tmp_path):
     assert [per[s]["config"]["seed"] for s in (0, 1)] == [0, 1]
     tests = [(tmp_path / f"seed-{s}" / "problems_test.jsonl").read_text() for s in (0, 1)]
     assert tests[0] != tests[1]  # independent problems
-    heads = {str(s): bench.headline(per[s]) for s in (0, 1)}
+    heads = {str(s): R.headline(per[s]) for s in (0, 1)}
     assert res["seeds"]["per_seed"] == json.loads(json.dumps(heads))
     for k, v in res["seeds"]["spread"].items():
         x = [heads[s][k] for s in heads]

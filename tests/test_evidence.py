@@ -103,11 +103,37 @@ def test_compare_is_paired_and_split_verdicts():
              "prm_vs_orm_text": E.compare(ix, "synthetic", "prm_head", "orm", 16, "text")}
     v = {x["finding"]: x["verdict"] for x in E.verdicts(comps)}
     assert v["neither ORM nor PRM wins everywhere"] == "holds"
-    assert v["a trained PRM beats an untrained VLM judge"] == "not run"
+    assert v["weighting key steps beats equal weights"] == "not run"
     ix = E.index(rows_for([1.0] * 40, [0.0] * 40))  # PRM ahead in both families: the finding is contradicted
     comps = {k: E.compare(ix, "synthetic", "prm_head", "orm", 16, p) for k, p in
              (("prm_vs_orm_visual", "visual"), ("prm_vs_orm_text", "text"))}
-    assert E.verdicts(comps)[0]["verdict"] == "opposite"
+    assert v_of(comps)["neither ORM nor PRM wins everywhere"] == "opposite"
+
+
+def v_of(comps):
+    return {x["finding"]: x["verdict"] for x in E.verdicts(comps)}
+
+
+def test_f1_difference_is_paired_over_the_answers_both_scored():
+    """The headline's first-error F1 comparison: F1(a) - F1(b) on the same answers, its interval from the same
+    resampled clusters (so identical predictions give exactly 0), and a verdict from it."""
+    items = []
+    for i in range(60):
+        true = -1 if i % 3 == 0 else i % 4
+        items.append({"key": "prm@base", "candidate": f"c{i}", "content": f"k{i % 20}", "true": true, "pred": true})
+        items.append({"key": "orm@base", "candidate": f"c{i}", "content": f"k{i % 20}", "true": true,
+                      "pred": -1 if i % 2 else true})
+    items.append({"key": "orm@base", "candidate": "only-b", "content": "k0", "true": 1, "pred": 1})  # not paired
+    d = E.f1_difference(items, "prm@base", "orm@base")
+    a = [x for x in items if x["key"] == "prm@base"]
+    b = [x for x in items if x["key"] == "orm@base" and x["candidate"] != "only-b"]
+    want = (metrics.first_error_f1_ci([x["pred"] for x in a], [x["true"] for x in a])["mean"]
+            - metrics.first_error_f1_ci([x["pred"] for x in b], [x["true"] for x in b])["mean"])
+    assert d["n"] == 60 and abs(d["mean"] - want) < 1e-12 and d["lo"] > 0
+    same = E.f1_difference(items, "prm@base", "prm@base")
+    assert (same["mean"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
+    comps = E.with_f1({}, items)
+    assert comps["headline_f1_prm_vs_orm"] == d and "headline_f1_prm_vs_base_likelihood" not in comps  # no b: left out
 
 
 def row(pid, fam, method, acc, content=None):

@@ -95,7 +95,9 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     assert text.count(START) == text.count(END) == 1 and "an old table" not in text
     block = text[len(head + START + "\n"):-len(END + tail)].splitlines()
     assert block[0].startswith("`python bench.py` (seed 0): 10.1 minutes on ")
-    assert "fine-tuned 1200 steps from the tiny base on mcts labels of 2000 train problems" in block[0]
+    assert ("Headline pools: 16 answers per problem sampled from the tiny base (temperature 1.0); PRM and ORM "
+            "(implicit head) fine-tuned 1200 steps from the same base on mcts labels of 2000 train problems (base "
+            "policy: its own answers and rollouts)") in block[0]
     assert "Test: 240 problems" in block[0] and "aggregation (**mean**) and tau (0.2)" in block[0]
     assert "Smallest resolvable paired difference: **0.041**" in block[0]
     verdicts = block.index("| finding of the paper | comparison (a - b at N=16) | difference [95% CI] | verdict |")
@@ -112,10 +114,21 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     # Best-of-N: method i of the synthetic pool's rules (random 0, majority 1, weighted_prm 2, orm 3, oracle 9,
     # prm_head 11) at N=1 0.5 + 0.001 i (+0.01 per N step, -0.1 visual, +0.1 text); N=1 and N=4 as means, N=16 with
     # its interval; prm_head at N=16 (all) is set to 0.85
-    bon = block.index("|  | all N=1 | all N=4 | all N=16 | visual N=16 | text N=16 |")
+    cols = "|  | all N=1 | all N=4 | all N=16 | visual N=16 | text N=16 |"
+    top = block.index(cols)  # the headline: the base pool's methods (random 0 .. oracle 4), in HEADLINE's order
+    assert block[top - 2:top + 8] == [
+        "Headline: Best-of-N on the tiny base's own answers (exact expectation over all N-subsets of the pool of 16; "
+        "prm_head is the PRM's argmax with mean; base_likelihood_min is the untrained base's own step likelihood):",
+        "", cols, "|---|---:|---:|---:|---:|---:|",
+        "| random | 0.500 | 0.520 | 0.540 [0.491, 0.583] | 0.440 [0.391, 0.483] | 0.640 [0.591, 0.683] |",
+        "| majority | 0.501 | 0.521 | 0.541 [0.492, 0.584] | 0.441 [0.392, 0.484] | 0.641 [0.592, 0.684] |",
+        "| orm | 0.502 | 0.522 | 0.542 [0.493, 0.585] | 0.442 [0.393, 0.485] | 0.642 [0.593, 0.685] |",
+        "| prm_head | 0.503 | 0.523 | 0.543 [0.494, 0.586] | 0.443 [0.394, 0.486] | 0.643 [0.594, 0.686] |",
+        "| oracle | 0.504 | 0.524 | 0.544 [0.495, 0.587] | 0.444 [0.395, 0.487] | 0.644 [0.595, 0.687] |", ""]
+    bon = block.index(cols, top + 1)
     assert block[bon - 2:bon + 9] == [
-        "Best-of-N accuracy (exact expectation over all N-subsets of the pool of 16; prm_head is the PRM's argmax "
-        "with mean):", "", block[bon], "|---|---:|---:|---:|---:|---:|",
+        "The synthetic pools (half weak, half strong sampler: a policy weaker than the base):", "", cols,
+        "|---|---:|---:|---:|---:|---:|",
         "| random | 0.500 | 0.520 | 0.540 [0.491, 0.583] | 0.440 [0.391, 0.483] | 0.640 [0.591, 0.683] |",
         "| majority | 0.501 | 0.521 | 0.541 [0.492, 0.584] | 0.441 [0.392, 0.484] | 0.641 [0.592, 0.684] |",
         "| weighted_prm | 0.502 | 0.522 | 0.542 [0.493, 0.585] | 0.442 [0.393, 0.485] | 0.642 [0.593, 0.685] |",
@@ -142,8 +155,9 @@ def test_report_renders_every_section_from_the_results():
     text = report.report(r, ARGS, "bon_curve.png")
     lines = text.splitlines()
     assert lines[0] == "# Bench report"
-    for k in range(14):
+    for k in ["0", "1", "2a", *map(str, range(2, 13))]:
         assert f"## ({k}) " in text, k
+    assert "## (2a) Headline: Best-of-N on the tiny base's own answers" in text
     assert "aggregation **mean** (Best-of-16 on tune: min 0.810, mean 0.840); tau 0.2" in text
     assert "| neither ORM nor PRM wins everywhere | PRM vs ORM, visual items; PRM vs ORM, text items | " \
            "+0.100 [+0.020, +0.180]; -0.060 [-0.110, -0.010] | **holds** |" in lines

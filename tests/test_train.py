@@ -1,5 +1,5 @@
 """train.py: its defaults, exact resume, DDP with torchrun on the CPU, the same global batch at any world size,
-soft labels, the implicit head by hand, bad input."""
+soft labels, the implicit and likelihood heads by hand, bad input."""
 import json
 import os
 import subprocess
@@ -26,7 +26,7 @@ def args(out, **kw):
 
 def test_defaults_are_the_shared_ones():
     a, b = train.Args(), bench.Args()
-    assert (a.head, a.beta, a.max_len) == (prm.HEAD, prm.BETA, M.MAX_LEN) == ("implicit", 0.1, 1024)
+    assert (a.head, a.beta, a.max_len) == (prm.HEAD, prm.BETA, M.MAX_LEN) == ("likelihood", 0.1, 1024)
     assert (b.head, b.beta) == (prm.HEAD, prm.BETA)  # bench trains what train.py trains by default
 
 
@@ -168,3 +168,87 @@ def test_each_rank_gets_its_share_of_the_same_global_batch(tmp_path):
         assert [s for k in range(2) for s in seqs([r0[k]]) + seqs([r1[k]])] == one
     assert seqs(train.micro_batches(0, a, rows, p, None, ids, 0, 1, state())) != seqs(
         train.micro_batches(1, a, rows, p, None, ids, 0, 1, state()))  # the next step, the next records
+
+
+def test_likelihood_head_is_each_steps_mean_log_prob_as_the_base_writes_it():
+    """The likelihood head by hand: the steps as "Step k: ..." lines (no tag), a step's value a * (mean log-prob of
+    its own tokens, its "Step k: " header included, the newline before it not) + b, from the full logits."""
+    m, p = M.load("tiny", device="cpu")
+    ids = M.token_ids(p)
+    pr = tasks.make_problem("x", 0, kind="count_diff")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps], native=True)
+    assert ids["tag"] not in batch["input_ids"][0].tolist()
+    m.likelihood = (2.0, -0.5)
+    with torch.no_grad():
+        got = prm.tag_logits(m, batch, ids)
+        inp = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
+        x = batch["input_ids"][0]
+        lp = torch.log_softmax(m(**inp).logits[0, :-1].float(), -1).gather(1, x[1:, None])[:, 0]
+    text = p.tokenizer.decode(x[int(batch["prompt_lens"][0]):])
+    assert text == tasks.format_steps(steps, "step")
+    start, want = int(batch["prompt_lens"][0]), []
+    for k in range(len(steps)):
+        pre = len(p.tokenizer.encode(tasks.format_steps(steps[:k], "step") + ("\n" if k else "")))
+        end = len(p.tokenizer.encode(tasks.format_steps(steps[:k + 1], "step")))
+        want.append(2.0 * lp[start + pre - 1:start + end - 1].mean() - 0.5)
+    assert torch.allclose(got[:, 0], torch.stack(want), atol=1e-4) and torch.equal(got[:, 1], torch.zeros(len(steps)))
+
+
+def test_likelihood_prm_calibrates_trains_saves_and_reloads(tmp_path):
+    tasks.write_suite(tmp_path, 6, n_cands=2)
+    out = tmp_path / "lprm"
+    a = args(out, objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"), head="likelihood", lr=1e-3,
+             save_every=10**6)
+    base, p = M.load("tiny", device="cpu")
+    rows = train.load_labelled(a.data)
+    ab = prm.calibrate(base, p, rows, a)
+    # the fit: no other (a, b) on the same step log-likelihoods has a lower loss
+    batch, _, _ = M.encode(p, [r[0] for r in rows], [r[1] for r in rows], steps=[r[2] for r in rows], native=True)
+    with torch.no_grad():
+        x = M.step_logprobs(base, batch)
+    y = torch.tensor([v for r in rows for v in r[3]])
+    loss = lambda u, v: float(torch.nn.functional.binary_cross_entropy_with_logits(u * x + v, y))  # noqa: E731
+    assert ab[2] is False  # a PRM: each step's own likelihood
+    assert all(loss(*ab[:2]) <= loss(ab[0] + du, ab[1] + dv) + 1e-6 for du in (-0.3, 0, 0.3) for dv in (-0.3, 0, 0.3))
+    # an ORM: the outcome on the whole answer's mean log-prob (the last step's cumulative value)
+    ab_orm = prm.calibrate(base, p, rows, train.Args(**{**a.__dict__, "objective": "orm"}))
+    with torch.no_grad():
+        whole = M.step_logprobs(base, batch, cumulative=True)[torch.cumsum(batch["step_of"].max(1).values, 0) - 1]
+    out_y = torch.tensor([r[4] for r in rows])
+    lo = lambda u, v: float(torch.nn.functional.binary_cross_entropy_with_logits(u * whole + v, out_y))  # noqa: E731
+    assert ab_orm[2] is True and all(lo(*ab_orm[:2]) <= lo(ab_orm[0] + du, ab_orm[1] + dv) + 1e-6
+                                     for du in (-0.3, 0, 0.3) for dv in (-0.3, 0, 0.3))
+    m = train.main(a)
+    assert m.likelihood == ab and json.loads((out / "train_config.json").read_text())["calibration"] == list(ab)
+    r, p = M.load(str(out), device="cpu")
+    assert r.likelihood == ab
+    pr = tasks.make_problem("y", 1, kind="count_add")
+    im, q, st = [tasks.render(pr)], [pr["question"]], [[s for s, _, _ in tasks.gold_steps(pr)]]
+    got = prm.score_steps(r, p, im, q, st)[0][0]
+    assert got == prm.score_steps(m, p, im, q, st)[0][0]
+    before = prm.score_steps(*_with(base, ab), p, im, q, st)[0][0]
+    assert any(abs(u - v) > 1e-4 for u, v in zip(got, before))  # trained away from the calibrated base
+
+
+def _with(model, ab):
+    model.likelihood = ab
+    return (model,)
+
+
+def test_likelihood_loss_leaves_out_the_steps_after_the_first_error():
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.7, 0.2, 1.0, 0.0])
+    assert prm.after_first_error(y, torch.tensor([3, 2, 4])).tolist() == [
+        False, False, True, False, False, False, False, True, True]
+    m, p = M.load("tiny", device="cpu")
+    m.likelihood = (1.0, 0.0)
+    ids = M.token_ids(p)
+    pr = tasks.make_problem("x", 0, kind="count_add")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps], native=True)
+    batch["n_steps"] = torch.tensor([len(steps)])
+    lab = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    with torch.no_grad():
+        v = prm.tag_logits(m, batch, ids)[:, 0]
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(v, lab, reduction="none")
+        assert torch.allclose(train.loss_on(m, batch, ids, "prm", lab), nll[:2].mean())

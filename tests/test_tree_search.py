@@ -202,3 +202,29 @@ def test_vlm_policy_tiny_init_writes_valid_records(tmp_path):
 def test_vlm_policy_tiny_base(tmp_path):
     recs = vlm_run(tmp_path, "tiny", "mcts")
     assert recs and all(r["meta"]["problem_id"] == "train-00000" for r in recs)
+
+
+def test_label_rounds_gives_label_mcts_records_batched():
+    """The batched rounds (bench's on-policy labelling) are the per-problem binary search, record for record: the
+    same prefixes estimated with the same rollouts (synthetic policy: deterministic per prefix), the same labels."""
+    probs = tasks.make_problems(80, 3, "train")
+    pol = ts.SyntheticPolicy()
+    calls = []
+    many = pol.rollout_many
+    pol.rollout_many = lambda reqs: calls.append(len(reqs)) or many(reqs)
+    for tau in (0.0, 0.2):
+        ref, st_ref = ts.label(probs, ts.SyntheticPolicy(), "mcts", 8, 0, 3, 4, tau)
+        got, st = ts.label_rounds(probs, pol, 8, 3, 4, tau)
+        assert got == ref and st["rollouts"] == st_ref["rollouts"] and st["solutions"] == 320
+        assert any(r["first_error"] != -1 for r in got) and any(r["first_error"] == -1 for r in got)
+    assert max(calls) > 20 and len(calls) <= 2 * 5  # many prefixes per call; a few rounds (log2 of the steps) each
+
+
+def test_vlm_rollout_many_groups_and_keeps_each_prefix():
+    pol = ts.VLMPolicy("tiny-init", max_new_tokens=16, device="cpu")
+    p, q = tasks.make_problems(2, 0)
+    reqs = [(p, [], 2, 5), (q, ["There are 3 red shapes."], 3, 5), (p, ["x"], 1, 6)]
+    out = pol.rollout_many(reqs, rows=4)  # two generate calls, a request split across them
+    assert [len(o) for o in out] == [2, 3, 1]
+    assert all(r["steps"][0] == "There are 3 red shapes." for r in out[1]) and out[2][0]["steps"][0] == "x"
+    assert pol.rollout_many(reqs, rows=4) == out  # seeded
