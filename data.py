@@ -152,6 +152,61 @@ def append_jsonl(path, record, kind=None):
         os.fsync(f.fileno())
 
 
+def finished(out):
+    """{problem id: its record count} from OUT.done, whose lines "ID COUNT" are written after all of a problem's
+    records are on disk (a resumable output: tree_search.py)."""
+    done = Path(str(out) + ".done")
+    rows = [line.split() for line in done.read_text().splitlines() if line.strip()] if done.exists() else []
+    return {r[0]: int(r[1]) if len(r) > 1 else None for r in rows}
+
+
+def keep_finished(out, done, kind):
+    """Rewrite OUT with only the records of finished problems (done: finished()): a killed run's partial problem (and
+    a line cut off mid-write) goes, to be redone. A finished problem whose valid records are not all there (a bad
+    line among them: unparsable or invalid, said with its file line) is redone too. -> (records kept, ids to redo)."""
+    lines = Path(out).read_text(encoding="utf-8").splitlines() if Path(out).exists() else []
+    parsed, bad = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(validate(json.loads(line), kind, f"{out}:{n}"))
+        except (json.JSONDecodeError, RecordError) as e:
+            bad.append(f"{out}:{n}" if isinstance(e, json.JSONDecodeError) else str(e))
+    have = {}
+    for r in parsed:
+        pid = r.get("meta", {}).get("problem_id")
+        have[pid] = have.get(pid, 0) + 1
+    redo = {pid for pid, n in done.items() if n is not None and have.get(pid, 0) != n}
+    if redo:
+        print(f"[resume] {out}: redoing {len(redo)} finished problems whose records are not all intact "
+              f"({sorted(redo)[:5]}); bad lines: {bad[:3]}")
+    kept = [r for r in parsed if r.get("meta", {}).get("problem_id") in set(done) - redo]
+    write_jsonl(out, kept, kind)
+    return len(kept), redo
+
+
+def check_resume(out, settings, resume):
+    """Refuse to mix runs: OUT.settings.json holds the settings that made OUT; --resume with others, or an OUT.done
+    without its OUT, is an error (nothing is written)."""
+    done, sf = Path(str(out) + ".done"), Path(str(out) + ".settings.json")
+    if not resume:
+        if Path(out).exists() or done.exists() or sf.exists():
+            raise SystemExit(f"{out} exists: pass --resume to continue it, or delete it (and {done}, {sf})")
+    elif done.exists() and not Path(out).exists():
+        raise SystemExit(f"{done} lists finished problems but {out} is missing: their labels are lost; "
+                         f"delete {done} and {sf} to start over")
+    elif sf.exists():
+        old = json.loads(sf.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise SystemExit(f"{out} was made with other settings {diff} (was, now): --resume continues the same "
+                             "run only; use another --out")
+    elif Path(out).exists() or done.exists():
+        raise SystemExit(f"{sf} is missing: cannot tell which settings made {out}; use another --out")
+    sf.write_text(json.dumps(settings, indent=1))
+
+
 def resolve_image(record_path, image_path):
     """An image path from a record: absolute as is, else relative to the folder of the record file."""
     p = Path(image_path)

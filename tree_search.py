@@ -331,25 +331,14 @@ def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="
     return res
 
 
-def finished(out):
-    """Problem ids listed in OUT.done (written after all of a problem's records are on disk)."""
-    done = Path(str(out) + ".done")
-    return set(done.read_text().split()) if done.exists() else set()
+RUN_KEYS = ("policy", "method", "n_problems", "rollouts", "budget", "samples", "tau", "seed", "split", "strength",
+            "temperature", "max_new_tokens")  # what makes the labels: --resume continues only the same run
 
 
-def keep_finished(out, done):
-    """Rewrite OUT with only the records of finished problems: a killed run's partial problem (and a line cut off
-    mid-write) goes, to be redone. -> records kept."""
-    kept = []
-    for line in Path(out).read_text(encoding="utf-8").splitlines() if Path(out).exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # torn by the kill: its problem is not in OUT.done either
-        if r.get("meta", {}).get("problem_id") in done:
-            kept.append(r)
-    data.write_jsonl(out, kept, "labelled")
-    return len(kept)
+def image_name(p):
+    """images/ID-HASH.png: the hash of the problem itself, so runs with other seeds or splits (same ids, other
+    problems) cannot overwrite each other's pictures."""
+    return f"images/{p['id']}-{tasks.seed_of(json.dumps(p, sort_keys=True)) % 16 ** 8:08x}.png"
 
 
 def main(a: Args):
@@ -367,10 +356,13 @@ def main(a: Args):
         return res
     out, t0 = Path(a.out), time.time()
     done_file = Path(str(out) + ".done")
-    if not a.resume and (out.exists() or done_file.exists()):
-        raise SystemExit(f"{out} exists: pass --resume to continue it, or delete it (and {done_file})")
-    done = finished(out) if a.resume else set()
-    kept = keep_finished(out, done) if a.resume else 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data.check_resume(out, {k: getattr(a, k) for k in RUN_KEYS}, a.resume)
+    done = data.finished(out) if a.resume else {}
+    kept, redo = data.keep_finished(out, done, "labelled") if a.resume else (0, set())
+    if redo:  # OUT.done lists only what is kept
+        done = {pid: n for pid, n in done.items() if pid not in redo}
+        done_file.write_text("".join(f"{pid} {n}\n" for pid, n in done.items()))
     policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else VLMPolicy(
         a.policy, a.temperature, a.max_new_tokens, a.batch_size)
     problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
@@ -381,13 +373,13 @@ def main(a: Args):
         if p.get("image"):  # a problem file's image: its path relative to the output's folder
             image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute())
         else:
-            image = f"images/{p['id']}.png"
+            image = image_name(p)
             tasks.render(p).save(out.parent / image)
         recs, n, _ = label_problem(p, policy, a.method, a.rollouts, a.budget, a.seed, a.samples, a.tau, image)
         for r in recs:
             data.append_jsonl(out, r, "labelled")
         with open(done_file, "a") as f:  # the problem is finished only once all its records are on disk
-            f.write(p["id"] + "\n")
+            f.write(f"{p['id']} {len(recs)}\n")
         rollouts, written = rollouts + n, written + len(recs)
         bar.set_postfix(rollouts=rollouts, records=written)
     print(f"rollouts {rollouts}, records {written} (+{kept} kept from before), {len(problems)} problems, "

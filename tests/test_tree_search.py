@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -152,7 +153,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "append_jsonl", real)
     with open(out, "a") as f:  # and a line the kill cut in half
         f.write('{"id": "train-00002-mcts03", "images": ["ima')
-    assert ts.finished(out) == {"train-00000", "train-00001"}
+    assert data.finished(out) == {"train-00000": 4, "train-00001": 4}
     with pytest.raises(SystemExit):  # no silent overwrite
         run_main(out)
     res = run_main(out, resume=True)
@@ -160,7 +161,44 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     again = data.read_jsonl(out, "labelled")
     assert [r["id"] for r in again] == [r["id"] for r in full]
     assert again == full  # same labels, same meta, same image paths
-    assert (out.parent / "l.jsonl.done").read_text().split() == [f"train-{i:05d}" for i in range(6)]
+    assert (out.parent / "l.jsonl.done").read_text().splitlines() == [f"train-{i:05d} 4" for i in range(6)]
+
+
+def test_resume_redoes_a_finished_problem_with_a_bad_line_and_refuses_to_mix_runs(tmp_path, capsys):
+    out = tmp_path / "run" / "l.jsonl"
+    run_main(out)
+    full = out.read_text().splitlines()
+    # a corrupt line inside finished problem train-00003 (its 2nd record): that problem is redone, and said
+    lines = list(full)
+    lines[13] = lines[13][:40]
+    out.write_text("\n".join(lines) + "\n")
+    res = run_main(out, resume=True)
+    assert res["kept"] == 20 and res["records"] == 4
+    said = capsys.readouterr().out
+    assert "redoing 1 finished problems" in said and "train-00003" in said and f"{out}:14" in said
+    assert out.read_text().splitlines() == full[:12] + full[16:] + full[12:16]  # train-00003 again, at the end
+    assert sorted(out.read_text().splitlines()) == sorted(full)
+    # --resume with another setting: refused, nothing written
+    before = out.read_text()
+    for kw in ({"seed": 1}, {"method": "mc"}, {"rollouts": 8}):
+        with pytest.raises(SystemExit, match="other settings"):
+            run_main(out, resume=True, **kw)
+    assert out.read_text() == before
+    # an OUT.done without its OUT: an error, not "everything is done"
+    out.unlink()
+    with pytest.raises(SystemExit, match="is missing: their labels are lost"):
+        run_main(out, resume=True)
+
+
+def test_images_of_other_runs_cannot_overwrite_each_other(tmp_path):
+    a, b = tmp_path / "d" / "seed0.jsonl", tmp_path / "d" / "seed1.jsonl"
+    run_main(a, seed=0)
+    run_main(b, seed=1)  # the same ids (train-00000 ...), other problems, one images/ folder
+    for out, seed in ((a, 0), (b, 1)):
+        probs = {p["id"]: p for p in tasks.make_problems(6, seed, "train")}
+        for r in data.read_jsonl(out, "labelled"):
+            img = Image.open(out.parent / r["images"][0]).convert("RGB")
+            assert img.tobytes() == tasks.render(probs[r["meta"]["problem_id"]]).tobytes()
 
 
 def test_cli_writes_valid_records(tmp_path):
@@ -228,3 +266,28 @@ def test_vlm_rollout_many_groups_and_keeps_each_prefix():
     assert [len(o) for o in out] == [2, 3, 1]
     assert all(r["steps"][0] == "There are 3 red shapes." for r in out[1]) and out[2][0]["steps"][0] == "x"
     assert pol.rollout_many(reqs, rows=4) == out  # seeded
+
+
+def test_a_real_kill_then_resume_gives_the_uninterrupted_output(tmp_path):
+    """SIGKILL the CLI mid-run (after some problems are finished), --resume: the same bytes as a run never killed."""
+    import os
+    import signal
+    import time
+    cmd = lambda out, *x: [sys.executable, str(ROOT / "tree_search.py"), "--policy", "synthetic", "--method", "mc",  # noqa: E731
+                           "--n-problems", "300", "--rollouts", "16", "--out", str(out), *x]
+    full = tmp_path / "full" / "l.jsonl"
+    assert subprocess.run(cmd(full), cwd=ROOT, capture_output=True, timeout=300).returncode == 0
+    out = tmp_path / "killed" / "l.jsonl"
+    proc = subprocess.Popen(cmd(out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = Path(str(out) + ".done")
+    t0 = time.time()
+    while (not done.exists() or len(done.read_text().splitlines()) < 20) and time.time() - t0 < 120:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(done.read_text().splitlines())
+    assert 20 <= n_done < 300  # killed mid-run
+    res = subprocess.run(cmd(out, "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes() == full.read_bytes()
+    assert done.read_text() == Path(str(full) + ".done").read_text()
