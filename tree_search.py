@@ -3,7 +3,7 @@ error (OmegaPRM, the paper's "enhanced tree search" that built ViLReward-73K).
 
     python tree_search.py --policy synthetic --method mcts --n-problems 20 --rollouts 8 --out out/ts/labels.jsonl
     python tree_search.py --policy tiny --method mc --n-problems 8 --rollouts 4 --out out/ts/tiny.jsonl [--resume]
-    python tree_search.py --eval [--n-problems 500] [--seed 0]     # both methods against the oracle, JSON last line
+    python tree_search.py --eval [--n-problems 500] [--seed 0]     # tau chosen on tune, both methods on test vs the oracle
 
 A policy continues a partial solution: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer"}]. The value
 of a prefix is the share of k rollouts from it that reach the gold answer (a Monte-Carlo estimate of "can this
@@ -12,7 +12,9 @@ partial solution still succeed"). A prefix counts as right when its value > tau 
 - mcts (Luo et al. 2024, OmegaPRM): the sampled solutions are the root's rollouts; a right one is right at every
   step (it reached the answer); a wrong one gets a binary search for its first error, ~log2(n) estimates instead of
   n - 1; estimates are cached per prefix, so solutions sharing steps share them; a value-plus-exploration score
-  picks which wrong solution to search next, inside a rollout budget per question (see select_score).
+  picks which wrong solution to search next, inside a rollout budget per question (see select_score). With the
+  default budget every wrong solution is searched, so that order changes nothing: omegaprm.py has the full
+  algorithm (a growing tree, rollouts reused as states) and the comparison at equal budgets.
 Output: one step-labelled record (data.py "labelled") per sampled solution, soft values as labels, appended as it
 is made; OUT.done lists the finished problems, so --resume after a kill loses and duplicates nothing.
 """
@@ -59,7 +61,9 @@ class Args:
     max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
     batch_size: int = field(default=16, metadata={"help": "VLM policy continuations per generate call"})
     resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
-    eval: bool = field(default=False, metadata={"help": "both methods on held-out problems (synthetic policy) vs the oracle"})
+    eval: bool = field(default=False, metadata={"help": "both methods on test problems (synthetic policy) vs the oracle, "
+                       "tau chosen on tune problems from --taus"})
+    taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "with --eval: the tau grid tried on tune problems"})
 
 
 class SyntheticPolicy:
@@ -342,8 +346,12 @@ def image_name(p):
 
 
 def main(a: Args):
-    if a.eval:
-        t0 = time.time()
+    if a.eval:  # tau chosen on tune problems (MCTS first-error agreement), then both methods on test problems
+        t0, grid = time.time(), [float(t) for t in a.taus.split(",")]
+        tune = {t: evaluate(a.n_problems or 500, a.seed, a.rollouts, a.budget, a.samples, t, "tune", ("mcts",))
+                ["mcts"]["first_error_agreement"] for t in grid}
+        a.tau = max(grid, key=lambda t: tune[t])
+        print("tau on tune (first-error agreement): " + ", ".join(f"{t}: {v:.3f}" for t, v in tune.items()))
         res = evaluate(a.n_problems or 500, a.seed, a.rollouts, a.budget, a.samples, a.tau)
         print(f"{'method':<6} {'rollouts/solution':>18} {'first-error agreement':>22} {'step-label accuracy':>20}")
         for m, r in res.items():
