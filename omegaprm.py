@@ -8,7 +8,7 @@ search alone.
 A tree per question. Its states are solution prefixes; a state s carries MC(s), the share of the k rollouts from s
 that reach the gold answer, and N(s), how often a search started from it. The pool holds (s, r) pairs: r a wrong
 rollout from s (a whole solution, s's steps then its own). Each iteration:
-  1. select argmax Q(s, r) + U(s) over the pool's pairs with 0 < MC(s) < 1 (their Eq. 3-5):
+  1. select argmax Q(s, r) + U(s) over the pool's pairs with 0 < MC(s) < 1 (their Sec. 3, the selection):
        Q(s, r) = alpha^(1 - MC(s)) * beta^(len(r) / L)     U(s) = c_puct * sqrt(sum_i N(s_i)) / (1 + N(s))
      (pairs with MC(s) in {0, 1} come after: the paper drops them);
   2. binary search along r, from s, for its first error: each prefix tested gets k rollouts and becomes a state,
