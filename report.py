@@ -89,7 +89,7 @@ def plot(cells, path, a=None, head=None):
     ax.set_xlabel("N (candidates the reward model chooses from)")
     ax.set_ylabel("accuracy of the pick")
     n = f", {a.n_test} test problems{' per seed' if a.seeds else ''}, seed {a.seeds or a.seed}" if a else ""
-    ax.set_title(f"Best-of-N on the tiny base's own answers (bands: 95% bootstrap intervals{n})", fontsize=9)
+    ax.set_title(f"Best-of-N on the tiny base's own answers\n(bands: 95% bootstrap intervals{n})", fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
