@@ -320,6 +320,9 @@ def evaluate(model, processor, a, dev_rows):
 
 
 def main(a: Args):
+    if a.head not in prm.HEADS or a.objective not in ("sft", "prm", "orm"):
+        raise SystemExit(f"--head {a.head!r} / --objective {a.objective!r}: expected a head in {prm.HEADS} and "
+                         "an objective in ('sft', 'prm', 'orm')")
     rank, world, device = setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)

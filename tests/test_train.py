@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import bench
@@ -252,3 +253,10 @@ def test_likelihood_loss_leaves_out_the_steps_after_the_first_error():
         v = prm.tag_logits(m, batch, ids)[:, 0]
         nll = torch.nn.functional.binary_cross_entropy_with_logits(v, lab, reduction="none")
         assert torch.allclose(train.loss_on(m, batch, ids, "prm", lab), nll[:2].mean())
+
+
+def test_a_misspelt_head_or_objective_is_refused_before_anything_runs(tmp_path):
+    for kw in ({"head": "implict"}, {"objective": "prn"}):
+        with pytest.raises(SystemExit, match="expected a head in"):
+            train.main(args(tmp_path / "x", **kw))
+        assert not (tmp_path / "x").exists()
