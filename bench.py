@@ -142,10 +142,14 @@ def stage_problems(a, st):
     return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in SPLITS}
 
 
+def rendered(probs):
+    """The problems without their image paths (relative to OUT): a VLM policy renders each picture itself."""
+    return [{k: v for k, v in p.items() if k != "image"} for p in probs]
+
+
 def base_policy_pool(a, probs, policy):
     """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
-    sols = policy.rollout_many([({k: v for k, v in p.items() if k != "image"}, [], a.pool,
-                                 tasks.seed_of(a.seed, "base-pool")) for p in probs])
+    sols = policy.rollout_many([(p, [], a.pool, tasks.seed_of(a.seed, "base-pool")) for p in rendered(probs)])
     return [{"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": s["steps"], "answer": s["answer"],
              "correct": answers.match_answer(s["answer"], p["answer"]), "policy": "tiny-base", "text": s["text"],
              "first_error": tasks.first_error(p, s["steps"])} for p, ss in zip(probs, sols) for j, s in enumerate(ss)
@@ -196,7 +200,7 @@ def label_policy(a):
 
 def stage_labels(a, st, P, tau):
     def make():
-        probs = [{k: v for k, v in p.items() if k != "image"} for p in P["train"]]  # the policy renders them
+        probs = rendered(P["train"])
         if a.labels == "oracle":  # the oracle's exact labels of the same solutions: tree search's upper bound
             roots = label_policy(a).rollout_many([(p, [], a.samples, tasks.seed_of(a.seed, "solutions")) for p in probs])
             recs = [{**tasks.labelled(p, {"id": f"{p['id']}-oracle{j:02d}", **s}, p["image"]),

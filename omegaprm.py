@@ -80,15 +80,11 @@ def search(problem, policy, k, budget, seed, samples, tau=ts.TAU, method="mcts",
                 vals = [value(r[:i + 1]) for i in range(len(r) - 1)]
                 fe = next((i for i, v in enumerate(vals) if v <= tau), len(r) - 1)
             else:  # binary search from s (known right: every step of s is before the error)
-                lo, hi = len(s), len(r) - 1
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    lo, hi = (mid + 1, hi) if value(r[:mid + 1]) > tau else (lo, mid)
-                fe = lo
+                fe = ts.first_error_search(r, value, tau, lo=len(s))
         except ts.OutOfBudget:
             break
         visits[s] = visits.get(s, 0) + 1
-        done.append((list(r), [0.0 if i >= fe else tree.get(r[:i + 1], 1.0) for i in range(len(r))], fe))
+        done.append((list(r), ts.prefix_labels(r, fe, tree), fe))
     return done, spent
 
 

@@ -12,9 +12,8 @@ partial solution still succeed"). A prefix counts as right when its value > tau 
 - mcts (Luo et al. 2024, OmegaPRM): the sampled solutions are the root's rollouts; a right one is right at every
   step (it reached the answer); a wrong one gets a binary search for its first error, ~log2(n) estimates instead of
   n - 1; estimates are cached per prefix, so solutions sharing steps share them; a value-plus-exploration score
-  picks which wrong solution to search next, inside a rollout budget per question (see select_score). With the
-  default budget every wrong solution is searched, so that order changes nothing: omegaprm.py has the full
-  algorithm (a growing tree, rollouts reused as states) and the comparison at equal budgets.
+  picks which wrong solution to search next in a rollout budget (select_score; the default budget searches all,
+  so the order changes nothing: omegaprm.py has the full algorithm and the comparison at equal budgets).
 Output: one step-labelled record (data.py "labelled") per sampled solution, soft values as labels, appended as it
 is made; OUT.done lists the finished problems, so --resume after a kill loses and duplicates nothing.
 """
@@ -145,16 +144,24 @@ def label_mc(problem, policy, sol, k, seed, tau=TAU):
     return values, next((i for i, v in enumerate(values) if v <= tau), -1), spent
 
 
+def prefix_labels(steps, fe, cache):
+    """Soft labels: before the first error fe each prefix's estimate in cache, else 1.0; from fe on 0.0."""
+    labels = [0.0 if fe != -1 and i >= fe else cache.get(tuple(steps[:i + 1]), 1.0) for i in range(len(steps))]
+    if fe == -1:
+        labels[-1] = 1.0  # the whole solution reached the answer
+    return labels
+
+
 class OutOfBudget(Exception):
     pass
 
 
-def first_error_search(steps, value, tau=TAU):
+def first_error_search(steps, value, tau=TAU, lo=0):
     """Binary search for the first wrong step of a solution that missed the answer (OmegaPRM's insight: ~log2(n)
     value estimates, not n - 1). Invariant: the error is in steps[lo..hi]; at first hi = n - 1, since the whole
     solution has value 0. value(prefix) <= tau: no continuation succeeds, the error is at or before its last step
-    (search left); value > tau: that prefix is right, the error comes later (search right)."""
-    lo, hi = 0, len(steps) - 1
+    (search left); value > tau: that prefix is right, the error comes later (search right). Steps before lo: right."""
+    hi = len(steps) - 1
     while lo < hi:
         mid = (lo + hi) // 2
         if value(steps[:mid + 1]) > tau:
@@ -217,10 +224,7 @@ def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
     out = {}
     for j, fe in found.items():
         steps = sols[j]["steps"]
-        labels = [0.0 if fe != -1 and i >= fe else cache.get(tuple(steps[:i + 1]), 1.0) for i in range(len(steps))]
-        if fe == -1:
-            labels[-1] = 1.0  # the whole solution reached the answer
-        out[j] = (labels, fe, spent[j])
+        out[j] = (prefix_labels(steps, fe, cache), fe, spent[j])
     return out, sum(spent.values())
 
 
@@ -236,22 +240,22 @@ def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
     search = {(p["id"], j): [0, len(s["steps"]) - 1] for p, sols in zip(problems, roots) for j, s in enumerate(sols)
               if s["steps"] and not reaches(p, s)}  # (problem, solution) -> [lo, hi] (first_error_search's)
     probs, sols_of = {p["id"]: p for p in problems}, {p["id"]: s for p, s in zip(problems, roots)}
+    mid = lambda pid, j: tuple(sols_of[pid][j]["steps"][:sum(search[pid, j]) // 2 + 1])  # noqa: E731
     bar = tqdm(desc="tree search rounds", disable=not progress, unit="round")
     while any(lo < hi for lo, hi in search.values()):
         asks = {}  # (problem, prefix) -> the first search that asked for it (it is charged the rollouts)
         for (pid, j), (lo, hi) in search.items():
-            prefix = tuple(sols_of[pid][j]["steps"][:(lo + hi) // 2 + 1])
-            if lo < hi and prefix not in cache[pid]:
-                asks.setdefault((pid, prefix), (pid, j))
+            if lo < hi and mid(pid, j) not in cache[pid]:
+                asks.setdefault((pid, mid(pid, j)), (pid, j))
         reqs = list(asks)
         for (pid, prefix), rs in zip(reqs, policy.rollout_many(
                 [(probs[pid], list(pre), k, tasks.seed_of(seed, "mcts")) for pid, pre in reqs])):
             cache[pid][prefix] = sum(reaches(probs[pid], r) for r in rs) / max(len(rs), 1)
             spent[asks[(pid, prefix)]] += len(rs)
         for (pid, j), lh in search.items():  # every search moves on by the values now known
-            while lh[0] < lh[1] and tuple(sols_of[pid][j]["steps"][:(lh[0] + lh[1]) // 2 + 1]) in cache[pid]:
-                mid = (lh[0] + lh[1]) // 2
-                lh[:] = [mid + 1, lh[1]] if cache[pid][tuple(sols_of[pid][j]["steps"][:mid + 1])] > tau else [lh[0], mid]
+            while lh[0] < lh[1] and mid(pid, j) in cache[pid]:
+                m = sum(lh) // 2
+                lh[:] = [m + 1, lh[1]] if cache[pid][mid(pid, j)] > tau else [lh[0], m]
         bar.update(1)
     bar.close()
     records = []
@@ -260,10 +264,7 @@ def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
             if not s["steps"]:
                 continue
             fe = search[(p["id"], j)][0] if (p["id"], j) in search else -1
-            labels = [0.0 if fe != -1 and i >= fe else cache[p["id"]].get(tuple(s["steps"][:i + 1]), 1.0)
-                      for i in range(len(s["steps"]))]
-            if fe == -1:
-                labels[-1] = 1.0
+            labels = prefix_labels(s["steps"], fe, cache[p["id"]])
             records.append({"id": f"{p['id']}-mcts{j:02d}", "images": [p.get("image") or f"images/{p['id']}.png"],
                             "prompt": p["question"], "completions": list(s["steps"]), "labels": labels,
                             "first_error": fe, "meta": {"rollouts": spent[(p["id"], j)], "method": "mcts",
