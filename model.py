@@ -11,6 +11,7 @@ or a hub id loaded through AutoModelForImageTextToText, exactly like a real chec
 import argparse
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -78,29 +79,68 @@ def token_ids(processor):
             "neg": tok.encode(NEG, add_special_tokens=False)[0], "pad": tok.pad_token_id, "eos": tok.eos_token_id}
 
 
+def resolve(name):
+    """What load() reads for `name`: "tiny-init"; "tiny" (the shipped base); an existing local model folder (as an
+    absolute path, so that a checkpoint that names it loads from anywhere); or a hub id "owner/name". A name that
+    looks local ("out/prm", "./x", "/x", "~/x", a first folder that exists here) and is missing fails at once,
+    naming it: the hub is tried only for a name that can only be a hub id."""
+    if name == "tiny-init":
+        return name
+    if name == "tiny":
+        if not (TINY_BASE / "config.json").exists():
+            raise FileNotFoundError(f"the tiny base is missing at {TINY_BASE}; make it with the command in "
+                                    f"{TINY_BASE / 'README.md'} (python train.py --objective sft --model tiny-init "
+                                    f"--data synthetic --out {TINY_BASE})")
+        return str(TINY_BASE)
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{name}: a folder without config.json, not a model checkpoint")
+        return str(p.resolve())
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not Path(name.split("/")[0]).exists()
+    if p.exists() or not hub_like:
+        raise FileNotFoundError(f"no model folder {name!r} ({'a file' if p.exists() else 'no such path'}"
+                                f"{'' if p.is_absolute() else ' under ' + os.getcwd()}); a hub id reads owner/name")
+    return name
+
+
+# An implicit PRM's config.json carries this model_type, so that transformers refuses to load it alone (its scores
+# need the reference model beside it, which only load() attaches); load() reads it with the base's config class.
+IMPLICIT_TYPE = "vilprm_implicit_prm"
+
+
+def _from_pretrained(path, dtype):
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    cfg = json.loads(Path(path, "config.json").read_text()) if Path(path, "config.json").exists() else {}
+    kw = {}
+    if cfg.get("model_type") == IMPLICIT_TYPE:
+        kw["config"] = AutoConfig.for_model(cfg["base_model_type"], **{k: v for k, v in cfg.items()
+                                                                        if k not in ("model_type", "base_model_type")})
+    try:
+        return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kw)
+    except OSError as e:
+        if Path(path).is_dir():
+            raise
+        raise OSError(f"{path!r} is not a local folder, and as a hub id it failed: {e}") from e
+
+
 def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
-    """-> (model, processor), on `device` in `dtype` (defaults: default_device(), default_dtype(device)), eval mode."""
+    """-> (model, processor), on `device` in `dtype` (defaults: default_device(), default_dtype(device)), eval mode.
+    name_or_path: see resolve()."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    if name_or_path == "tiny-init":
+    path = resolve(name_or_path)
+    if path == "tiny-init":
         model, processor = tiny_init(size, seed)
     else:
-        path = name_or_path
-        if name_or_path == "tiny":
-            if not (TINY_BASE / "config.json").exists():
-                raise FileNotFoundError(f"the tiny base is missing at {TINY_BASE}; make it with the command in "
-                                        f"{TINY_BASE / 'README.md'} (python train.py --objective sft --model tiny-init "
-                                        f"--data synthetic --out {TINY_BASE})")
-            path = str(TINY_BASE)
-        from transformers import AutoModelForImageTextToText
         processor = load_processor(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        model = _from_pretrained(path, dtype)
         add_special_tokens(model, processor)
         if processor.tokenizer.pad_token_id is None:
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
     processor.tokenizer.padding_side = "left"
     model = model.to(device=device, dtype=dtype).eval()
-    cfg = Path(path, "train_config.json") if name_or_path != "tiny-init" else None
+    cfg = Path(path, "train_config.json") if path != "tiny-init" else None
     c = json.loads(cfg.read_text()) if cfg and cfg.exists() else {}
     if c.get("objective") == "sft":  # a base: no reward head, whatever its settings say
         c = {}
@@ -119,11 +159,34 @@ def make_implicit(model, reference, beta, device=None, dtype=None, size="small",
     model.implicit = (ref, beta)  # a tuple: not a submodule, so neither saved nor trained with the model
 
 
+def standard_processor_config(folder):
+    """Name the standard Qwen2_5_VLProcessor (and its video part) in a folder our torchvision-free processor wrote,
+    so that AutoProcessor loads it, or fails loudly without torchvision instead of giving a bare tokenizer."""
+    pc = Path(folder, "processor_config.json")
+    c = json.loads(pc.read_text()) if pc.exists() else {}
+    if c.get("processor_class") == "ImageTextProcessor" and "video_processor" not in c:
+        ip = c.get("image_processor", {})
+        c["processor_class"] = "Qwen2_5_VLProcessor"
+        c["video_processor"] = {"video_processor_type": "Qwen2VLVideoProcessor",
+                                **{k: ip[k] for k in ("patch_size", "merge_size", "temporal_patch_size",
+                                                      "image_mean", "image_std", "size") if k in ip}}
+        pc.write_text(json.dumps(c, indent=2))
+
+
 def save(model, processor, out, extra=None):
-    """Write a normal HF folder (model + processor) that load(out) reads back; `extra` goes to train_config.json."""
+    """Write a normal HF folder (model + processor) that load(out) reads back; `extra` goes to train_config.json.
+
+    The folder also loads the standard way: AutoModelForImageTextToText, and AutoProcessor, which names
+    Qwen2_5_VLProcessor (it needs torchvision for its video part; without it, it fails loudly rather than give a
+    bare tokenizer that drops the image). An implicit PRM is marked so that transformers refuses it (IMPLICIT_TYPE)."""
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    standard_processor_config(out)
+    if getattr(model, "implicit", None):
+        cfg = json.loads(Path(out, "config.json").read_text())
+        cfg["base_model_type"], cfg["model_type"] = cfg["model_type"], IMPLICIT_TYPE
+        Path(out, "config.json").write_text(json.dumps(cfg, indent=2))
     if extra is not None:
         Path(out, "train_config.json").write_text(json.dumps(extra, indent=1))
 

@@ -1,10 +1,11 @@
-"""One training loop, three objectives: sft (pretrain the tiny base to solve the suite), prm (a soft label at every
-step tag), orm (the last tag only). Two reward heads, both read at the tags (prm.tag_logits): "tag", P("+") from the
-LM head at each tag; "implicit", sigmoid(beta * log-likelihood ratio to the start model of the answer so far).
+"""One training loop, three objectives: sft (pretrain the tiny base to solve the suite), prm (a soft label for every
+step), orm (one for the whole answer). Three reward heads (prm.py): "likelihood" (the default, what bench.py trains:
+each step's own log-likelihood, calibrated), "tag" (P("+") from the LM head at a step tag after each step) and
+"implicit" (sigmoid(beta * log-likelihood ratio to the start model of the answer so far), read at the tags).
 
     python train.py --objective sft --model tiny-init --data synthetic --out checkpoints/tiny-base
     python train.py --objective prm --model tiny --data out/suite/labels.jsonl --out out/prm
-    python train.py --objective prm --head implicit --beta 0.1 ...     # the implicit head (what bench.py trains)
+    python train.py --objective prm --head implicit --beta 0.1 ...     # the implicit head
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
 
@@ -217,9 +218,11 @@ def evaluate_rm(model, processor, a, rows):
             "first_error_f1": round(metrics.first_error_f1(scores, fe_true, 0.5)["f1"], 4)}
 
 
-def calibration(model):
-    """What a checkpoint's train_config.json needs for model.load to rebuild the likelihood head."""
-    return {"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {}
+def head_config(model, a):
+    """What a checkpoint's train_config.json needs for model.load to rebuild its head: the likelihood head's
+    calibration; the start model as a name that loads from any folder ("tiny", a hub id, or an absolute path)."""
+    start = a.model if a.model in ("tiny", "tiny-init") else M.resolve(a.model)
+    return {"model": start, **({"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {})}
 
 
 def setup(a):
@@ -364,11 +367,11 @@ def main(a: Args):
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
         if (step + 1) % a.save_every == 0 or done:
-            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1, **calibration(model)})
+            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1, **head_config(model, a)})
             torch.save({"opt": opt.state_dict(), "step": step + 1}, last / "trainer_state.pt")
     if rank == 0:
         M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
-                                       **calibration(model)})
+                                       **head_config(model, a)})
         print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
               "skipped)")
     if world > 1:

@@ -255,3 +255,41 @@ def test_every_setting_is_a_typed_flag_with_its_help(name, capsys, monkeypatch):
         block = next((b for b in blocks if b.split()[0].rstrip(",") == flag), None)
         assert block is not None, (name, flag)
         assert f.metadata["help"].replace("%%", "%") in block, (name, flag, block)
+
+
+def test_a_missing_local_path_fails_at_once_naming_it(tmp_path, monkeypatch):
+    """No hub retries for a folder that is not there: "out/orm" with out/ here, "./x", "/x", a bare word."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "empty").mkdir()
+    for name in ("out/orm", "./orm", str(tmp_path / "orm"), "orm", "~/surely-not-a-model-here"):
+        with pytest.raises(FileNotFoundError, match="no model folder"):
+            M.load(name, device="cpu")
+    with pytest.raises(FileNotFoundError, match="without config.json"):
+        M.resolve("out/empty")
+    assert M.resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"  # only a hub id goes to the hub
+    assert M.resolve("tiny-init") == "tiny-init" and M.resolve("tiny") == str(M.TINY_BASE)
+    M.save(*M.load("tiny-init", device="cpu"), tmp_path / "out" / "m")
+    assert M.resolve("out/m") == str(tmp_path / "out" / "m")  # absolute: a checkpoint naming it loads anywhere
+
+
+def test_a_saved_checkpoint_loads_with_auto_processor_or_fails_loudly(tmp_path):
+    """AutoProcessor on a saved folder gives a processor that reads the image (the same pixels as ours), or, without
+    torchvision (which Qwen2.5-VL's video part needs), an error: never a bare tokenizer that drops the image."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    m, p = M.load("tiny-init", device="cpu")
+    M.save(m, p, tmp_path / "ck")
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "ck")).__name__ == type(m).__name__
+    pr = tasks.make_problem("x", 0, kind="count_add")
+    args = dict(text=[M.chat_prompt(p, pr["question"])], images=[tasks.render(pr)], return_tensors="pt")
+    for folder in (tmp_path / "ck", M.TINY_BASE):  # a saved one and the shipped base
+        try:
+            import torchvision  # noqa: F401
+        except ImportError:
+            with pytest.raises(ImportError, match="[Tt]orchvision"):
+                AutoProcessor.from_pretrained(folder)
+        else:
+            got = AutoProcessor.from_pretrained(folder)(**args)
+            assert torch.allclose(got["pixel_values"], p(**args)["pixel_values"], atol=1e-5)
+            assert torch.equal(got["input_ids"], p(**args)["input_ids"])
+        assert torch.equal(M.load_processor(folder)(**args)["pixel_values"], p(**args)["pixel_values"])

@@ -128,19 +128,30 @@ def test_implicit_head_is_the_log_likelihood_ratio_read_at_the_tags():
     assert torch.allclose(got, torch.stack(want), atol=1e-4)
 
 
-def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path):
+def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path, monkeypatch):
+    """Started from a relative path, the checkpoint still loads from another folder (the start model is stored
+    resolved), and transformers refuses it alone (its scores need the reference) instead of scoring wrongly."""
     tasks.write_suite(tmp_path, 6, n_cands=2)
+    start, _ = M.load("tiny-init", device="cpu")
+    M.save(start, _, tmp_path / "start")
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "iprm"
     m = train.main(args(out, objective="prm", data=str(tmp_path / "labels.jsonl"), head="implicit", beta=0.1,
-                        save_every=10**6))
+                        save_every=10**6, model="start"))
     assert sum(x.numel() for x in m.parameters()) == sum(x.numel() for x in m.implicit[0].parameters())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     r, p = M.load(str(out), device="cpu")
     assert r.implicit is not None and r.implicit[1] == 0.1  # the reference comes back from train_config.json
+    assert json.loads((out / "train_config.json").read_text())["model"] == str((tmp_path / "start").resolve())
     pr = tasks.make_problem("y", 1, kind="count_add")
     im, q, st = [tasks.render(pr)], [pr["question"]], [[s for s, _, _ in tasks.gold_steps(pr)]]
     scores = prm.score_steps(r, p, im, q, st)[0][0]
     assert all(abs(a - b) < 1e-6 for a, b in zip(scores, prm.score_steps(m, p, im, q, st)[0][0]))
     assert any(abs(s - 0.5) > 1e-3 for s in scores)  # trained away from the reference
+    from transformers import AutoModelForImageTextToText
+    with pytest.raises((ValueError, KeyError), match=M.IMPLICIT_TYPE):
+        AutoModelForImageTextToText.from_pretrained(str(out))
 
 
 def test_each_rank_gets_its_share_of_the_same_global_batch(tmp_path):
