@@ -51,9 +51,8 @@ def load_processor(path):
     except (ImportError, ValueError, OSError, TypeError, AttributeError) as e:
         tok = AutoTokenizer.from_pretrained(path)
         ip = AutoImageProcessor.from_pretrained(path)
-        template = tok.chat_template
-        if template is None and Path(path, "chat_template.jinja").exists():
-            template = Path(path, "chat_template.jinja").read_text()
+        jinja = Path(path, "chat_template.jinja")
+        template = tok.chat_template or (jinja.read_text() if jinja.exists() else None)
         if os.environ.get("VERBOSE"):
             print(f"[model] AutoProcessor failed on {path} ({type(e).__name__}: {e}); built image processor + tokenizer")
         return image_text_processor(ip, tok, template)
@@ -80,10 +79,8 @@ def token_ids(processor):
 
 
 def resolve(name):
-    """What load() reads for `name`: "tiny-init"; "tiny" (the shipped base); an existing local model folder (as an
-    absolute path, so that a checkpoint that names it loads from anywhere); or a hub id "owner/name". A name that
-    looks local ("out/prm", "./x", "/x", "~/x", a first folder that exists here) and is missing fails at once,
-    naming it: the hub is tried only for a name that can only be a hub id."""
+    """What load() reads: "tiny-init"; "tiny" (the shipped base); a local folder (absolute, so a checkpoint naming it
+    loads from anywhere); a hub id. A missing name that looks local ("out/prm", "./x", "x") fails at once."""
     if name == "tiny-init":
         return name
     if name == "tiny":
@@ -112,10 +109,8 @@ IMPLICIT_TYPE = "vilprm_implicit_prm"
 def _from_pretrained(path, dtype):
     from transformers import AutoConfig, AutoModelForImageTextToText
     cfg = json.loads(Path(path, "config.json").read_text()) if Path(path, "config.json").exists() else {}
-    kw = {}
-    if cfg.get("model_type") == IMPLICIT_TYPE:
-        kw["config"] = AutoConfig.for_model(cfg["base_model_type"], **{k: v for k, v in cfg.items()
-                                                                        if k not in ("model_type", "base_model_type")})
+    implicit = cfg.pop("model_type", None) == IMPLICIT_TYPE  # read as the base's architecture
+    kw = {"config": AutoConfig.for_model(cfg.pop("base_model_type"), **cfg)} if implicit else {}
     try:
         return AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **kw)
     except OSError as e:
@@ -125,8 +120,7 @@ def _from_pretrained(path, dtype):
 
 
 def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
-    """-> (model, processor), on `device` in `dtype` (defaults: default_device(), default_dtype(device)), eval mode.
-    name_or_path: see resolve()."""
+    """name_or_path (see resolve) -> (model, processor) on `device` in `dtype` (default_device/dtype), eval mode."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     path = resolve(name_or_path)

@@ -1,23 +1,31 @@
 """Step segmentation: cut a model's answer into reasoning steps. Pure Python (no torch), lossless: only the step
-markers ("Step 2:", "3.", "- ") are dropped, a check (lost_chars) says so.
+markers ("Step 2:", "3.", "- ", the first "Step k" with a header line before it) are dropped, lost_chars checks.
 
     python steps.py answer.txt            # print the steps of the answer in a text file (- for stdin)
     python steps.py answer.txt --how chunks   # the ablation's other cuts: chunks (24 characters) | pairs
 
-Rules, in order: "Step k" markers, when present, are the only boundaries after the first one; else blank-line
-paragraphs and list items; else single lines; one plain paragraph is cut into sentences. Decimals ("3.5"),
-abbreviations ("e.g.") and LaTeX math are never cut. The ablation in bench.py also cuts the writer's steps into
-fixed-size chunks or pairs (segment): the paper's finding that PRMs need clear step divisions.
+Rules, in order: "Step k" markers (typos too: "SStep 1:", "Setp 2.", "Step3:"), when present, are the only
+boundaries, and what comes before the first one belongs to step 1 (a header line alone, "Answer:", is dropped with
+that marker); else blank-line paragraphs and list items; else single lines; one plain paragraph is cut into
+sentences. Decimals ("3.5"), abbreviations ("e.g.") and LaTeX math are never cut. The ablation in bench.py also cuts
+the writer's steps into fixed-size chunks or pairs (segment): the paper's finding that PRMs need clear step divisions.
 """
 import argparse
 import re
 import sys
 
-# A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："
-_STEP = re.compile(r"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*(?:step[ \t]*\d+|步骤[ \t]*\d+|第[ \t]*\d+[ \t]*步)"
+# A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："; the
+# word's typos too: a doubled letter ("SStep", "Stepp"), a swap ("Setp", "Stpe"), "Stp" (not "Steps 1-3", "Sep 3.").
+_WORD = r"s(?:s*t+e+p+|etp|tpe|tp)"
+_STEP = re.compile(rf"^[ \t]*(?:#+[ \t]*)?(?:\*\*|__)?[ \t]*(?:{_WORD}[ \t]*\d+|步骤[ \t]*\d+|第[ \t]*\d+[ \t]*步)"
                    r"[ \t]*(?:(?:\*\*|__)?[ \t]*(?:[:：、)-]|\.(?!\d))(?:[ \t]*(?:\*\*|__))?|\*\*|__|(?=\n|$))[ \t]*",
                    re.I | re.M)
-_INLINE_STEP = re.compile(r"(?<=[.!?。！？:：])[ \t]+(?=(?:\*\*)?Step[ \t]*\d+[ \t]*(?:\*\*)?[:.])")
+_INLINE_STEP = re.compile(rf"(?<=[.!?。！？:：])[ \t]+(?=(?:\*\*)?S(?i:{_WORD[1:]})[ \t]*\d+[ \t]*(?:\*\*)?[:.])")
+# A header before the first "Step k" marker, on one line, no number or math: "Answer:" "**Solution**" "## Solution"
+# "Let's solve this step by step." (at most HEADER_CHARS; anything else before the marker is content)
+_HEADER = re.compile(r"#+[^\n\d$=\\]*|(?:\*\*|__)[^\n\d$=\\]*(?:\*\*|__)[:：]?"
+                     r"|[^\n\d$=\\]*(?:[:：]|step[- ]by[- ]step[.!]?)", re.I)
+HEADER_CHARS = 60
 # A list item at a line start: "1. " "2) " "(3) " "4、" "- " "* " "• " (a marker needs the space: "-1" is content)
 _LIST = re.compile(r"[ \t]*(?:\(\d{1,2}\)|（\d{1,2}）|\d{1,2}[.)、](?!\d)|[-*•])[ \t]+")
 # LaTeX math is never cut. $..$ stays on one line, so that a lone "$5" cannot swallow the paragraphs after it.
@@ -74,20 +82,27 @@ def _lines_to_steps(text, sentences):
 def split_steps(text: str) -> list[str]:
     """Cut a model's answer into reasoning steps, markers ("Step 2:", "3.", "- ") stripped, nothing else lost.
 
-    "Step k" markers, when present, are the only boundaries after the first one (a step keeps its blank lines,
-    lists and display math). Otherwise see _lines_to_steps. Decimals, "e.g." and math are never cut."""
+    "Step k" markers, when present, are the only boundaries (a step keeps its blank lines, lists and display math),
+    so step i is the text of the i-th marker: a label that counts the marked steps ("the first error is in Step 3")
+    points at steps[2]. Text before the first marker must not shift that count, so it belongs to step 1: a header
+    alone ("Answer:", "**Solution**", "Let's solve this step by step.": _HEADER) says nothing a label could judge and
+    is dropped with the marker; any other preamble may hold reasoning (a claim about the image), so step 1 keeps it
+    verbatim, its "Step 1:" inside, a contiguous piece of the text. Otherwise see _lines_to_steps."""
     text = _INLINE_STEP.sub("\n", text.replace("\r\n", "\n").replace("\r", "\n"))
     marks = list(_STEP.finditer(text))
     if not marks:
         return _lines_to_steps(text, sentences=True)
-    steps = _lines_to_steps(text[:marks[0].start()], sentences=False)
+    pre = text[:marks[0].start()].strip()
+    header = not pre or (len(pre) <= HEADER_CHARS and _HEADER.fullmatch(pre))
+    starts = [marks[0].end() if header else 0] + [m.end() for m in marks[1:]]
     ends = [m.start() for m in marks[1:]] + [len(text)]
-    return steps + [s for s in (text[m.end():e].strip() for m, e in zip(marks, ends)) if s]
+    return [s for s in (text[a:e].strip() for a, e in zip(starts, ends)) if s]
 
 
 def lost_chars(text: str, steps: list[str]) -> list[str]:
-    """The runs of non-whitespace characters of `text` that `steps` leave out: only markers, for a correct split.
-    Raises ValueError when a step (whitespace aside) is not the next contiguous piece of `text`."""
+    """The runs of non-whitespace characters of `text` that `steps` leave out: for a correct split only markers
+    (the first "Step k" marker with the header line before it, if any: split_steps). Raises ValueError when a step
+    (whitespace aside) is not the next contiguous piece of `text`."""
     src, i, lost = re.sub(r"\s", "", text), 0, []
     for step in steps:
         j = src.find(re.sub(r"\s", "", step), i)
