@@ -287,6 +287,7 @@ def score_sets(a, P, split, kind, cands, models, prior):
         sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, judge.judge_answers(*models["base"], *jargs)[0])}
         for how in ("chunks", "pairs"):
             sets[f"prm_{how}"] = score("prm", steps_=[steps.segment(s, how) for s in st])
+        sets["prm_split"] = score("prm", steps_=[steps.split_steps(c["text"]) for c in cands])  # as a reader cuts it
         for name in ("prm_visual", "prm_text"):
             sets[name] = score(name)
     return sets

@@ -113,6 +113,7 @@ def comparisons(ix, n=16, kept=None, seed=0):
         "text_gain_vs_visual_gain": compare_gain(ix, S, P, n, seed),
         "steps_vs_chunks": compare(ix, S, P, "chunks_head", n, seed=seed),
         "steps_vs_pairs": compare(ix, S, P, "pairs_head", n, seed=seed),
+        "steps_vs_split": compare(ix, S, P, "split_head", n, seed=seed),
         "chunks_hurt_visual_more": compare_diff(ix, S, P, "chunks_head", n, seed),
         "key_vs_equal": compare(ix, S, "key_weighted", "equal_weights", n, seed=seed),
         "prm_vs_judge_prm": compare(ix, "judged", P, "judge_prm", n, seed=seed),
@@ -196,7 +197,7 @@ def method_sets(head):
     main.update({"prm_last3": "max:prm:last3", "prm_head": f"max:prm:{head}"})
     syn = {**main, **H("base_likelihood"), **H("prm_blank"), **H("prior"), **H("orm_steps"),
            **{f"{n}_{g}": f"max:{k}:{head if g == 'head' else g}" for n, k in (("steps", "prm"), ("chunks", "prm_chunks"),
-                                                                             ("pairs", "prm_pairs"))
+                                                                             ("pairs", "prm_pairs"), ("split", "prm_split"))
               for g in ("min", "mean", "head")},
            "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean",
            "prm_visual_head": f"max:prm_visual:{head}", "prm_text_head": f"max:prm_text:{head}"}
@@ -319,7 +320,7 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
                      "fresh_auc_ci": fresh,
                      "bon": {k: b["all"][f"{k}_min"] for k in ("prm", "prm_blank", "prior", "base_likelihood",
                                                                 "orm_steps")}},
-        "segmentation": mean("synthetic", "all", [f"{n}_{g}" for n in ("steps", "chunks", "pairs")
+        "segmentation": mean("synthetic", "all", [f"{n}_{g}" for n in ("steps", "chunks", "pairs", "split")
                                                   for g in ("min", "mean", "head")] + ["key_weighted", "equal_weights"]),
         "cross_domain": {p: mean("synthetic", p, ("prm_head", "prm_visual_head", "prm_text_head")) for p in PARTS},
         "gain_over_one_sample": {f: {m: round(acc(f, m) - acc(f, "random", "1"), 4) for m in

@@ -11,7 +11,6 @@ ratio to the start model) of the answer so far. train.py trains both; the answer
 """
 import os
 import random
-import textwrap
 from dataclasses import dataclass, field
 
 import torch
@@ -175,28 +174,94 @@ def load_inputs(problems_path, candidates_path, only_id=None):
     return probs, cands, images
 
 
-def show(image, question, steps, scores, out, title=""):
-    """A picture of one scored answer: the image, the question, each step on a red-to-green band with its score."""
-    font, W = ImageFont.load_default(size=14), 900
-    lines = [(textwrap.wrap(s, 90) or [""], sc) for s, sc in zip(steps, scores)]
-    qlines = textwrap.wrap(question, 70)
-    H = max(270, 40 + 18 * len(qlines)) + sum(18 * len(ls) + 10 for ls, _ in lines) + 20
-    img = Image.new("RGB", (W, H), "white")
+def caption(cand):
+    """The picture's headline: is the final answer right, and where is the oracle's first wrong step."""
+    ok, fe = cand.get("correct"), cand.get("first_error")
+    ans = {True: "final answer right", False: "final answer wrong"}.get(ok, "final answer not checked")
+    if fe is None:
+        return f"{ans}; no oracle labels"
+    if fe == -1:
+        return f"{ans}, every step right" if ok is not False else f"{ans}, though the oracle finds no wrong step"
+    return f"{ans}, but step {fe + 1} wrong (lucky)" if ok else f"{ans}: step {fe + 1} is the first wrong step"
+
+
+def pick_example(cands):
+    """--show's default candidate, one that teaches: the first lucky one (a right final answer after a wrong step)
+    whose first wrong step is mid-way (neither the first nor the last step), else the first with a mid-way wrong
+    step, else the first lucky one, else the first with any wrong step, else the first."""
+    fe = lambda c: -1 if c.get("first_error") is None else c["first_error"]  # noqa: E731
+    mid, lucky = lambda c: 0 < fe(c) < len(c["steps"]) - 1, lambda c: c.get("correct") and fe(c) >= 0  # noqa: E731
+    tests = (lambda c: lucky(c) and mid(c), mid, lucky, lambda c: fe(c) >= 0)
+    return next((c for t in tests for c in cands if t(c)), cands[0])
+
+
+def score_colour(s):
+    """Red (0) through olive to green (1): the colour of a step score."""
+    return int(255 * (1 - s)), int(200 * s), 60
+
+
+def wrap(text, font, width):
+    """Greedy word wrap to `width` pixels of `font`."""
+    lines = [""]
+    for w in text.split():
+        t = f"{lines[-1]} {w}".strip()
+        if font.getlength(t) <= width or not lines[-1]:
+            lines[-1] = t
+        else:
+            lines.append(w)
+    return lines
+
+
+def show(image, question, steps, scores, out, title="", first_error=None, what="PRM score, P(step right)"):
+    """A picture of one scored answer: the image, the question, a colour scale, and each step with its score beside
+    the oracle's label (first_error: the oracle's first wrong step, -1 none, None: no oracle labels). Returns the
+    rows drawn: [{"step", "text", "score", "oracle"}]."""
+    (font, small, big), W = (ImageFont.load_default(size=s) for s in (15, 13, 17)), 900
+    x_text, lh = 240, 20
+    rows = [{"step": k + 1, "text": s, "score": sc, "oracle": "no oracle labels" if first_error is None else
+             "1 right" if first_error == -1 or k < first_error else "0 first wrong" if k == first_error else
+             "0 after the first"} for k, (s, sc) in enumerate(zip(steps, scores))]
+    wrapped = [wrap(f"{r['step']}. {r['text']}", font, W - x_text - 30) for r in rows]
+    head = [(t, i == 0) for i, line in enumerate(title.split("\n"))  # the first line large
+            for t in wrap(line, big if i == 0 else small, W - 275)]
+    qlines = wrap(question, font, W - 275)
+    top = max(260, 10 + 24 * len(head) + lh * len(qlines) + 80)
+    img = Image.new("RGB", (W, top + 30 + sum(lh * len(w) + 10 for w in wrapped) + 10), "white")
     d = ImageDraw.Draw(img)
     img.paste(image.resize((240, 240), Image.NEAREST), (10, 10))
-    d.text((265, 10), title, fill="gray", font=font)
-    for i, q in enumerate(qlines):
-        d.text((265, 32 + 18 * i), q, fill="black", font=font)
-    y = max(270, 40 + 18 * len(qlines))
-    for k, (ls, sc) in enumerate(lines):
-        h = 18 * len(ls) + 6
-        colour = (int(255 * (1 - sc)), int(200 * sc), 60)
-        d.rectangle((10, y, W - 10, y + h), fill=tuple(int(c * 0.35 + 255 * 0.65) for c in colour), outline=colour)
-        d.text((16, y + 3), f"{sc:.2f}", fill=colour, font=font)
-        for r, line in enumerate(ls):
-            d.text((70, y + 3 + 18 * r), (f"{k + 1}. " if r == 0 else "   ") + line, fill="black", font=font)
+    d.rectangle((9, 9, 250, 250), outline=(150, 150, 150))
+    y = 10
+    for t, first in head:
+        d.text((265, y), t, fill="black" if first else "gray", font=big if first else small)
+        y += 24
+    for q in qlines:
+        d.text((265, y), q, fill="black", font=font)
+        y += lh
+    y += 12  # the colour scale: what a score's colour means
+    d.text((265, y), f"{what}: colour scale", fill="gray", font=small)
+    for x in range(300):
+        d.line((265 + x, y + 20, 265 + x, y + 34), fill=score_colour(x / 299))
+    for v in (0, 0.5, 1):
+        d.text((265 + 292 * v, y + 36), f"{v:g}", fill="gray", font=small)  # under its place on the bar
+    d.text((580, y + 18), "oracle: 1 right, 0 wrong\n(steps after the first\nwrong one count as wrong)",
+           fill="gray", font=small)
+    y = top
+    for x, t in ((10, what.split()[0]), (90, "oracle"), (x_text, "step")):
+        d.text((x, y), t, fill="gray", font=small)
+    y += 22
+    for r, ls in zip(rows, wrapped):
+        h, sc = lh * len(ls) + 6, r["score"]
+        c = score_colour(sc) if sc is not None else (150, 150, 150)
+        d.rectangle((10, y, 80, y + h), fill=tuple(int(v * 0.35 + 255 * 0.65) for v in c), outline=c)
+        d.text((18, y + 3), "-" if sc is None else f"{sc:.2f}", fill="black", font=font)
+        oc = {"1": (20, 130, 40), "0": (200, 20, 20)}.get(r["oracle"][0], (120, 120, 120))
+        d.rectangle((88, y, x_text - 8, y + h), fill=tuple(int(v * 0.25 + 255 * 0.75) for v in oc), outline=oc)
+        d.text((94, y + 3), r["oracle"], fill="black", font=small if first_error is None else font)
+        for j, line in enumerate(ls):
+            d.text((x_text, y + 3 + lh * j), line if j == 0 else "   " + line, fill="black", font=font)
         y += h + 4
     img.save(out)
+    return rows
 
 
 @dataclass
@@ -205,8 +270,11 @@ class Args:
     problems: str = field(default="", metadata={"help": "problems JSONL"})
     candidates: str = field(default="", metadata={"help": "candidates JSONL"})
     out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
-    show: str = field(default="", metadata={"help": "write a PNG of one candidate's step scores instead"})
-    id: str = field(default="", metadata={"help": "candidate id for --show (default: the first)"})
+    show: str = field(default="", metadata={"help": "write a PNG of one candidate instead: its step scores beside "
+                      "the oracle's step labels (the candidate's first_error)"})
+    id: str = field(default="", metadata={"help": "candidate id for --show (default: one that teaches, the first "
+                    "found of: lucky (right final answer after a wrong step) with its first wrong step mid-way; a "
+                    "mid-way wrong step; lucky; any wrong step; else the first candidate)"})
     judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained PRM head: logits | generate"})
     batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
     max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
@@ -218,7 +286,7 @@ def main(a: Args):
         raise SystemExit("give --problems, --candidates and --out (or --show OUT.png)")
     probs, cands, images = load_inputs(a.problems, a.candidates, a.id or None)
     if a.show:
-        cands = cands[:1]
+        cands = [pick_example(cands)]
     model, processor = load(a.model, device=a.device or None)
     ims = [images[c["problem_id"]] for c in cands]
     qs = [probs[c["problem_id"]]["question"] for c in cands]
@@ -234,8 +302,12 @@ def main(a: Args):
     if a.show:
         if scores[0] is None:
             raise SystemExit(f"candidate {cands[0]['id']} could not be scored: {skipped}")
-        show(ims[0], qs[0], st[0], [s if s is not None else 0.0 for s in scores[0]], a.show,
-             f"{cands[0]['id']}  model {a.model}  correct={cands[0].get('correct')}")
+        c, implicit = cands[0], getattr(unwrap(model), "implicit", None)
+        head = f"judge, {a.judge}" if a.judge else "likelihood head" if is_likelihood(model) else (
+            "implicit head" if implicit else "tag head")
+        show(ims[0], qs[0], st[0], scores[0], a.show, f"{c['id']}: {caption(c)}\nmodel {a.model} ({head}), problem "
+             f"{c['problem_id']}, gold answer {probs[c['problem_id']].get('answer', '?')}", c.get("first_error"),
+             "judge score, (rubric - 1) / 4" if a.judge else "PRM score, P(step right)")
         print(f"wrote {a.show}")
         return scores
     recs = [{"candidate_id": c["id"], "scores": s, "model": a.model, "method": "judge_prm" if a.judge else "prm"}

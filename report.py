@@ -26,6 +26,7 @@ COMPARISONS = {  # name: what it reads (a - b, paired over test problems at N=16
     "last2_vs_min": "hybrid last-2 vs min", "last2_vs_mean": "hybrid last-2 vs mean", "last2_vs_orm":
     "hybrid last-2 vs ORM", "text_gain_vs_visual_gain": "PRM's gain over one sample: text minus visual",
     "steps_vs_chunks": "writer's steps vs 24-character chunks", "steps_vs_pairs": "writer's steps vs pairs of steps",
+    "steps_vs_split": "writer's steps vs split_steps of the text",
     "chunks_hurt_visual_more": "loss from chunking: visual minus text", "key_vs_equal":
     "key-step weights vs equal weights (mean)", "prm_vs_judge_prm": "PRM vs the judge PRM (judged subset)",
     "filtered_prm_vs_orm": "PRM vs ORM on ViLBench-filtered items (half B)", "unfiltered_prm_vs_orm":
@@ -63,38 +64,58 @@ def md(rows, cols, cell, corner=""):
     return "\n".join(lines + [f"| {r} | " + " | ".join(cell(r, c) for c in cols) + " |" for r in rows])
 
 
-def plot(cells, path, a=None, head=None):
-    """Accuracy vs N with 95% interval bands (the headline pool: the tiny base's own answers, all test problems)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install matplotlib)"
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    names = {"prm_head": f"PRM argmax ({head or 'tuned'})", "base_likelihood_min": "base's own step likelihood (min)",
-             "weighted_prm": "PRM-weighted vote", "orm": "ORM", "majority": "majority vote",
-             "random": "one sample", "oracle": "oracle (any right)"}
-    for m in ("oracle", "weighted_prm", "prm_head", "base_likelihood_min", "orm", "majority", "random"):
-        if m not in cells:
-            continue
+CURVES = {"oracle": "oracle (any right)", "weighted_prm": "PRM-weighted vote", "prm_head": "PRM argmax",
+          "base_likelihood_min": "base's own step likelihood (min)", "orm": "ORM", "judge_prm": "judge PRM (rubric)",
+          "judge_orm": "judge ORM (rubric)", "majority": "majority vote", "random": "one sample"}
+
+
+def settings(a):
+    """The run's settings as the plot's title states them (a: bench.Args), two lines."""
+    seed = f"seeds {a.seeds} pooled" if a.seeds else f"seed {a.seed}"
+    return (f"{'QUICK smoke run (numbers not evidence): ' if a.quick else ''}{seed}, {a.n_test} test problems"
+            f"{' per seed' if a.seeds else ''}, {a.pool} answers each\nPRM and ORM: {a.head} head, {a.steps} steps "
+            f"from {a.base} on {a.labels} labels of {a.n_train} train problems ({a.label_policy} policy)")
+
+
+def figure(cells, a=None, head=None):
+    """The accuracy-vs-N figure (a matplotlib Figure): one line per method with its 95% band; a curve measured on
+    fewer problems than the run's test problems (the judges' subset, bench --judge-n) says so in its legend label."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(9.5, 5))
+    ax = fig.add_subplot()
+    drawn = [m for m in CURVES if m in cells]
+    runs = len(a.seeds.split(",")) if a and a.seeds else 1  # --seeds pools every seed's test problems
+    full = max([c.get("n") or 0 for m in drawn for c in cells[m].values()] + [a.n_test * runs if a else 0])
+    for m in drawn:
         ns = [n for n in NS if n in cells[m] and cells[m][n]["mean"] is not None]
-        x = [int(n) for n in ns]
-        line, = ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=names[m],
-                        linestyle="--" if m in ("oracle", "random") else "-")
-        ax.fill_between(x, [cells[m][n]["lo"] for n in ns], [cells[m][n]["hi"] for n in ns], alpha=0.15,
-                        color=line.get_color())
+        x, k = [int(n) for n in ns], max(cells[m][n].get("n") or full for n in ns)
+        label = CURVES[m] + (f" (aggregation: {head})" if m == "prm_head" and head else "") + (
+            f" ({k}-problem subset)" if k < full else "")
+        colour = f"C{list(CURVES).index(m)}"  # one colour per method in every run's plot
+        ax.plot(x, [cells[m][n]["mean"] for n in ns], marker="o", label=label, color=colour,
+                linestyle="--" if m in ("oracle", "random") else "-")
+        ax.fill_between(x, [cells[m][n]["lo"] for n in ns], [cells[m][n]["hi"] for n in ns], alpha=0.1, color=colour)
     ax.set_xscale("log", base=2)
     ax.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    ax.minorticks_off()
     ax.set_xlabel("N (candidates the reward model chooses from)")
-    ax.set_ylabel("accuracy of the pick")
-    n = f", {a.n_test} test problems{' per seed' if a.seeds else ''}, seed {a.seeds or a.seed}" if a else ""
-    ax.set_title(f"Best-of-N on the tiny base's own answers\n(bands: 95% bootstrap intervals{n})", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_ylabel("accuracy of the chosen answer")
+    fig.suptitle("Best-of-N on the tiny base's own answers (bands: 95% bootstrap intervals over test problems)"
+                 + (f"\n{settings(a)}" if a else ""), x=0.01, ha="left", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="who picks the answer",
+              title_fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def plot(cells, path, a=None, head=None):
+    """Accuracy vs N (the headline pool: the tiny base's own answers, all test problems) written to path."""
+    try:
+        fig = figure(cells, a, head)
+    except ImportError:
+        return "matplotlib is not installed: no plot (pip install matplotlib)"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return str(path)
 
 
@@ -176,9 +197,9 @@ def report(r, a, curve):
     t.append("## (7) Controls: fresh-step AUC per kind [95% CI]\n\n" +
              md(list(fa), kinds, lambda m, k: ci(fa[m].get(k))) + "\n")
     sg = iv["synthetic"]["all"]
-    segs = [m for m in ("steps_head", "chunks_head", "pairs_head", "steps_min", "chunks_min", "pairs_min",
-                        "steps_mean", "chunks_mean", "pairs_mean", "key_weighted", "equal_weights") if m in sg]
-    t.append("## (8) Step segmentation (same answers, three cuts) and key-step weighting\n\n" +
+    segs = [m for m in [f"{n}_{g}" for g in ("head", "min", "mean") for n in ("steps", "chunks", "pairs", "split")]
+            + ["key_weighted", "equal_weights"] if m in sg]
+    t.append("## (8) Step segmentation (same answers, four cuts) and key-step weighting\n\n" +
              md(segs, ["N=4", "N=16 [95% CI]"], lambda m, n: ci(sg[m]["16"]) if "16" in n else f3(sg[m]["4"]["mean"]))
              + "\n")
     fl = r["filter"]

@@ -137,3 +137,38 @@ def test_train_prm_then_score_end_to_end(tmp_path):
     assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
     ev = [r["eval"] for r in log if "eval" in r]
     assert len(ev) == 1 and set(ev[0]) == {"step_acc", "step_auc", "first_error_f1"}
+
+
+def test_show_caption_names_the_lucky_answer_and_the_first_wrong_step():
+    cand = lambda ok, fe: {"id": "c", "steps": ["a", "b", "c", "d"], "correct": ok, "first_error": fe}  # noqa: E731
+    assert prm.caption(cand(True, 1)) == "final answer right, but step 2 wrong (lucky)"
+    assert prm.caption(cand(False, 2)) == "final answer wrong: step 3 is the first wrong step"
+    assert prm.caption(cand(True, -1)) == "final answer right, every step right"
+    assert prm.caption({"steps": ["a"], "correct": False}) == "final answer wrong; no oracle labels"
+    # the default example teaches: lucky with a mid-way error first, then a mid-way error, then lucky, then any error
+    pool = [cand(True, -1), cand(False, 0), cand(True, 0), cand(False, 3), cand(False, 2), cand(True, 1)]
+    for i, c in enumerate(pool):
+        c["id"] = str(i)
+    assert prm.pick_example(pool)["id"] == "5"
+    assert prm.pick_example(pool[:5])["id"] == "4"  # first wrong step mid-way (not the first, not the last)
+    assert prm.pick_example(pool[:4])["id"] == "2"  # lucky
+    assert prm.pick_example(pool[:2])["id"] == "1"  # any wrong step
+    assert prm.pick_example(pool[:1])["id"] == "0"  # nothing wrong: the first
+
+
+def test_show_draws_each_score_beside_the_oracle_label(tmp_path):
+    pr = tasks.make_problem("z", 0, kind="count_add")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    rows = prm.show(tasks.render(pr), pr["question"], steps, [0.9, 0.1, None, 0.2], tmp_path / "s.png",
+                    "z: final answer right, but step 2 wrong (lucky)\nmodel m", first_error=1)
+    assert [(r["step"], r["score"], r["oracle"]) for r in rows] == [
+        (1, 0.9, "1 right"), (2, 0.1, "0 first wrong"), (3, None, "0 after the first"), (4, 0.2, "0 after the first")]
+    img = Image.open(tmp_path / "s.png").convert("RGB")
+    assert img.size[0] == 900
+    # the last row's cells, below its text (the row ends 22 px above the bottom): PRM 0.2 reddish, oracle 0 red
+    y = img.size[1] - 27
+    prm_cell, oracle_cell = img.getpixel((75, y)), img.getpixel((225, y))
+    assert prm_cell[0] > prm_cell[1] and oracle_cell[0] > oracle_cell[1]
+    assert prm_cell != oracle_cell  # two columns: the PRM's score and the oracle's label
+    rows = prm.show(tasks.render(pr), pr["question"], steps, [0.5] * 4, tmp_path / "n.png", "no labels")
+    assert {r["oracle"] for r in rows} == {"no oracle labels"}

@@ -195,3 +195,30 @@ def test_the_readme_block_is_what_the_shipped_results_render(tmp_path):
     report.update_readme(r, bench.Args(**r["config"]), path=copy)
     block = lambda t: t.split(START)[1].split(END)[0].splitlines()[1:]  # noqa: E731  (line 1: machine, torch)
     assert block(copy.read_text()) == block((ROOT / "README.md").read_text())
+
+
+def test_plot_reads_plain_n_the_run_settings_and_names_subsets():
+    """bon_curve.png: x ticks 1..16 as plain numbers, the run's settings in the title, a legend entry per method, and
+    a curve on fewer problems than the run's test set (the judges') named as a subset."""
+    pytest.importorskip("matplotlib")
+    cells = {m: {n: {**c, "n": 240} for n, c in cells_.items()} for m, cells_ in
+             literal_results()["intervals"]["base"]["all"].items()}
+    cells["judge_prm"] = {n: {**cell(0.6), "n": 32} for n in NS}
+    fig = report.figure(cells, ARGS, "mean")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16"]
+    assert list(ax.get_xticks()) == [1, 2, 4, 8, 16] and ax.get_xscale() == "log"
+    assert ax.get_xlabel().startswith("N ") and ax.get_ylabel() == "accuracy of the chosen answer"
+    title = fig.get_suptitle().splitlines()
+    assert title == ["Best-of-N on the tiny base's own answers (bands: 95% bootstrap intervals over test problems)",
+                     "seed 0, 240 test problems, 16 answers each",
+                     "PRM and ORM: implicit head, 1200 steps from tiny on mcts labels of 2000 train problems "
+                     "(base policy)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "oracle (any right)", "PRM argmax (aggregation: mean)", "ORM", "judge PRM (rubric) (32-problem subset)",
+        "majority vote", "one sample"]
+    quick = report.figure(cells, dataclasses.replace(ARGS, quick=True, seeds="0,1"), "tuned per seed")
+    assert quick.get_suptitle().splitlines()[1] == (
+        "QUICK smoke run (numbers not evidence): seeds 0,1 pooled, 240 test problems per seed, 16 answers each")
+    # pooled over 2 seeds the run has 480 test problems: every curve here (240) is then a subset, and says so
+    assert all(t.get_text().endswith("(240-problem subset)") for t in quick.axes[0].get_legend().get_texts()[:3])

@@ -3,11 +3,13 @@ import collections
 import dataclasses
 import json
 import random
+import re
 
 import pytest
 
 import answers
 import tasks
+from steps import split_steps
 
 
 def test_same_seed_same_problems_and_candidates():
@@ -98,6 +100,26 @@ def test_text_kinds_gold():
     assert tasks.gold_values(p) == [11, 22, 22]
 
 
+def test_the_paragraph_format_opens_some_steps_with_a_sentence_of_reasoning():
+    gold = [s for s, _, _ in tasks.gold_steps(hand_problem())]
+    assert tasks.format_steps(gold, "paragraph") == ("There are 3 red shapes. I look for the blue shapes in the "
+                                                     "picture. There are 4 blue shapes. 3 + 4 = 7. The answer is 7.")
+    assert tasks.format_steps(["3 * 4 = 12.", "12 + 9 = 21.", "The answer is 21."], "paragraph") == (
+        "3 * 4 = 12. Adding the two numbers gives the total. 12 + 9 = 21. The answer is 21.")
+    assert tasks.format_steps(gold, "plain") == "\n".join(gold)
+    # a candidate's steps (and so its labels) stay the writer's, only its paragraph text has the extra sentences;
+    # every other format splits back into exactly its steps, a paragraph often not (about 37% of real ones do)
+    lead = re.compile("|".join(re.escape(v).replace(re.escape("{}"), r"\w+") + " " for v in tasks.LEADS.values()))
+    right = collections.Counter()
+    for p in tasks.make_problems(100, seed=0, split="test"):
+        for c in tasks.candidates(p, 8, seed=0):
+            para = "\n" not in c["text"]
+            assert lead.sub("", c["text"]) == " ".join(c["steps"]) if para else split_steps(c["text"]) == c["steps"]
+            right[para, len(split_steps(c["text"])) == len(c["steps"])] += 1
+    assert right[False, False] == 0 and right[True, False] > 0
+    assert 0.3 < right[True, True] / (right[True, True] + right[True, False]) < 0.45
+
+
 def test_sampler_continues_a_prefix_and_errors_propagate():
     p = hand_problem()
     outs = tasks.sample(p, 50, prefix=["There are 5 red shapes."], rng=random.Random(0))
@@ -153,3 +175,17 @@ def test_the_walkthrough_writes_held_out_problems(tmp_path, capsys):
     probs = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
     assert len(probs) == 4 and all(p["split"] == "test" == tasks.split_of(p) for p in probs)
     assert (tmp_path / "sheet.png").exists() and "wrote 4 problems" in capsys.readouterr().out
+
+
+def test_the_sheet_has_a_legend_of_its_colours_and_of_trapped(tmp_path):
+    from PIL import Image
+    probs, cands, _ = tasks.write_suite(tmp_path, 4, seed=3)  # seed 3: problem 2 is trapped at its first step
+    assert [p.get("trap", {}).get("step") for p in probs] == [None, None, 0, None]
+    legend = tasks.contact_sheet(probs, cands, tmp_path / "images", tmp_path / "s.png")
+    assert [t for t, _ in legend] == [
+        "4 of 4 problems, 2 candidates each. Steps by the oracle:", "right",
+        "the first wrong step and every step after it",
+        "(trapped: step k): most samples get step k wrong the same way, so a majority vote can fail"]
+    img = Image.open(tmp_path / "s.png").convert("RGB")
+    band = {img.getpixel((x, y)) for x in range(900) for y in range(44)}  # the legend, above the first problem
+    assert legend[1][1] in band and legend[2][1] in band  # "right" and "first wrong" drawn in the steps' colours
