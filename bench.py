@@ -52,7 +52,7 @@ import tree_search
 @dataclass
 class Args:
     out: str = field(default="out/bench", metadata={"help": "output folder (stages cached here)"})
-    quick: bool = field(default=False, metadata={"help": "smoke run (~3 CPU minutes): a few problems, short training"})
+    quick: bool = field(default=False, metadata={"help": "smoke run (~5 minutes on 2 CPU cores): a few problems, short training"})
     gpu: bool = field(default=False, metadata={"help": "run the one-GPU speed benchmark (speed.py) instead"})
     seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, bootstrap"})
     seeds: str = field(default="", metadata={"help": "comma-separated seeds: the pipeline once per seed, pooled"})
