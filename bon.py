@@ -354,10 +354,18 @@ def main(a: Args):
         candidates = [c for c in candidates if c["problem_id"] in keep]
         score_sets = score_pool(a, problems, candidates) if a.model else {}
         families = None
+        gold = {p["id"]: (p["answer"], p["options"]) for p in problems}  # our matching vs MATH-V's own labels
+        ours = [(match_answer(c["answer"], *gold[c["problem_id"]]), bool(c["correct"])) for c in candidates]
+        labels = {"label_agreement": sum(o == m for o, m in ours) / len(ours),
+                  "accepted_labelled_wrong": sum(o and not m for o, m in ours),
+                  "rejected_labelled_right": sum(m and not o for o, m in ours)}
+        print(f"answers.match_answer agrees with MATH-V's labels on {labels['label_agreement']:.2%} of {len(ours)} "
+              f"answers: accepts {labels['accepted_labelled_wrong']} it labels wrong, rejects "
+              f"{labels['rejected_labelled_right']} it labels right")
     elif a.problems and a.candidates and a.scores:
         problems, candidates = data.read_jsonl(a.problems, "problem"), data.read_jsonl(a.candidates, "candidate")
         score_sets = load_scores(a.scores)
-        families = {p["id"]: p["family"] for p in problems if p.get("family")}
+        families, labels = {p["id"]: p["family"] for p in problems if p.get("family")}, {}
     else:
         raise SystemExit("give --problems, --candidates and --scores, or --mathv [DIR]")
     pools = make_pools(problems, candidates, score_sets)
@@ -367,7 +375,7 @@ def main(a: Args):
     print(f"{len(pools)} problems, pool sizes {sizes}, {sum(map(len, pools.values()))} candidates, "
           f"score keys {sorted(score_sets) or 'none'}")
     res = report(pools, rules_for(score_sets), ns, a, families)
-    res.update(problems=len(pools), pool=sizes[-1])
+    res.update(problems=len(pools), pool=sizes[-1], **labels)
     print(json.dumps({**{k: v for k, v in res.items() if k != "bon"},
                       "bon": {part: means(r) for part, r in res["bon"].items()}}, default=str))
     return res

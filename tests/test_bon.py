@@ -251,8 +251,10 @@ def test_mathv_model_free(mathv_run):
     assert bo["majority"]["1"] == pytest.approx(pool_mean, abs=1e-12) == bo["oracle"]["1"]
     any_right = {r["id"] for r in raw if r["correct"]}
     assert bo["oracle"]["15"] == pytest.approx(len(any_right) / 304, abs=1e-12)
-    assert bo["majority"]["15"] == pytest.approx(0.145, abs=5e-4)  # README: "majority vote 0.145 (all 15)"
-    assert bo["majority"]["2"] < bo["majority"]["4"] < bo["majority"]["8"] < bo["majority"]["15"]
+    assert bo["majority"]["15"] == pytest.approx(0.142, abs=5e-4)  # README: "majority vote 0.142 (all 15)"
+    # votes merge an option's content with its letter, whose MATH-V labels can disagree: 15 is not above 8
+    assert bo["majority"]["2"] < bo["majority"]["4"] < bo["majority"]["8"]
+    assert last["label_agreement"] == pytest.approx(4506 / 4560) and last["rejected_labelled_right"] == 0
     assert bo["oracle"]["2"] < bo["oracle"]["4"] < bo["oracle"]["8"] < bo["oracle"]["15"]
     assert "| majority |" in stdout
 
