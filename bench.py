@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 import answers
+import cli
 import bon
 import controls as C
 import data
@@ -62,13 +63,15 @@ class Args:
     n_dev: int = field(default=60, metadata={"help": "dev problems (first-error thresholds)"})
     n_test: int = field(default=200, metadata={"help": "test problems (everything reported)"})
     pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
-    labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)"})
+    labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)",
+                                                  "choices": ["mcts", "mc", "oracle"]})
     label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
-                              "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)"})
+                              "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)",
+                              "choices": ["base", "synthetic"]})
     rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
     taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "tree search: tau values tried on the tune split"})
-    head: str = field(default=prm.HEAD, metadata={"help": "PRM / ORM head: implicit | tag"})
+    head: str = field(default=prm.HEAD, metadata={"help": "PRM / ORM head (train.py --help)", "choices": list(prm.HEADS)})
     beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
     steps: int = field(default=400, metadata={"help": "fine-tuning steps of every reward model (chosen on tune: --tune-only)"})
     lr: float = field(default=1e-4, metadata={"help": "PRM / ORM learning rate (chosen on tune)"})
@@ -192,8 +195,7 @@ def stage_tau(a, st):
 
 def label_policy(a):
     """The tree search's policy: the tiny base (on-policy: it writes the headline pools) or the synthetic sampler."""
-    if a.label_policy not in ("base", "synthetic"):
-        raise SystemExit(f"--label-policy {a.label_policy!r}: expected base or synthetic")
+    cli.choice(a.label_policy, ("base", "synthetic"), "--label-policy")
     return tree_search.VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH) if a.label_policy == "base" else \
         tree_search.SyntheticPolicy()
 
@@ -385,4 +387,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(M.parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from PIL import Image
 
+import cli
 import data
 import metrics
 import orm
 import prm
-from model import MAX_LEN, load, parse_args
+from model import MAX_LEN, load
 from answers import match_answer, normalize
 from tasks import seed_of
 
@@ -224,7 +225,7 @@ def make_pools(problems, candidates, score_sets=None):
     probs, pools = {p["id"]: p for p in problems}, {p["id"]: [] for p in problems}
     for c in candidates:
         p = probs.get(c["problem_id"])
-        if p is None:
+        if p is None:  # bench passes a subset of the problems (main refuses such a candidate)
             continue
         correct = c["correct"] if c.get("correct") is not None else match_answer(c["answer"], p["answer"],
                                                                                   p.get("options"))
@@ -247,18 +248,22 @@ def rules_for(score_sets):
     return {**rules, "oracle": "oracle"}
 
 
-def load_scores(paths):
-    """Score files -> {key: {candidate id: float | [floats]}}, key = the records' "method" field or the file stem
-    (the stem when the method is taken, e.g. a judge PRM and a judge ORM both called "judge-logits")."""
-    sets = {}
+def load_scores(paths, candidates, skip_missing=False):
+    """Score files joined strictly to the candidates (data.read_scores) -> ({key: {candidate id: float | [floats]}},
+    {key: candidates without a score}); key = the records' "method" field or the file stem (the stem when the
+    method is taken, e.g. a judge PRM and a judge ORM both called "judge-logits")."""
+    sets, skipped = {}, {}
     for path in paths:
-        recs = data.read_jsonl(path, "score")
-        key = ((recs[0].get("method") if recs else None) or Path(path).stem).replace("-", "_")
+        scores, missing = data.read_scores(path, candidates, skip_missing)
+        key = (data.read_jsonl(path)[0].get("method") or Path(path).stem).replace("-", "_")
         key = Path(path).stem.replace("-", "_") if key in sets else key
         if key in sets:
-            raise SystemExit(f"{path}: score key {key!r} used twice; rename the file")
-        sets[key] = {r["candidate_id"]: r.get("scores", r.get("score")) for r in recs}
-    return sets
+            raise ValueError(f"{path}: score key {key!r} used twice; rename the file")
+        sets[key], skipped[key] = scores, missing
+        if missing:
+            print(f"{path}: {missing} of {len(candidates)} candidates have no score (skipped: never picked by max, "
+                  "weight 0 in a vote)", file=sys.stderr)
+    return sets, {k: v for k, v in skipped.items() if v}
 
 
 def step_f1(pools, key, dev_frac=0.5, seed=0):
@@ -312,6 +317,8 @@ class Args:
     problems: str = field(default="", metadata={"help": "problems JSONL (with --candidates and --scores)"})
     candidates: str = field(default="", metadata={"help": "candidates JSONL: the pool of each problem"})
     scores: list = field(default=None, metadata={"help": "score JSONL files (PRM step scores or ORM scores)"})
+    skip_missing: bool = field(default=False, metadata={"help": "candidates without a score: counted and left "
+                                                                 "unscored (default: an error)"})
     mathv: str = field(default="", metadata={"help": f"MATH-V folder (bare --mathv: {data.MATHV})"})
     model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) scores the pool"})
     orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last)"})
@@ -363,14 +370,19 @@ def main(a: Args):
               f"answers: accepts {labels['accepted_labelled_wrong']} it labels wrong, rejects "
               f"{labels['rejected_labelled_right']} it labels right")
     elif a.problems and a.candidates and a.scores:
-        problems, candidates = data.read_jsonl(a.problems, "problem"), data.read_jsonl(a.candidates, "candidate")
-        score_sets = load_scores(a.scores)
-        families, labels = {p["id"]: p["family"] for p in problems if p.get("family")}, {}
+        problems = data.read_jsonl(a.problems, "problem", nonempty=True)
+        candidates = data.read_jsonl(a.candidates, "candidate", nonempty=True)
+        known = {p["id"] for p in problems}
+        for c in candidates:
+            if c["problem_id"] not in known:
+                raise ValueError(f"{a.candidates}: candidate {c['id']}: problem {c['problem_id']} is not in {a.problems}")
+        score_sets, skipped = load_scores(a.scores, candidates, a.skip_missing)
+        families, labels = {p["id"]: p["family"] for p in problems if p.get("family")}, {"skipped_scores": skipped}
     else:
-        raise SystemExit("give --problems, --candidates and --scores, or --mathv [DIR]")
+        raise ValueError("give --problems, --candidates and --scores, or --mathv [DIR]")
     pools = make_pools(problems, candidates, score_sets)
     if not pools:
-        raise SystemExit("no problem has a candidate")
+        raise ValueError("no problem has a candidate")
     sizes = sorted({len(p) for p in pools.values()})
     print(f"{len(pools)} problems, pool sizes {sizes}, {sum(map(len, pools.values()))} candidates, "
           f"score keys {sorted(score_sets) or 'none'}")
@@ -385,4 +397,4 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--mathv" in argv and (argv[-1] == "--mathv" or argv[argv.index("--mathv") + 1].startswith("--")):
         argv.insert(argv.index("--mathv") + 1, str(data.MATHV))  # a bare --mathv means the shipped pool
-    main(parse_args(Args, argv, doc=__doc__))
+    cli.run(main, Args, __doc__, argv)

@@ -18,6 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import cli
 from steps import split_steps
 
 ROOT = Path(__file__).resolve().parent
@@ -39,6 +40,7 @@ def _str_or_num(v):
 
 _is_str = lambda v: isinstance(v, str)  # noqa: E731
 _strs = lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)  # noqa: E731
+_steps = lambda v: _strs(v) and all(x.strip() for x in v)  # noqa: E731 (a blank step would still be scored)
 _nums = lambda v: isinstance(v, list) and all(_num(x) for x in v)  # noqa: E731
 _probs = lambda v: _nums(v) and all(0 <= x <= 1 for x in v)  # noqa: E731
 _first_error = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1  # noqa: E731
@@ -52,7 +54,7 @@ SCHEMAS = {
         "family": (False, lambda v: v in ("text", "visual"), '"text" or "visual"')},
     "candidate": {
         "id": (True, _is_str, "a string"), "problem_id": (True, _is_str, "a string"),
-        "steps": (True, _strs, "a list of strings"),
+        "steps": (True, _steps, "a list of non-empty strings"),
         "answer": (True, lambda v: v is None or _str_or_num(v), "a string or null"),
         "correct": (True, lambda v: v is None or isinstance(v, bool), "true, false or null"),
         "first_error": (False, _first_error, "an integer >= -1 (-1: no wrong step)"),
@@ -62,8 +64,9 @@ SCHEMAS = {
         "score": (False, _num, "a number"), "model": (False, _is_str, "a string"),
         "method": (False, _is_str, "a string")},
     "labelled": {
-        "id": (True, _is_str, "a string"), "images": (True, _strs, "a list of strings (image paths)"),
-        "prompt": (True, _is_str, "a string"), "completions": (True, _strs, "a list of strings"),
+        "id": (True, _is_str, "a string"), "images": (True, lambda v: _strs(v) and v, "a non-empty list of strings "
+                                                       "(image paths)"),
+        "prompt": (True, _is_str, "a string"), "completions": (True, _steps, "a list of non-empty strings"),
         "labels": (True, _probs, "a list of numbers in [0, 1]"),
         "first_error": (False, _first_error, "an integer >= -1 (-1: no wrong step)"),
         "values": (False, _nums, "a list of numbers"), "meta": (False, lambda v: isinstance(v, dict), "an object")},
@@ -100,19 +103,72 @@ def validate(record, kind, where="record"):
     return record
 
 
-def read_jsonl(path, kind=None):
-    """Read a JSONL file (blank lines skipped) and validate every line against `kind` (None: no validation)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+def read_jsonl(path, kind=None, nonempty=False, lines=False):
+    """Read a JSONL file (blank lines skipped) and validate every line against `kind` (None: no validation).
+    Problems and candidates must have unique ids. nonempty: no record is an error. lines: [(line number, record)]."""
+    records, first = [], {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") \
+                    from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            records.append(validate(record, kind, f"{path}:{lineno}") if kind else record)
+            record = validate(record, kind, f"{path}:{lineno}") if kind else record
+            if kind in ("problem", "candidate"):
+                if record["id"] in first:
+                    raise RecordError(f"{path}:{lineno}: id {record['id']} used twice (first on line "
+                                      f"{first[record['id']]})")
+                first[record["id"]] = lineno
+            records.append((lineno, record) if lines else record)
+    if nonempty and not records:
+        raise RecordError(f"{path}: no records")
     return records
+
+
+def read_scores(path, candidates, skip_missing=False):
+    """A score file joined to its candidates, strictly -> ({candidate id: float (ORM) | [float] (PRM)}, missing).
+    Errors name the file, line and candidate: no record, a candidate that is not in `candidates`, one scored twice,
+    step scores that are not one per step, ORM and PRM records in one file; a candidate without a score too, unless
+    skip_missing (then the count of those, for the caller to report)."""
+    steps, out, where, first = {c["id"]: len(c["steps"]) for c in candidates}, {}, {}, None
+    what = {True: "PRM step scores", False: "an ORM score (one number)"}
+    for lineno, r in read_jsonl(path, "score", nonempty=True, lines=True):
+        cid, v = r["candidate_id"], r.get("scores", r.get("score"))
+        if cid not in steps:
+            raise RecordError(f"{path}:{lineno}: candidate {cid} is not in the candidates")
+        if cid in out:
+            raise RecordError(f"{path}:{lineno}: candidate {cid} scored twice (first on line {where[cid]})")
+        first = first or (isinstance(v, list), lineno)
+        if isinstance(v, list) != first[0]:
+            raise RecordError(f"{path}:{lineno}: {what[not first[0]]} in a file whose line {first[1]} holds "
+                              f"{what[first[0]]}")
+        if isinstance(v, list) and len(v) != steps[cid]:
+            raise RecordError(f"{path}:{lineno}: candidate {cid}: {len(v)} step scores for {steps[cid]} steps")
+        out[cid], where[cid] = v, lineno
+    missing = [i for i in steps if i not in out]
+    if missing and not skip_missing:
+        raise RecordError(f"{path}: no score for {len(missing)} of {len(steps)} candidates ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}); --skip-missing scores them as unscored")
+    return out, len(missing)
+
+
+def check_out(path, folder=False):
+    """Before any expensive work: an output file (or folder) that can be written, else an error naming it."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ValueError(f"{path}: --out is a {'file' if folder else 'folder'}; give a {'folder' if folder else 'file'}")
+    parent = path if folder and path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"{path}: {parent} is not writable")
 
 
 def write_jsonl(path, records, kind=None):
@@ -122,6 +178,9 @@ def write_jsonl(path, records, kind=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600: give the file the mode open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for r in records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -332,4 +391,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import bon
+import cli
 import controls as C
 import metrics
 import tasks
@@ -366,4 +367,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import answers
+import cli
 import tasks
 from steps import split_steps
 from tiny import SIZES, STEP_TAG, image_text_processor, tiny_init
@@ -241,7 +242,8 @@ def encode(processor, images, prompts, answers=None, steps=None, max_len=MAX_LEN
 def _encode_one(processor, image, q, answer, steps, max_len, native=False):
     """-> (processor output, prompt length) or the reason it is skipped (a str)."""
     tok = processor.tokenizer
-    clean = None if steps is None else [s.replace(STEP_TAG, "").strip() for s in steps]
+    q = neutralise(q)
+    clean = None if steps is None else [neutralise(s.replace(STEP_TAG, "")).strip() for s in steps]
     body = (answer if steps is None else tasks.format_steps(clean, "step") if native
             else "".join(f"{s}{STEP_TAG}\n" for s in clean))
     n_body = len(tok.encode(body, add_special_tokens=False))
@@ -317,6 +319,12 @@ def step_logprobs(model, batch, cumulative=False):
     return total / count
 
 
+def neutralise(text):
+    """Answer or question text with no special token in it ("<|im_end|>" -> "< |im_end|>"): an answer cannot
+    close its turn or add image slots (every chat special token of Qwen and of the tiny tokenizer starts "<|")."""
+    return text.replace("<|", "< |")
+
+
 def chat_prompt(processor, question):
     """The user turn (image first, then the question) and the assistant header, as the model's chat template writes it."""
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -355,21 +363,6 @@ def solve(model, processor, images, questions, prefix_steps=None, max_new_tokens
     return out
 
 
-def parse_args(cls, argv=None, doc=None):
-    """argparse from a settings dataclass: one --flag per field, its help from the field's metadata."""
-    import argparse
-    import dataclasses
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
-        if f.type in (bool, "bool"):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
-        else:
-            kw = {"nargs": "+"} if f.type in ("list", list) else {"type": type(f.default) if f.default is not None else str}
-            ap.add_argument(flag, default=f.default, help=f"{helptext} (default: {f.default})", **kw)
-    return cls(**vars(ap.parse_args(argv)))
-
-
 def param_counts(model):
     vision = sum(p.numel() for n, p in model.named_parameters() if ".visual." in n or n.startswith("visual"))
     total = sum(p.numel() for p in model.parameters())
@@ -397,4 +390,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

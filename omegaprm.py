@@ -27,9 +27,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import cli
 import tasks
 import tree_search as ts
-from model import parse_args
 
 ALPHA, BETA, L_STEPS, C_PUCT = ts.ALPHA, ts.BETA, ts.L_STEPS, ts.C_PUCT  # OmegaPRM's constants (their Sec. 3)
 
@@ -129,4 +129,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

@@ -8,10 +8,11 @@ read in the same single forward pass. The judge ORM rates the whole answer 1-5 w
 """
 from dataclasses import dataclass, field
 
+import cli
 import data
 import judge
 import prm
-from model import MAX_LEN, load, parse_args
+from model import MAX_LEN, load
 
 
 def from_steps(step_scores):
@@ -31,7 +32,8 @@ class Args:
     problems: str = field(default="", metadata={"help": "problems JSONL"})
     candidates: str = field(default="", metadata={"help": "candidates JSONL"})
     out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
-    judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained head: logits | generate"})
+    judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained head: logits | generate",
+                                             "choices": ["", "logits", "generate"]})
     batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
     max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
@@ -39,7 +41,8 @@ class Args:
 
 def main(a: Args):
     if not (a.problems and a.candidates and a.out):
-        raise SystemExit("give --problems, --candidates and --out")
+        raise ValueError("give --problems, --candidates and --out")
+    data.check_out(a.out)
     probs, cands, images = prm.load_inputs(a.problems, a.candidates)
     empty = [c["id"] for c in cands if not c["steps"]]
     cands = [c for c in cands if c["steps"]]
@@ -64,4 +67,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

@@ -11,6 +11,7 @@ ratio to the start model) of the answer so far. train.py trains both; the answer
 """
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +19,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import cli
 import data
 import judge
-from model import MAX_LEN, encode, hidden_states, load, parse_args, step_logprobs, token_ids, token_logprobs, unwrap
+from model import MAX_LEN, encode, hidden_states, load, step_logprobs, token_ids, token_logprobs, unwrap
 from steps import split_steps
 from tasks import seed_of
 
@@ -153,15 +155,19 @@ def score_prefixes(model, processor, image, question, steps, max_len=MAX_LEN):
 
 def load_inputs(problems_path, candidates_path, only_id=None):
     """(problems by id, candidates, images by problem id): candidates with no `steps` are split from `text`."""
-    probs = {p["id"]: p for p in data.read_jsonl(problems_path, "problem")}
-    cands = data.read_jsonl(candidates_path, "candidate")
+    probs = {p["id"]: p for p in data.read_jsonl(problems_path, "problem", nonempty=True)}
+    cands = data.read_jsonl(candidates_path, "candidate", nonempty=True)
     if only_id:
         cands = [c for c in cands if c["id"] == only_id]
         if not cands:
-            raise SystemExit(f"no candidate with id {only_id!r} in {candidates_path}")
+            raise ValueError(f"no candidate with id {only_id!r} in {candidates_path}")
     missing = sorted({c["problem_id"] for c in cands} - set(probs))
     if missing:
-        raise SystemExit(f"{candidates_path}: problem ids not in {problems_path}: {missing[:5]}")
+        raise ValueError(f"{candidates_path}: problem ids not in {problems_path}: {missing[:5]}")
+    special = [c["id"] for c in cands if any("<|" in s for s in c["steps"])]
+    if special:
+        print(f"{candidates_path}: {len(special)} candidates have special-token text in a step, neutralised "
+              f"('<|' -> '< |'; first: {special[0]})", file=sys.stderr)
     images = {}
     for pid in {c["problem_id"] for c in cands}:
         path = data.resolve_image(problems_path, probs[pid]["image"])
@@ -275,7 +281,8 @@ class Args:
     id: str = field(default="", metadata={"help": "candidate id for --show (default: one that teaches, the first "
                     "found of: lucky (right final answer after a wrong step) with its first wrong step mid-way; a "
                     "mid-way wrong step; lucky; any wrong step; else the first candidate)"})
-    judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained PRM head: logits | generate"})
+    judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained PRM head: logits | generate",
+                                             "choices": ["", "logits", "generate"]})
     batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
     max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
@@ -283,7 +290,8 @@ class Args:
 
 def main(a: Args):
     if not (a.problems and a.candidates and (a.out or a.show)):
-        raise SystemExit("give --problems, --candidates and --out (or --show OUT.png)")
+        raise ValueError("give --problems, --candidates and --out (or --show OUT.png)")
+    data.check_out(a.show or a.out)
     probs, cands, images = load_inputs(a.problems, a.candidates, a.id or None)
     if a.show:
         cands = [pick_example(cands)]
@@ -301,7 +309,7 @@ def main(a: Args):
         print(f"skipped {cands[i]['id']}: {why}")
     if a.show:
         if scores[0] is None:
-            raise SystemExit(f"candidate {cands[0]['id']} could not be scored: {skipped}")
+            raise ValueError(f"candidate {cands[0]['id']} could not be scored: {skipped}")
         c, implicit = cands[0], getattr(unwrap(model), "implicit", None)
         head = f"judge, {a.judge}" if a.judge else "likelihood head" if is_likelihood(model) else (
             "implicit head" if implicit else "tag head")
@@ -318,4 +326,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

@@ -6,13 +6,15 @@ activations to recompute, which precision. train.py applies it from its flags; s
 
 - attention: the vision tower's windows batched into one SDPA call per window length (windowed_attention);
 - activations: gradient checkpointing of the vision blocks and a fraction of the language layers (prepare);
-- precision: bf16 weights and gradients, fp32 master weights and AdamW moments (MasterAdamW).
+- precision: bf16 weights and gradients, fp32 master weights and AdamW moments (MasterAdamW);
+- placement: each torchrun process on its GPU, or all on the CPU (gloo) when there are fewer GPUs (setup).
 """
 import math
+import os
 
 import torch
 
-from model import unwrap
+from model import default_device, unwrap
 
 
 def windowed_attention(module, q, k, v, attention_mask=None, scaling=None, dropout=0.0, **kw):
@@ -111,3 +113,27 @@ def make_optimizer(model, a, device):
     """AdamW, fused on CUDA; with --bf16-weights a MasterAdamW (fp32 master weights and moments)."""
     kw = dict(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.95), fused=str(device).startswith("cuda"))
     return MasterAdamW(model.parameters(), **kw) if a.bf16_weights else torch.optim.AdamW(model.parameters(), **kw)
+
+
+def placement(device, local_rank, n_gpus):
+    """-> (device, backend) of one torchrun process: its own GPU, or the CPU with gloo where there are fewer GPUs
+    than processes (torchrun --nproc_per_node 2 on a one-GPU machine) or where --device cpu was given."""
+    if (device or "cuda").startswith("cuda") and local_rank < n_gpus:
+        return f"cuda:{local_rank}", "nccl"
+    return "cpu", "gloo"
+
+
+def setup(a):
+    """-> (rank, world, device): one process, or this rank of a torchrun group (gloo on CPU, nccl on GPU)."""
+    device = a.device or default_device()
+    if "LOCAL_RANK" not in os.environ:
+        return 0, 1, device
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device, backend = placement(a.device, int(os.environ["LOCAL_RANK"]), n_gpus)
+    if device == "cpu" and (a.device or default_device()).startswith("cuda"):
+        print(f"[train] rank {os.environ['LOCAL_RANK']}: {n_gpus} GPU(s) for {os.environ['WORLD_SIZE']} processes, "
+              "so every rank runs on the CPU (gloo)")
+    torch.distributed.init_process_group(backend)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device

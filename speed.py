@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+import cli
 import model as M
 import prm
 import recipe
@@ -287,5 +288,5 @@ def main(s: Args):
 
 
 if __name__ == "__main__":
-    main(M.parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)
 

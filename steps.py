@@ -14,6 +14,8 @@ import argparse
 import re
 import sys
 
+import cli
+
 # A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："; the
 # word's typos too: a doubled letter ("SStep", "Stepp"), a swap ("Setp", "Stpe"), "Stp" (not "Steps 1-3", "Sep 3.").
 _WORD = r"s(?:s*t+e+p+|etp|tpe|tp)"
@@ -134,7 +136,11 @@ def main(argv=None):
     ap.add_argument("file", help="a text file with one answer (- reads stdin)")
     ap.add_argument("--how", default="steps", choices=["steps", "chunks", "pairs"], help="how to cut (default steps)")
     a = ap.parse_args(argv)
-    text = sys.stdin.read() if a.file == "-" else open(a.file, encoding="utf-8").read()
+    raw = sys.stdin.buffer.read() if a.file == "-" else open(a.file, "rb").read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{a.file}: not UTF-8 (byte {raw[e.start]:#04x} at offset {e.start})") from None
     steps = segment(split_steps(text), a.how)
     for i, s in enumerate(steps, 1):
         print(f"[{i}] {s}")
@@ -144,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,8 +1,6 @@
 """The synthetic visual-math suite: content-disjoint splits, problems, images, gold steps, the oracle, the sampler.
 
-    python tasks.py --n 8 --out out/suite [--seed 0] [--strength default] [--split test]
-
-writes out/suite/{problems.jsonl, images/, candidates.jsonl, labels.jsonl, sheet.png}.
+    python tasks.py --n 8 --out out/suite [--seed 0]   # problems.jsonl, images/, candidates, labels, sheet.png
 
 Two families, as MathVerse's text-dominant vs vision-dominant split (ViLBench Table 1):
 - visual: the counts are only in the image (count_add: red + blue; count_diff: how many more A than B).
@@ -21,8 +19,9 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
+import cli
 import data
 from answers import match_answer, numbers
 
@@ -118,9 +117,7 @@ def make_problem(pid, seed, suite=Suite(), kind=None, split="train", content=Non
     if KINDS[kind] == "visual":
         a, b, na, nb = content
         f["A"], f["B"], f[a], f[b] = a, b, na, nb
-        for c in COLOURS:
-            if c not in (a, b):
-                f[c] = rng.randint(0, suite.distractors // 2)
+        f.update({c: rng.randint(0, suite.distractors // 2) for c in COLOURS if c not in (a, b)})  # in COLOURS order
         q = (f"How many {a} and {b} shapes are there in total?" if kind == "count_add"
              else f"How many more {a} shapes than {b} shapes are there?")
     elif kind == "rect_perimeter":
@@ -329,7 +326,6 @@ def labelled(prob, cand, image):
 
 def contact_sheet(probs, cands, images_dir, out, per_problem=2):
     """A picture: each problem's image (x3), its question, candidates coloured by the oracle; the legend (returned)."""
-    from PIL import ImageFont
     font, rows, good, bad, x = ImageFont.load_default(size=12), probs[:6], (20, 130, 40), (200, 20, 20), 6
     d = ImageDraw.Draw(sheet := Image.new("RGB", (900, 50 + 210 * len(rows)), "white"))
     legend = [(f"{len(rows)} of {len(probs)} problems, {per_problem} candidates each. Steps by the oracle:", "black"),
@@ -372,6 +368,9 @@ def write_suite(out, n, seed=0, n_cands=4, strength="default", split="test", sui
     return probs, cands, labels
 
 
+LEAST = {"n": 1, "cands": 1, "count_max": 1, "distractors": 0, "num_max": 2, "trap_rate": 0, "trap_p": 0}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=8, help="number of problems")
@@ -386,12 +385,16 @@ def main(argv=None):
             ap.add_argument(f"--{fl.name.replace('_', '-')}", type=type(fl.default), default=fl.default,
                             help=f"difficulty knob (default {fl.default})")
     a = ap.parse_args(argv)
+    for k, least in LEAST.items():  # a size or knob below its least (a trap rate above 1): an error naming it
+        if not least <= getattr(a, k) <= (1 if k.startswith("trap") else float("inf")):
+            raise ValueError(f"--{k.replace('_', '-')} {getattr(a, k)}: expected at least {least}"
+                             + (" and at most 1" if k.startswith("trap") else ""))
     suite = Suite(**{fl.name: getattr(a, fl.name) for fl in fields(Suite) if hasattr(a, fl.name)})
     probs, cands, _ = write_suite(a.out, a.n, a.seed, a.cands, a.strength, a.split, suite)
-    acc = sum(c["correct"] for c in cands) / max(len(cands), 1)
-    print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy {acc:.2f}) to {a.out}")
-    print(f"look at {os.path.join(a.out, 'sheet.png')}")
+    print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy "
+          f"{sum(c['correct'] for c in cands) / len(cands):.2f}) to {a.out}\n"
+          f"look at {os.path.join(a.out, 'sheet.png')}")
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -21,7 +21,6 @@ every other language layer checkpointed. The CPU defaults (fp32, no checkpointin
 """
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,8 @@ from PIL import Image
 from tqdm import tqdm
 
 import answers
+import checkpoint
+import cli
 import data
 import metrics
 import model as M
@@ -43,7 +44,7 @@ import tasks
 
 @dataclass
 class Args:
-    objective: str = field(default="sft", metadata={"help": "sft | prm | orm"})
+    objective: str = field(default="sft", metadata={"help": "sft | prm | orm", "choices": ["sft", "prm", "orm"]})
     model: str = field(default="tiny-init", metadata={"help": "tiny-init | tiny | a checkpoint folder or hub id"})
     size: str = field(default="small", metadata={"help": "tiny-init size preset: small | base"})
     data: str = field(default="synthetic", metadata={"help": "synthetic (fresh problems every batch) | a JSONL file"})
@@ -68,7 +69,7 @@ class Args:
     ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
     attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
-    head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)"})
+    head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)", "choices": list(prm.HEADS)})
     beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
@@ -96,7 +97,7 @@ def synthetic_sft(step, n, seed, eos):
 
 
 def load_labelled(path):
-    """Step-labelled records -> (images, prompts, steps, labels, outcome) lists, images opened."""
+    """Step-labelled records -> [(image, prompt, steps, labels, outcome, record id)], images opened."""
     recs = data.read_jsonl(path, "labelled")  # a bad line: RecordError naming file, line and field
     data.check_images(path, recs)  # a missing image: FileNotFoundError naming file, line, record and path
     empty = [r["id"] for r in recs if not r["completions"]]
@@ -110,7 +111,7 @@ def load_labelled(path):
         if img not in opened:
             opened[img] = Image.open(img).convert("RGB")
         out.append((opened[img], r["prompt"], r["completions"], r["labels"],
-                    float(r.get("meta", {}).get("correct", r["labels"][-1] if r["labels"] else 0.0))))
+                    float(r.get("meta", {}).get("correct", r["labels"][-1] if r["labels"] else 0.0)), r["id"]))
     return out
 
 
@@ -205,7 +206,7 @@ def evaluate_sft(model, processor, a, n=None):
 def evaluate_rm(model, processor, a, rows):
     """Step accuracy (threshold 0.5), step AUC and first-error F1 of a PRM/ORM against the held-out labels."""
     model.eval()
-    images, prompts, steps, step_labels, _ = zip(*rows) if rows else ([], [], [], [], [])
+    images, prompts, steps, step_labels, *_ = zip(*rows) if rows else ([], [], [], [], [])
     scored, _ = prm.score_steps(model, processor, images, prompts, steps, a.batch_size, a.max_len)
     model.train()
     scores = [s for s in scored if s is not None]  # skipped answers (too long) drop out with their labels
@@ -225,27 +226,18 @@ def head_config(model, a):
     return {"model": start, **({"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {})}
 
 
-def setup(a):
-    """-> (rank, world, device): one process, or this rank of a torchrun group (gloo on CPU, nccl on GPU)."""
-    device = a.device or M.default_device()
-    if "LOCAL_RANK" not in os.environ:
-        return 0, 1, device
-    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), device
-
-
 def load_model(a, device):
-    """The model to train (OUT/last when resuming), its processor and ids; the implicit head's reference attached."""
-    resume = a.resume and (Path(a.out) / "last" / "trainer_state.pt").exists()
+    """The model to train (the newest complete checkpoint when resuming), its processor, and that checkpoint (or
+    None); the implicit head's reference attached."""
+    last = Path(a.out) / "last"
+    ck = checkpoint.latest(last) if a.resume else None
+    if a.resume and ck is None and any(last.with_name(n).exists() for n in ("last", "last.prev")):
+        raise ValueError(f"{last}: no complete checkpoint to resume from (see above); move it away to start over")
     wdtype = torch.bfloat16 if a.bf16_weights else torch.float32
-    model, processor = M.load(str(Path(a.out) / "last") if resume else a.model, device=device, dtype=wdtype,
-                              size=a.size, seed=a.seed)
+    model, processor = M.load(str(ck) if ck else a.model, device=device, dtype=wdtype, size=a.size, seed=a.seed)
     if a.head == "implicit" and a.objective != "sft" and not getattr(model, "implicit", None):
         M.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
-    return model, processor, resume
+    return model, processor, ck
 
 
 def load_rows(a, processor):
@@ -261,7 +253,8 @@ def load_rows(a, processor):
         rows = [r for r, d in zip(rows, held) if not d]
     if a.objective == "sft":  # any labelled file: its right steps (before the first error) as the target
         eos = processor.tokenizer.eos_token
-        rows = [(im, q, tasks.format_steps(st) + eos, lab, o) for im, q, st, lab, o in rows if min(lab) >= 0.5]
+        rows = [(im, q, tasks.format_steps(st) + eos, lab, o, i) for im, q, st, lab, o, i in rows
+                if min(lab) >= 0.5]
     return rows, dev_rows
 
 
@@ -280,7 +273,10 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             idx = [order[(step * a.batch_size + lo + i) % len(rows)] for i in range(micro)]
             items = list(zip(*[rows[i] for i in idx]))
         batch, y, skipped = make_batch(processor, items, a, a.objective, state["enc"] if idx else None, idx)
-        if idx:  # a fixed file: count each skipped record once, whatever the epochs
+        if idx:  # a fixed file: name and count each skipped record once, whatever the epochs
+            for i, why in skipped:
+                if idx[i] not in state["skipped_ids"] and rank == 0:
+                    tqdm.write(f"[train] skipped {rows[idx[i]][5]}: {why}")
             state["skipped_ids"].update(idx[i] for i, _ in skipped)
             state["skipped"] = len(state["skipped_ids"])
         else:
@@ -323,12 +319,14 @@ def evaluate(model, processor, a, dev_rows):
 
 
 def main(a: Args):
-    if a.head not in prm.HEADS or a.objective not in ("sft", "prm", "orm"):
-        raise SystemExit(f"--head {a.head!r} / --objective {a.objective!r}: expected a head in {prm.HEADS} and "
-                         "an objective in ('sft', 'prm', 'orm')")
-    rank, world, device = setup(a)
+    cli.choice(a.head, prm.HEADS, "--head"), cli.choice(a.objective, ("sft", "prm", "orm"), "--objective")
+    rank, world, device = recipe.setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
+    if not a.eval_only:  # before any expensive work: where the model goes, and what it learns from
+        data.check_out(a.out, folder=True)
+        if a.data != "synthetic":
+            data.read_jsonl(a.data, "labelled", nonempty=True)
     model, processor, resume = load_model(a, device)
     ids, out, last = M.token_ids(processor), Path(a.out), Path(a.out) / "last"
     if a.eval_only:
@@ -343,11 +341,13 @@ def main(a: Args):
     recipe.prepare(model, a)
     opt, start = recipe.make_optimizer(model, a, device), 0
     if resume:
-        st = torch.load(last / "trainer_state.pt", map_location=device, weights_only=False)
+        st = torch.load(resume / checkpoint.STATE, map_location=device, weights_only=False)
         opt.load_state_dict(st["opt"])
         start = st["step"]
     dmodel = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        checkpoint.trim_log(out / "log.jsonl", start)  # the steps after the checkpoint are done again
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     state, t0 = {"enc": {}, "ref": {}, "skipped_ids": set(), "skipped": 0}, time.time()
     bar = tqdm(range(start, a.max_steps), initial=start, total=a.max_steps, disable=rank != 0, desc=a.objective)
@@ -367,8 +367,7 @@ def main(a: Args):
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
         if (step + 1) % a.save_every == 0 or done:
-            M.save(model, processor, last, {**asdict(a), "steps_done": step + 1, **head_config(model, a)})
-            torch.save({"opt": opt.state_dict(), "step": step + 1}, last / "trainer_state.pt")
+            checkpoint.save(model, processor, opt, last, {**asdict(a), **head_config(model, a)}, step + 1)
     if rank == 0:
         M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
                                        **head_config(model, a)})
@@ -380,4 +379,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(M.parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

@@ -30,6 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import answers
+import cli
 import data
 import model as M
 import tasks
@@ -46,7 +47,7 @@ ALPHA, BETA, L_STEPS, C_PUCT = 0.5, 0.9, 8, 0.125
 @dataclass
 class Args:
     policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny-init | tiny | a checkpoint folder"})
-    method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)"})
+    method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)", "choices": ["mcts", "mc"]})
     n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 500)"})
     rollouts: int = field(default=16, metadata={"help": "K: rollouts per value estimate"})
     budget: int = field(default=0, metadata={"help": "mcts: rollouts per question (0: 2 * samples * K)"})
@@ -55,7 +56,7 @@ class Args:
     out: str = field(default="out/tree_search/labels.jsonl", metadata={"help": "output JSONL (images next to it)"})
     seed: int = field(default=0, metadata={"help": "seed of the problems, the samples and every rollout"})
     split: str = field(default="train", metadata={"help": "split of the synthetic problems"})
-    strength: str = field(default="default", metadata={"help": "synthetic policy strength: strong | default | weak"})
+    strength: str = field(default="default", metadata={"help": "synthetic policy", "choices": list(tasks.STRENGTHS)})
     temperature: float = field(default=1.0, metadata={"help": "VLM policy sampling temperature"})
     max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
     batch_size: int = field(default=16, metadata={"help": "VLM policy continuations per generate call"})
@@ -365,7 +366,7 @@ def main(a: Args):
         return res
     out, t0 = Path(a.out), time.time()
     done_file = Path(str(out) + ".done")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "images").mkdir(parents=True, exist_ok=True)
     data.check_resume(out, {k: getattr(a, k) for k in RUN_KEYS}, a.resume)
     done = data.finished(out) if a.resume else {}
     kept, redo = data.keep_finished(out, done, "labelled") if a.resume else (0, set())
@@ -375,7 +376,6 @@ def main(a: Args):
     policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else VLMPolicy(
         a.policy, a.temperature, a.max_new_tokens, a.batch_size)
     problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
-    (out.parent / "images").mkdir(parents=True, exist_ok=True)
     rollouts = written = 0
     bar = tqdm(problems, desc=f"{a.method} K={a.rollouts}")
     for p in bar:
@@ -397,4 +397,4 @@ def main(a: Args):
 
 
 if __name__ == "__main__":
-    main(M.parse_args(Args, doc=__doc__))
+    cli.run(main, Args, __doc__)

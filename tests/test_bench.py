@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import answers
+import cli
 import bench
 import bon
 import controls
@@ -356,7 +357,7 @@ def test_launch_passes_every_train_setting_as_flags_train_parses_back(tmp_path, 
         bench.launch(x, tmp_path / f"{n}.log")
         cmd, threads = seen[-1]
         assert cmd[:2] == [sys.executable, str(M.ROOT / "train.py")] and threads == "1"
-        assert M.parse_args(train.Args, cmd[2:]) == x, n
+        assert cli.parse_args(train.Args, cmd[2:]) == x, n
         assert not Path(x.out).exists() and (tmp_path / f"{n}.log").read_text() == "trained\n"
     assert "--resume" in seen[-1][0] and "--no-compile" in seen[-1][0]
     monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2))

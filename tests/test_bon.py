@@ -224,8 +224,9 @@ def test_score_keys_from_method_or_file_stem(tmp_path):
     for name, rec in [("jp.jsonl", {"candidate_id": "a", "scores": [0.5], "method": "judge-logits"}),
                       ("jo.jsonl", {"candidate_id": "a", "score": 0.5, "method": "judge-logits"})]:
         data.write_jsonl(tmp_path / name, [rec], "score")
-    assert bon.load_scores([tmp_path / "jp.jsonl", tmp_path / "jo.jsonl"]) == {
-        "judge_logits": {"a": [0.5]}, "jo": {"a": 0.5}}
+    cands = [{"id": "a", "problem_id": "p", "steps": ["x"], "answer": None, "correct": None}]
+    assert bon.load_scores([tmp_path / "jp.jsonl", tmp_path / "jo.jsonl"], cands) == ({
+        "judge_logits": {"a": [0.5]}, "jo": {"a": 0.5}}, {})
 
 
 @pytest.fixture(scope="module")

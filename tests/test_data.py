@@ -27,8 +27,9 @@ GOOD = {"problem": PROBLEM, "candidate": CANDIDATE, "score": SCORE_PRM, "labelle
 @pytest.mark.parametrize("kind", list(GOOD))
 def test_round_trip_keeps_every_field(tmp_path, kind):
     path = tmp_path / f"{kind}.jsonl"
-    write_jsonl(path, [GOOD[kind], GOOD[kind]], kind)
-    assert read_jsonl(path, kind) == [GOOD[kind], GOOD[kind]]
+    two = [GOOD[kind], {**GOOD[kind], "id": "two"} if "id" in GOOD[kind] else GOOD[kind]]  # ids are unique
+    write_jsonl(path, two, kind)
+    assert read_jsonl(path, kind) == two
     assert [p.name for p in tmp_path.iterdir()] == [f"{kind}.jsonl"]  # the temp file is gone
 
 
@@ -36,7 +37,7 @@ def test_orm_score_and_numeric_answer(tmp_path):
     path = tmp_path / "s.jsonl"
     write_jsonl(path, [SCORE_ORM], "score")
     assert read_jsonl(path, "score") == [SCORE_ORM]
-    write_jsonl(path, [dict(PROBLEM, answer=7), dict(PROBLEM, answer=2.5)], "problem")
+    write_jsonl(path, [dict(PROBLEM, answer=7), dict(PROBLEM, id="p2", answer=2.5)], "problem")
     assert [r["answer"] for r in read_jsonl(path, "problem")] == ["7", "2.5"]
 
 
@@ -89,10 +90,10 @@ def test_bad_line_names_file_line_and_field(tmp_path, kind, record, field):
 
 def test_error_message_reads_well(tmp_path):
     path = tmp_path / "cands.jsonl"
-    path.write_text("\n".join(json.dumps(CANDIDATE) for _ in range(6)) + "\n" + json.dumps(dict(CANDIDATE, steps=1)))
+    path.write_text("".join(json.dumps(dict(CANDIDATE, id=f"c{i}")) + "\n" for i in range(6)) + json.dumps(dict(CANDIDATE, steps=1)))
     with pytest.raises(RecordError) as e:
         read_jsonl(path, "candidate")
-    assert str(e.value) == f'{path}:7: field "steps": expected a list of strings, got 1'
+    assert str(e.value) == f'{path}:7: field "steps": expected a list of non-empty strings, got 1'
     assert isinstance(e.value, ValueError)
 
 
@@ -148,8 +149,10 @@ def test_trl_round_trip_thresholds_soft_labels():
     back = from_trl(row)
     assert back["labels"] == [1.0, 1.0, 0.0] and back["completions"] == ["a", "b", "c"]
     assert back["id"] == from_trl(row)["id"] and len(back["id"]) == 12  # a stable hash, not Python's hash()
-    assert from_trl({"prompt": "q", "completions": ["a"], "labels": [False]}, id="x") == {
-        "id": "x", "images": [], "prompt": "q", "completions": ["a"], "labels": [0.0]}
+    assert from_trl({"prompt": "q", "completions": ["a"], "labels": [False], "images": ["i.png"]}, id="x") == {
+        "id": "x", "images": ["i.png"], "prompt": "q", "completions": ["a"], "labels": [0.0]}
+    with pytest.raises(RecordError, match='TRL row: field "images": expected a non-empty list'):  # text-only: no
+        from_trl({"prompt": "q", "completions": ["a"], "labels": [False]}, id="x")
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +195,7 @@ def test_load_mathv_skips_and_reports_empty_responses(tmp_path, capsys):
 
 def test_check_cli(tmp_path):
     path = tmp_path / "cands.jsonl"
-    write_jsonl(path, [CANDIDATE] * 3, "candidate")
+    write_jsonl(path, [dict(CANDIDATE, id=f"c{i}") for i in range(3)], "candidate")
     out = subprocess.run([sys.executable, str(ROOT / "data.py"), "--check", str(path), "--kind", "candidate"],
                          capture_output=True, text=True, check=True).stdout
     assert "3 candidate records OK" in out and "steps 6" in out
