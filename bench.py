@@ -83,8 +83,9 @@ class Args:
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
-SCORE_BATCH, GEN_BATCH = 32, 128  # answers per scoring pass, solutions per generate call
-TRAIN_PROCS = 2  # reward models trained at once
+ON_GPU = torch.cuda.is_available()  # a GPU takes larger batches and trains all four reward models at once
+SCORE_BATCH, GEN_BATCH = (256, 512) if ON_GPU else (32, 128)  # answers per scoring pass, solutions per generate call
+TRAIN_PROCS = 4 if ON_GPU else 2  # reward models trained at once
 QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8)
 SPLITS = ("train", "tune", "dev", "test")
 MODELS = {"prm": ("prm", None), "orm": ("orm", None), "prm_visual": ("prm", "visual"), "prm_text": ("prm", "text")}
@@ -126,7 +127,10 @@ class Stages:
 
     def seconds(self):
         """Every current stage's recorded compute time (a rerun over the cache still reports the whole pipeline)."""
-        return sum(json.loads((self.out / f"{n}.json").read_text())["seconds"] for n in self.keys)
+        return sum(self.stage_seconds().values())
+
+    def stage_seconds(self):
+        return {n: json.loads((self.out / f"{n}.json").read_text())["seconds"] for n in self.keys}
 
 
 def stage_problems(a, st):
@@ -340,7 +344,8 @@ def run(a):
     rows = E.problem_rows(a, P, pools, scores, head)
     fe_items, auc_items = E.step_items(P, pools, scores)
     res = {"config": asdict(a), "seconds": round(st.seconds() + time.time() - t0 - st.this_run, 1),
-           "seconds_this_run": round(time.time() - t0, 1),
+           "seconds_this_run": round(time.time() - t0, 1), "stage_seconds": st.stage_seconds(),
+           "machine": R.machine(),
            **E.results_from(a, rows, fe_items, auc_items, head, a.seed),
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
@@ -363,7 +368,8 @@ def run_seeds(a, seeds):
         au += [tag(x) for x in u]
     heads = {s: r["head"] for s, r in per.items()}
     res = {"config": asdict(a), "seconds": round(sum(r["seconds"] for r in per.values()), 1),
-           "seconds_this_run": round(time.time() - t0, 1),
+           "seconds_this_run": round(time.time() - t0, 1), "machine": R.machine(),
+           "stage_seconds": {s: r.get("stage_seconds") for s, r in per.items()},
            **E.results_from(a, rows, fe, au, max(set(heads.values()), key=list(heads.values()).count), a.seed),
            **{k: per[seeds[0]][k] for k in ("tuning", "labelling", "speed", "pools")},
            "seeds": {"heads": heads, "per_seed": {str(s): R.headline(r) for s, r in per.items()},

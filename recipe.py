@@ -5,7 +5,8 @@ activations to recompute, which precision. train.py applies it from its flags; s
     python speed.py                                                                  # its tokens/s, MFU, memory
 
 - attention: the vision tower's windows batched into one SDPA call per window length (windowed_attention);
-- activations: gradient checkpointing of the vision blocks and a fraction of the language layers (prepare);
+- activations: gradient checkpointing of the vision blocks and a fraction of the language layers, whole or only
+  their MLP or attention (prepare);
 - precision: bf16 weights and gradients, fp32 master weights and AdamW moments (MasterAdamW);
 - placement: each torchrun process on its GPU, or all on the CPU (gloo) when there are fewer GPUs (setup).
 """
@@ -56,6 +57,18 @@ def use_attention(model, impl="sdpa"):
     return model
 
 
+def checkpointed(module):
+    """Recompute `module` in the backward instead of keeping its activations (a part of a layer: its MLP or its
+    attention), when it runs with gradients."""
+    inner = module.forward
+
+    def forward(*args, **kw):
+        if not (module.training and torch.is_grad_enabled()):
+            return inner(*args, **kw)
+        return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kw)
+    module.forward = forward
+    return module
+
 
 def prepare(model, a):
     """The model side of a recipe: attention kernel, gradient checkpointing (all or some layers), compiled blocks."""
@@ -64,9 +77,14 @@ def prepare(model, a):
     model.train()
     if a.grad_ckpt:
         model.gradient_checkpointing_enable()
-        if a.ckpt_frac < 1:  # layer i is checkpointed when floor(i * frac) steps up: frac 0.5 = every other layer
-            for i, layer in enumerate(model.model.language_model.layers):
-                layer.gradient_checkpointing = math.floor((i + 1) * a.ckpt_frac) > math.floor(i * a.ckpt_frac)
+        part = getattr(a, "ckpt_part", "layer")
+        for i, layer in enumerate(model.model.language_model.layers):
+            # layer i is chosen when floor(i * frac) steps up (frac 0.5: every other layer); of a chosen layer, the
+            # whole layer is recomputed ("layer"), or only its MLP or its attention (the rest kept)
+            chosen = math.floor((i + 1) * a.ckpt_frac) > math.floor(i * a.ckpt_frac)
+            layer.gradient_checkpointing = chosen and part == "layer"
+            if chosen and part != "layer":
+                checkpointed({"mlp": layer.mlp, "attn": layer.self_attn}[part])
     if a.compile:
         for block in [*model.model.language_model.layers, *model.model.visual.blocks]:
             block.compile()
@@ -89,8 +107,7 @@ class MasterAdamW(torch.optim.AdamW):
             m.grad = None if w.grad is None else w.grad.float()
             w.grad = None  # each bf16 gradient freed as its fp32 copy appears
         super().step()
-        for w, m in zip(self.weights, masters):
-            w.copy_(m)  # round to nearest bf16
+        torch._foreach_copy_(self.weights, masters)  # round to nearest bf16: one kernel launch per few tensors
 
     def zero_grad(self, set_to_none=True):
         super().zero_grad(set_to_none)

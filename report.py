@@ -137,11 +137,18 @@ def comparison_table(r):
                                 verdict(comps[names[n]])]}[c], "comparison (a - b, N=16, paired)")
 
 
+def machine():
+    """Where bench ran, in words: the GPU (if any), the CPU cores, torch."""
+    gpu = f"1 GPU ({torch.cuda.get_device_name()}) and " if torch.cuda.is_available() else ""
+    return (f"{gpu}{os.cpu_count()} CPU cores ({platform.machine()}, torch {torch.__version__}"
+            f"{'' if gpu else ', no GPU'})")
+
+
 def report(r, a, curve):
     iv, head, tun = r["intervals"], r["head"], r["tuning"]
     seeds = f" --seeds {a.seeds}" if a.seeds else f" --seed {a.seed}"
     t = [f"# Bench report\n\n`python bench.py{' --quick' if a.quick else ''}{seeds}`: {r['seconds']:.0f} s on "
-         f"{os.cpu_count()} CPU cores (every stage; this run {r['seconds_this_run']:.0f} s). Test: {a.n_test} problems"
+         f"{r.get('machine') or machine()} (every stage; this run {r['seconds_this_run']:.0f} s). Test: {a.n_test} problems"
          f"{' per seed' if a.seeds else ''} (content-disjoint from train, tune and dev), pools of {a.pool} "
          f"({a.pool // 2} weak + {a.pool // 2} strong synthetic samples); reward models ({a.head} head, beta "
          f"{a.beta}) fine-tuned {a.steps} steps from `{a.base}` on {a.labels} labels of {a.n_train} train problems. "
@@ -230,8 +237,8 @@ def update_readme(r, a, path=ROOT / "README.md"):
     cell = lambda t: lambda m, c: (ci(t[c.split()[0]][m][c.split("=")[1]]) if c.endswith("16")  # noqa: E731
                                    else f3(t[c.split()[0]][m][c.split("=")[1]]["mean"]))
     block = [f"`python bench.py{' --quick' if a.quick else ''}{f' --seeds {a.seeds}' if a.seeds else ''}` "
-             f"(seed {a.seeds or a.seed}): {r['seconds'] / 60:.1f} minutes on {os.cpu_count()} CPU cores "
-             f"({platform.machine()}, torch {torch.__version__}, no GPU). Test: {a.n_test} problems (content-disjoint "
+             f"(seed {a.seeds or a.seed}): {r['seconds'] / 60:.1f} minutes on "
+             f"{r.get('machine') or machine()}. Test: {a.n_test} problems (content-disjoint "
              f"from train, tune and dev). Headline pools: {a.pool} answers per problem sampled from the tiny base "
              f"(temperature {a.temperature}); PRM and ORM ({a.head} head) fine-tuned {a.steps} steps from the same "
              f"base on {a.labels} labels of {a.n_train} train problems ({a.label_policy} policy: its own answers and "

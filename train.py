@@ -67,6 +67,7 @@ class Args:
     grad_ckpt: bool = field(default=False, metadata={"help": "gradient checkpointing (memory for compute)"})
     bf16_weights: bool = field(default=False, metadata={"help": "GPU recipe: bf16 weights, fp32 master copy and AdamW state"})
     ckpt_frac: float = field(default=1.0, metadata={"help": "with --grad-ckpt: fraction of the language layers checkpointed, spread evenly (vision blocks: all)"})
+    ckpt_part: str = field(default="layer", metadata={"help": "with --grad-ckpt: what of a chosen language layer is recomputed: layer | mlp | attn", "choices": ["layer", "mlp", "attn"]})
     attn: str = field(default="", metadata={"help": "attention: sdpa | eager | windows (sdpa, vision windows batched) (default: as loaded)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
     head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)", "choices": list(prm.HEADS)})

@@ -127,3 +127,30 @@ def test_master_adamw_resumes_exactly():
     opt2.step()
     assert torch.equal(opt.param_groups[0]["params"][0], opt2.param_groups[0]["params"][0]) and torch.equal(w, w2)
     assert w.grad is None  # the bf16 gradient is freed by the step
+
+
+def test_checkpointing_part_of_a_layer_keeps_between_none_and_all_and_changes_no_number():
+    """--ckpt-part mlp | attn: only that part of each chosen layer is recomputed. It keeps fewer activations than no
+    checkpointing and more than whole layers, and the loss and gradients are the same as without it."""
+    cfg = speed.make_config("mid")
+    batch, y, _ = speed.make_batch(cfg, 2, 256, 224, 4)
+    saved, grads = {}, {}
+    for name, kw in {"none": dict(grad_ckpt=True, ckpt_frac=0.0), "mlp": dict(grad_ckpt=True, ckpt_part="mlp"),
+                     "attn": dict(grad_ckpt=True, ckpt_part="attn"), "layer": dict(grad_ckpt=True)}.items():
+        m = speed.build(cfg, "cpu", torch.float32)
+        recipe.prepare(m, train.Args(**kw))
+        params, bytes_ = {p.untyped_storage().data_ptr() for p in m.parameters()}, {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                bytes_[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = train.loss_on(m, batch, speed.token_ids(cfg), "prm", y)
+        loss.backward()
+        saved[name] = sum(bytes_.values())
+        grads[name] = (loss.item(), m.model.language_model.layers[1].mlp.down_proj.weight.grad.clone())
+    assert saved["none"] > saved["mlp"] > saved["layer"] and saved["none"] > saved["attn"] > saved["layer"], saved
+    for name in ("mlp", "attn", "layer"):
+        assert grads[name][0] == pytest.approx(grads["none"][0], abs=1e-6)
+        assert torch.allclose(grads[name][1], grads["none"][1], atol=1e-6)

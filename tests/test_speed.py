@@ -80,3 +80,27 @@ def test_split_is_train_py_grad_accum():
     assert torch.equal(torch.cat([lab for _, lab in parts]), y)
     with pytest.raises(ValueError, match="does not split into 3"):
         speed.split(batch, y, 3)
+
+
+def test_sweep_runs_every_variant_with_the_same_numerics_and_keeps_its_budget():
+    """--sweep: the SWEEP variants in order (compiled ones left out here: compiling takes minutes on a CPU), the
+    new ones (a part of each layer recomputed, other ckpt fractions, a micro-batch twice as large) agreeing with the
+    recipe's loss, the vision tower's share, and no variant started once --budget is spent."""
+    s = speed.Args(config="small", batch=4, seq=96, image=112, tags=3, steps=1, warmup=1, score_batch=2,
+                   sweep=True, device="cpu")
+    sweep = speed.SWEEP
+    try:
+        speed.SWEEP = [v for v in sweep if "compile" not in v and v != "plain"]
+        res = speed.main(s)
+        L = {n: r["loss"] for n, r in res["train"].items()}
+        assert list(res["train"]) == speed.SWEEP
+        for n in ("frac0.25", "frac0.75", "mlp", "attn", "recipe_x2", "mlp_x2", "nockpt"):
+            assert abs(L[n] - L["recipe"]) < 0.02, (n, L)  # the same step: recomputation changes no number
+        assert res["train"]["mlp_x2"]["s_per_step"] > res["train"]["mlp"]["s_per_step"]  # twice the tokens a step
+        assert res["vision_s_per_step"] > 0 and res["best_within_memory"] is None  # no MFU on a CPU
+        speed.SWEEP = ["tags", "master", "recipe"]
+        res = speed.main(speed.Args(**{**s.__dict__, "budget": 0.0}))
+        assert "error" not in res["train"]["tags"]  # the first always runs
+        assert [r.get("error") for r in list(res["train"].values())[1:]] == ["not run: --budget spent"] * 2
+    finally:
+        speed.SWEEP = sweep
