@@ -20,6 +20,8 @@ import re
 import sympy
 from math_verify import LatexExtractionConfig, parse, verify
 
+from steps import split_steps
+
 logging.getLogger("math_verify").setLevel(logging.ERROR)  # its one warning: "timeout disabled" (see _value)
 NUM = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 PLAIN = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?|[-+]?\.\d+%?")  # thousands commas, never "1,23"
@@ -122,6 +124,19 @@ def match_answer(pred, gold, options=None):
         if d and not PLAIN.fullmatch(other) and len(s.lstrip("-0.").replace(".", "")) >= 3:
             return abs(x - y) <= 0.5 * 10 ** -len(d.group(1)) + 1e-12
     return False
+
+
+def continuation_head(prefix_steps):
+    """What a model continuing a partial solution is given: the steps so far, then the next "Step k: " header."""
+    return "".join(f"Step {i + 1}: {s}\n" for i, s in enumerate(prefix_steps)) + f"Step {len(prefix_steps) + 1}: "
+
+
+def read_solution(text, prefix_steps=None):
+    """A model's new text (continuing continuation_head(prefix_steps) when given) -> {"text", "steps", "answer"}:
+    the prefix kept verbatim, the new text cut into steps, the final answer read."""
+    new = split_steps(text if prefix_steps is None else f"Step {len(prefix_steps) + 1}: " + text)
+    st = list(prefix_steps or []) + new
+    return {"text": text, "steps": st, "answer": extract_answer(st) if st else None}
 
 
 def extract_answer(steps):

@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 import answers
-import cli
+import api
 import bon
+import cli
 import controls as C
 import data
 import evidence as E
@@ -340,6 +341,8 @@ def run(a):
                        after=("tau",) if a.labels != "oracle" else ())
     spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
                  after=("pools", "train_prm"))
+    spd = {**spd, "served_rollouts_per_s": st.run("served", {"base": a.base},
+                                                  lambda: api.benchmark(a.base, rendered(P["test"][:8])))}
     head, tune_acc = choose_head(P, pools, scores)
     rows = E.problem_rows(a, P, pools, scores, head)
     fe_items, auc_items = E.step_items(P, pools, scores)

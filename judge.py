@@ -4,11 +4,14 @@
     python orm.py --model tiny --problems P --candidates C --out judge.jsonl --judge generate   # judge ORM
 
 PRM mode rates each step given the steps before it (one call per prefix); ORM mode rates the whole answer.
+A served judge (--model http://HOST:PORT/v1, api.py) rates the same way through the chat-completions API.
 """
+import math
 import re
 
 import torch
 
+import api
 from model import encode, generate, hidden_states, unwrap
 
 
@@ -38,6 +41,8 @@ def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new
     """Judge scores in [0, 1] ((E - 1) / 4 of a 1-5 score). logits: the expected score over the tokens "1".."5"
     right after "Overall Score:" (deterministic, never fails to parse). generate: greedy text, parse the last
     "Overall Score: N"; a reply without one is a parse failure (score None, counted)."""
+    if isinstance(model, api.Client):
+        return rate_served(model, images, prompts, mode, max_new_tokens)
     tok = processor.tokenizer
     digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
     scores, failures = [], 0
@@ -55,6 +60,24 @@ def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new
         p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)
         scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
     return scores, failures
+
+
+def rate_served(client, images, prompts, mode="logits", max_new_tokens=256):
+    """rate() through a server. generate: greedy text, parsed. logits: the expected score over "1".."5" from the
+    top_logprobs (20, vLLM's most) of the token after "Overall Score: " (a digit the server does not list counts 0;
+    none listed: a failure)."""
+    if mode == "generate":
+        outs = client.chat([client.body(api.messages(im, p), 1, 0.0, max_new_tokens) for im, p in zip(images, prompts)])
+        scores = [parse_score(api.texts(o, 1)[0]) for o in outs]
+        return scores, sum(s is None for s in scores)
+    outs = client.chat([client.body(api.messages(im, p, "Overall Score: "), 1, 0.0, 1, prefix=True, logprobs=True,
+                                    top_logprobs=20) for im, p in zip(images, prompts)])
+    scores = []
+    for o in outs:
+        top = ((o["choices"][0].get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
+        p = {int(t["token"].strip()): math.exp(t["logprob"]) for t in top if t["token"].strip() in list("12345")}
+        scores.append((sum(d * v for d, v in p.items()) / sum(p.values()) - 1) / 4 if p else None)
+    return scores, sum(s is None for s in scores)
 
 
 def judge_steps(model, processor, images, questions, steps, mode="logits", batch_size=8):

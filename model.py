@@ -19,7 +19,6 @@ import torch
 import answers
 import cli
 import tasks
-from steps import split_steps
 from tiny import SIZES, STEP_TAG, image_text_processor, tiny_init
 
 ROOT = Path(__file__).resolve().parent
@@ -332,9 +331,11 @@ def chat_prompt(processor, question):
 
 
 @torch.no_grad()
-def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0):
+def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0, logprobs=0):
     """Batched continuation of chat prompts (+ optional assistant prefixes); greedy at temperature 0, else sampled
-    with torch seeded by `seed` (same seed, same samples). Returns the new text of each."""
+    with torch seeded by `seed` (same seed, same samples). Returns the new text of each; with logprobs=K also, per
+    text, each new token's {"token", "logprob", "top_logprobs": the K likeliest [{"token", "logprob"}]} (the
+    OpenAI API's shape; log-probabilities of the model's own distribution, before temperature)."""
     tok = processor.tokenizer
     texts = [chat_prompt(processor, q) + (prefixes[i] if prefixes else "") for i, q in enumerate(prompts)]
     batch = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
@@ -343,24 +344,26 @@ def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96
     torch.manual_seed(seed)
     kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, **kw)
-    return tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                         eos_token_id=tok.eos_token_id, output_logits=logprobs > 0, return_dict_in_generate=True, **kw)
+    new = out.sequences[:, batch["input_ids"].shape[1]:]
+    texts = tok.batch_decode(new, skip_special_tokens=True)
+    if not logprobs:
+        return texts
+    lp = torch.stack(out.logits, 1).float().log_softmax(-1)  # (B, T, V)
+    top = lp.topk(min(logprobs, lp.shape[-1]), -1)
+    entry = lambda t, v: {"token": tok.decode([int(t)]), "logprob": float(v)}  # noqa: E731
+    return texts, [[{**entry(t, lp[i, j, t]), "top_logprobs": [entry(x, v) for v, x in zip(top.values[i, j],
+                                                                                      top.indices[i, j])]}
+                    for j, t in enumerate(new[i]) if t != tok.pad_token_id] for i in range(len(texts))]
 
 
 def solve(model, processor, images, questions, prefix_steps=None, max_new_tokens=96, temperature=0.0, seed=0):
     """Write solutions and read them: generate, cut the new text into steps, extract the final answer. With
     prefix_steps (one list of steps each) the model continues "Step 1: .. Step k+1: " and the prefix is kept verbatim.
     -> [{"text": new text, "steps", "answer"}]."""
-    heads = None
-    if prefix_steps is not None:
-        heads = [(tasks.format_steps(p, "step") + "\n" if p else "") + f"Step {len(p) + 1}: " for p in prefix_steps]
+    heads = None if prefix_steps is None else [answers.continuation_head(p) for p in prefix_steps]
     texts = generate(model, processor, images, questions, heads, max_new_tokens, temperature, seed)
-    out = []
-    for i, t in enumerate(texts):
-        new = split_steps(t if heads is None else f"Step {len(prefix_steps[i]) + 1}: " + t)
-        st = (list(prefix_steps[i]) if heads else []) + new
-        out.append({"text": t, "steps": st, "answer": answers.extract_answer(st) if st else None})
-    return out
+    return [answers.read_solution(t, None if heads is None else prefix_steps[i]) for i, t in enumerate(texts)]
 
 
 def param_counts(model):

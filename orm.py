@@ -8,6 +8,7 @@ read in the same single forward pass. The judge ORM rates the whole answer 1-5 w
 """
 from dataclasses import dataclass, field
 
+import api
 import cli
 import data
 import judge
@@ -46,7 +47,9 @@ def main(a: Args):
     probs, cands, images = prm.load_inputs(a.problems, a.candidates)
     empty = [c["id"] for c in cands if not c["steps"]]
     cands = [c for c in cands if c["steps"]]
-    model, processor = load(a.model, device=a.device or None)
+    if api.is_url(a.model) and not a.judge:
+        raise ValueError(f"--model {a.model}: a served model can only judge (--judge logits | generate)")
+    model, processor = (api.Client(a.model), None) if api.is_url(a.model) else load(a.model, device=a.device or None)
     ims = [images[c["problem_id"]] for c in cands]
     qs = [probs[c["problem_id"]]["question"] for c in cands]
     st = [c["steps"] for c in cands]

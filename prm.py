@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+import api
 import cli
 import data
 import judge
@@ -295,7 +296,9 @@ def main(a: Args):
     probs, cands, images = load_inputs(a.problems, a.candidates, a.id or None)
     if a.show:
         cands = [pick_example(cands)]
-    model, processor = load(a.model, device=a.device or None)
+    if api.is_url(a.model) and not a.judge:
+        raise ValueError(f"--model {a.model}: a served model can only judge (--judge logits | generate)")
+    model, processor = (api.Client(a.model), None) if api.is_url(a.model) else load(a.model, device=a.device or None)
     ims = [images[c["problem_id"]] for c in cands]
     qs = [probs[c["problem_id"]]["question"] for c in cands]
     st = [c["steps"] for c in cands]

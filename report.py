@@ -225,7 +225,10 @@ def report(r, a, curve):
                 else f3(j[m][n]["mean"])) + "\n")
     s = r["speed"]
     t.append(f"## (12) Speed (CPU, {s['answers']} answers, {s['steps']} steps)\n\nsingle pass {s['single_pass_s']} s, "
-             f"each prefix separately {s['per_prefix_s']} s: {s['slowdown']}x slower.\n")
+             f"each prefix separately {s['per_prefix_s']} s: {s['slowdown']}x slower."
+             + (" Rollouts per second from the base served by serve.py (api.py), by requests in flight: "
+                + ", ".join(f"{k}: {v}" for k, v in s["served_rollouts_per_s"].items()) + "."
+                if s.get("served_rollouts_per_s") else "") + "\n")
     return "\n".join(t)
 
 

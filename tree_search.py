@@ -23,6 +23,7 @@ import os
 import random
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import answers
+import api
 import cli
 import data
 import model as M
@@ -46,7 +48,7 @@ ALPHA, BETA, L_STEPS, C_PUCT = 0.5, 0.9, 8, 0.125
 
 @dataclass
 class Args:
-    policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny-init | tiny | a checkpoint folder"})
+    policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny | a checkpoint | a server URL (api.py)"})
     method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)", "choices": ["mcts", "mc"]})
     n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 500)"})
     rollouts: int = field(default=16, metadata={"help": "K: rollouts per value estimate"})
@@ -59,7 +61,7 @@ class Args:
     strength: str = field(default="default", metadata={"help": "synthetic policy", "choices": list(tasks.STRENGTHS)})
     temperature: float = field(default=1.0, metadata={"help": "VLM policy sampling temperature"})
     max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
-    batch_size: int = field(default=16, metadata={"help": "VLM policy continuations per generate call"})
+    batch_size: int = field(default=16, metadata={"help": "VLM: continuations a generate call; served: problems at once"})
     resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
     eval: bool = field(default=False, metadata={"help": "both methods on test problems (synthetic policy) vs the oracle, "
                        "tau chosen on tune problems from --taus"})
@@ -222,11 +224,7 @@ def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
             found[j] = first_error_search(sols[j]["steps"], value, tau)
         except OutOfBudget:
             break
-    out = {}
-    for j, fe in found.items():
-        steps = sols[j]["steps"]
-        out[j] = (prefix_labels(steps, fe, cache), fe, spent[j])
-    return out, sum(spent.values())
+    return {j: (prefix_labels(sols[j]["steps"], fe, cache), fe, spent[j]) for j, fe in found.items()}, sum(spent.values())
 
 
 def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
@@ -373,18 +371,20 @@ def main(a: Args):
     if redo:  # OUT.done lists only what is kept
         done = {pid: n for pid, n in done.items() if pid not in redo}
         done_file.write_text("".join(f"{pid} {n}\n" for pid, n in done.items()))
-    policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else VLMPolicy(
+    policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else api.ServedPolicy(
+        a.policy, a.temperature, a.max_new_tokens, a.batch_size) if api.is_url(a.policy) else VLMPolicy(
         a.policy, a.temperature, a.max_new_tokens, a.batch_size)
     problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
     rollouts = written = 0
-    bar = tqdm(problems, desc=f"{a.method} K={a.rollouts}")
-    for p in bar:
-        if p.get("image"):  # a problem file's image: its path relative to the output's folder
-            image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute())
-        else:
-            image = image_name(p)
+    def one(p):  # a problem file's image: its path relative to the output's folder; else rendered there
+        image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute()) if p.get("image") else image_name(p)
+        if not p.get("image"):
             tasks.render(p).save(out.parent / image)
-        recs, n, _ = label_problem(p, policy, a.method, a.rollouts, a.budget, a.seed, a.samples, a.tau, image)
+        return p, label_problem(p, policy, a.method, a.rollouts, a.budget, a.seed, a.samples, a.tau, image)
+    served = isinstance(policy, api.ServedPolicy)  # --batch-size problems in flight, their requests batched, in order
+    bar = tqdm((ThreadPoolExecutor(a.batch_size).map if served else map)(one, problems), total=len(problems),
+               desc=f"{a.method} K={a.rollouts}")
+    for p, (recs, n, _) in bar:
         for r in recs:
             data.append_jsonl(out, r, "labelled")
         with open(done_file, "a") as f:  # the problem is finished only once all its records are on disk
