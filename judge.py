@@ -65,18 +65,25 @@ def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new
 def rate_served(client, images, prompts, mode="logits", max_new_tokens=256):
     """rate() through a server. generate: greedy text, parsed. logits: the expected score over "1".."5" from the
     top_logprobs (20, vLLM's most) of the token after "Overall Score: " (a digit the server does not list counts 0;
-    none listed: a failure)."""
+    none listed: a failure); a reply without logprobs (a server that does not give them) is judged by generate."""
     if mode == "generate":
         outs = client.chat([client.body(api.messages(im, p), 1, 0.0, max_new_tokens) for im, p in zip(images, prompts)])
         scores = [parse_score(api.texts(o, 1)[0]) for o in outs]
         return scores, sum(s is None for s in scores)
     outs = client.chat([client.body(api.messages(im, p, "Overall Score: "), 1, 0.0, 1, prefix=True, logprobs=True,
                                     top_logprobs=20) for im, p in zip(images, prompts)])
-    scores = []
-    for o in outs:
-        top = ((o["choices"][0].get("logprobs") or {}).get("content") or [{}])[0].get("top_logprobs") or []
+    scores, plain = [], []
+    for i, o in enumerate(outs):
+        lp = o["choices"][0].get("logprobs")
+        top = ((lp or {}).get("content") or [{}])[0].get("top_logprobs") or []
         p = {int(t["token"].strip()): math.exp(t["logprob"]) for t in top if t["token"].strip() in list("12345")}
         scores.append((sum(d * v for d, v in p.items()) / sum(p.values()) - 1) / 4 if p else None)
+        plain += [i] if lp is None else []
+    if plain:
+        redo, _ = rate_served(client, [images[i] for i in plain], [prompts[i] for i in plain], "generate",
+                              max_new_tokens)
+        for i, s in zip(plain, redo):
+            scores[i] = s
     return scores, sum(s is None for s in scores)
 
 

@@ -45,16 +45,23 @@ def test_a_rollout_continues_the_prefix_through_the_api(server):
     assert [r["steps"] for r in got] == [r["steps"] for r in want] and got[0]["steps"][0] == pre[0]
 
 
-@pytest.mark.parametrize("mode,tol", [("logits", 0.02), ("generate", 0.0)])
-def test_served_judge_scores_equal_the_in_process_judge(server, mode, tol):
-    probs = tasks.make_problems(3, 0, "test")
+@pytest.mark.parametrize("mode", ["logits", "generate"])
+def test_served_judge_scores_equal_the_in_process_judge(server, mode):
+    """generate: the same replies, parsed the same. logits: the same where all five digits are among the 20 likeliest
+    tokens the server lists (vLLM's most); a digit outside them counts 0, which moves a score of the untrained tiny
+    judge by up to ~0.04 (measured on 6 answers: one off by 0.042, the others by < 1e-3)."""
+    probs = tasks.make_problems(6, 0, "test")
     ims, qs = [tasks.render(p) for p in probs], [p["question"] for p in probs]
     st = [[s for s, _, _ in tasks.gold_steps(p)] for p in probs]
     m, proc = M.load("tiny", device="cpu")
     local, lf = judge.judge_answers(m, proc, ims, qs, st, mode)
     served, sf = judge.judge_answers(api.Client(server.url), None, ims, qs, st, mode)
-    assert lf == sf and all((a is None and b is None) or abs(a - b) <= tol for a, b in zip(local, served)), \
-        (local, served)
+    assert lf == sf
+    if mode == "generate":
+        assert served == local
+    else:
+        d = sorted(abs(a - b) for a, b in zip(local, served))
+        assert d[-1] <= 0.05 and d[len(d) // 2] <= 2e-3, d
 
 
 def test_a_server_that_dies_mid_run_loses_nothing_on_resume(tmp_path, server):
@@ -119,3 +126,17 @@ def test_pools_from_a_served_policy(tmp_path, server):
 def test_throughput_benchmark_reports_each_in_flight_count(server):
     res = api.throughput(server.url, tasks.make_problems(2, 0, "test"), (1, 4), requests=4, max_new_tokens=16)
     assert set(res) == {"1", "4"} and all(v > 0 for v in res.values())
+
+
+def test_a_server_without_logprobs_is_judged_by_generate_and_parse(server):
+    class NoLogprobs(api.Client):  # a server that ignores "logprobs"
+        def post(self, body):
+            out = super().post(body)
+            for c in out["choices"]:
+                c.pop("logprobs", None)
+            return out
+    probs = tasks.make_problems(2, 0, "test")
+    args = ([tasks.render(p) for p in probs], [p["question"] for p in probs],
+            [[s for s, _, _ in tasks.gold_steps(p)] for p in probs])
+    got = judge.judge_answers(NoLogprobs(server.url), None, *args, "logits")
+    assert got == judge.judge_answers(api.Client(server.url), None, *args, "generate")
