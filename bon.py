@@ -254,8 +254,8 @@ def load_scores(paths, candidates, skip_missing=False):
     method is taken, e.g. a judge PRM and a judge ORM both called "judge-logits")."""
     sets, skipped = {}, {}
     for path in paths:
-        scores, missing = data.read_scores(path, candidates, skip_missing)
-        key = (data.read_jsonl(path)[0].get("method") or Path(path).stem).replace("-", "_")
+        scores, missing, method = data.read_scores(path, candidates, skip_missing)
+        key = (method or Path(path).stem).replace("-", "_")
         key = Path(path).stem.replace("-", "_") if key in sets else key
         if key in sets:
             raise ValueError(f"{path}: score key {key!r} used twice; rename the file")

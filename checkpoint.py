@@ -82,11 +82,12 @@ def latest(folder, quiet=False):
 def trim_log(path, step):
     """Drop the log lines of steps after `step` (a resumed run does them again: no step is logged twice)."""
     path, keep = Path(path), []
-    for line in path.read_text().splitlines(keepends=True) if path.exists() else []:
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines(keepends=True):
         try:
             if json.loads(line).get("step", 0) <= step:
                 keep.append(line)
         except ValueError:  # a line cut off by the kill
             pass
-    if path.exists():
-        path.write_text("".join(keep))
+    path.write_text("".join(keep))

@@ -133,13 +133,15 @@ def read_jsonl(path, kind=None, nonempty=False, lines=False):
 
 
 def read_scores(path, candidates, skip_missing=False):
-    """A score file joined to its candidates, strictly -> ({candidate id: float (ORM) | [float] (PRM)}, missing).
+    """A score file joined to its candidates, strictly -> ({candidate id: float (ORM) | [float] (PRM)}, missing,
+    the first record's "method" or None).
     Errors name the file, line and candidate: no record, a candidate that is not in `candidates`, one scored twice,
     step scores that are not one per step, ORM and PRM records in one file; a candidate without a score too, unless
     skip_missing (then the count of those, for the caller to report)."""
     steps, out, where, first = {c["id"]: len(c["steps"]) for c in candidates}, {}, {}, None
     what = {True: "PRM step scores", False: "an ORM score (one number)"}
-    for lineno, r in read_jsonl(path, "score", nonempty=True, lines=True):
+    recs = read_jsonl(path, "score", nonempty=True, lines=True)
+    for lineno, r in recs:
         cid, v = r["candidate_id"], r.get("scores", r.get("score"))
         if cid not in steps:
             raise RecordError(f"{path}:{lineno}: candidate {cid} is not in the candidates")
@@ -156,7 +158,7 @@ def read_scores(path, candidates, skip_missing=False):
     if missing and not skip_missing:
         raise RecordError(f"{path}: no score for {len(missing)} of {len(steps)} candidates ({', '.join(missing[:3])}"
                           f"{', ...' if len(missing) > 3 else ''}); --skip-missing scores them as unscored")
-    return out, len(missing)
+    return out, len(missing), recs[0][1].get("method")
 
 
 def check_out(path, folder=False):

@@ -99,7 +99,7 @@ def synthetic_sft(step, n, seed, eos):
 
 def load_labelled(path):
     """Step-labelled records -> [(image, prompt, steps, labels, outcome, record id)], images opened."""
-    recs = data.read_jsonl(path, "labelled")  # a bad line: RecordError naming file, line and field
+    recs = data.read_jsonl(path, "labelled", nonempty=True)  # a bad line: RecordError naming file, line and field
     data.check_images(path, recs)  # a missing image: FileNotFoundError naming file, line, record and path
     empty = [r["id"] for r in recs if not r["completions"]]
     if empty:
@@ -241,11 +241,12 @@ def load_model(a, device):
     return model, processor, ck
 
 
-def load_rows(a, processor):
-    """(train rows, dev rows) from --data (dev: --eval-data, else a stable 10% of the records by index hash)."""
+def load_rows(a, processor, rows=None):
+    """(train rows, dev rows) from --data (its rows, when main has read them: load_labelled; dev: --eval-data, else a
+    stable 10% of the records by index hash)."""
     if a.data == "synthetic":
         return [], []
-    rows = load_labelled(a.data)
+    rows = rows if rows is not None else load_labelled(a.data)
     if a.eval_data:
         dev_rows = load_labelled(a.eval_data)
     else:
@@ -326,15 +327,14 @@ def main(a: Args):
     random.seed(a.seed)
     if not a.eval_only:  # before any expensive work: where the model goes, and what it learns from
         data.check_out(a.out, folder=True)
-        if a.data != "synthetic":
-            data.read_jsonl(a.data, "labelled", nonempty=True)
+    rows = load_labelled(a.data) if a.data != "synthetic" and not a.eval_only else None
     model, processor, resume = load_model(a, device)
     ids, out, last = M.token_ids(processor), Path(a.out), Path(a.out) / "last"
     if a.eval_only:
         res = evaluate(model, processor, a, load_labelled(a.eval_data or a.data) if a.objective != "sft" else [])
         print(json.dumps(res))
         return res
-    rows, dev_rows = load_rows(a, processor)
+    rows, dev_rows = load_rows(a, processor, rows)
     if a.head == "likelihood" and a.objective != "sft" and not prm.is_likelihood(model):
         model.likelihood = prm.calibrate(model, processor, rows, a)  # before any step: the base's likelihood, calibrated
         print(f"[train] likelihood head: a = {model.likelihood[0]}, b = {model.likelihood[1]}, "

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 import answers
@@ -89,7 +88,7 @@ class VLMPolicy:
         self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
 
     def rollout(self, problem, prefix_steps, n, seed):
-        image = Image.open(problem["image"]).convert("RGB") if problem.get("image") else tasks.render(problem)
+        image = api.image_of(problem)
         out = []
         for b in range(0, n, self.batch_size):  # the prefix kept verbatim (it is a node of the tree)
             m = min(self.batch_size, n - b)
@@ -106,7 +105,7 @@ class VLMPolicy:
         out = []
         for b in range(0, len(flat), rows):
             chunk = flat[b:b + rows]
-            ims = [Image.open(p["image"]).convert("RGB") if p.get("image") else tasks.render(p) for p, _, _ in chunk]
+            ims = [api.image_of(p) for p, _, _ in chunk]
             out += M.solve(self.model, self.processor, ims, [p["question"] for p, _, _ in chunk],
                            [pre for _, pre, _ in chunk], self.max_new_tokens, self.temperature, seed=chunk[0][2])
         res, i = [], 0
