@@ -5,13 +5,13 @@ for each of the paper's findings.
     python bench.py --quick          # smoke run (~5 min): every stage on a few problems, numbers not evidence
     python bench.py --seeds 0,1,2    # the pipeline once per seed (out/bench/seed-K), each number as mean and spread
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
-    python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (speed.py): tokens/s, MFU, memory
+    python bench.py --gpu            # one-GPU speed of a 3B-shaped PRM (lab/speed.py): tokens/s, MFU, memory
 
-Evidence (DESIGN.md): problems are split by content (tasks.SPLITS: train, tune, dev, test never share a content, and
+Evidence (docs/DESIGN.md): problems are split by content (tasks.SPLITS: train, tune, dev, test never share a content, and
 the tiny base saw train contents only). Every choice is made on the tune split (the PRM's headline aggregation, the
 tree search's tau) or on dev (first-error thresholds); test is only reported. Best-of-N accuracy is exact over all
 subsets (votes at N=8: Monte-Carlo, its error reported). Intervals: bootstrap over test problems (clusters: content);
-comparisons are paired. Per-problem results: OUT/per_problem.jsonl (`python evidence.py` redoes any comparison).
+comparisons are paired. Per-problem results: OUT/per_problem.jsonl (`python -m lab.evidence` redoes any comparison).
 
 Headline: the pools are the tiny base's own answers and the PRM's labels come from tree search over its own
 answers and rollouts (on-policy, as the paper's policies are at least as strong as its PRM's base); the synthetic
@@ -32,23 +32,16 @@ from pathlib import Path
 
 import torch
 
-import answers
-import api
 import bon
-import cli
-import controls as C
-import data
-import evidence as E
 import judge
-import model as M
 import orm
 import prm
-import report as R
-import speed
 import steps
-import tasks
 import train
 import tree_search
+from common import cli, data, tasks
+from lab import api, controls, evidence, report, speed
+from policy import SyntheticPolicy, VLMPolicy, candidate, candidates
 
 
 @dataclass
@@ -64,8 +57,10 @@ class Args:
     n_dev: int = field(default=60, metadata={"help": "dev problems (first-error thresholds)"})
     n_test: int = field(default=200, metadata={"help": "test problems (everything reported)"})
     pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
-    labels: str = field(default="mcts", metadata={"help": "train labels: mcts | mc (tree search) | oracle (tasks.py)",
-                                                  "choices": ["mcts", "mc", "oracle"]})
+    labels: str = field(default="mcts", metadata={"help": "how train labels are made (tree_search.LABELLERS): mcts | "
+                        "mc (tree search) | oracle (the suite's exact labels)", "choices": list(tree_search.LABELLERS)})
+    hard_labels: bool = field(default=False, metadata={"help": "train on 1/0 labels (tree_search.hard_labels) "
+                              "instead of the soft Monte-Carlo values"})
     label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
                               "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)",
                               "choices": ["base", "synthetic"]})
@@ -89,6 +84,7 @@ SCORE_BATCH, GEN_BATCH = (256, 512) if ON_GPU else (32, 128)  # answers per scor
 TRAIN_PROCS = 4 if ON_GPU else 2  # reward models trained at once
 QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8)
 SPLITS = ("train", "tune", "dev", "test")
+TAU_LABELS = ("mc", "mcts")  # the labellers that read a prefix as right when its value > tau
 MODELS = {"prm": ("prm", None), "orm": ("orm", None), "prm_visual": ("prm", "visual"), "prm_text": ("prm", "text")}
 
 
@@ -138,13 +134,9 @@ def stage_problems(a, st):
     out = st.out
 
     def make():
-        (out / "images").mkdir(parents=True, exist_ok=True)
         for split in SPLITS:
             probs = tasks.make_problems(getattr(a, f"n_{split}"), a.seed, split)
-            for p in probs:
-                tasks.render(p).save(out / "images" / f"{p['id']}.png")
-                p["image"] = f"images/{p['id']}.png"
-            data.write_jsonl(out / f"problems_{split}.jsonl", probs, "problem")
+            tasks.write_problems(out, probs, f"problems_{split}.jsonl")
         return {s: getattr(a, f"n_{s}") for s in SPLITS}
     st.run("problems", {"seed": a.seed, **{f"n_{s}": getattr(a, f"n_{s}") for s in SPLITS}}, make)
     return {s: data.read_jsonl(out / f"problems_{s}.jsonl", "problem") for s in SPLITS}
@@ -158,10 +150,8 @@ def rendered(probs):
 def base_policy_pool(a, probs, policy):
     """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
     sols = policy.rollout_many([(p, [], a.pool, tasks.seed_of(a.seed, "base-pool")) for p in rendered(probs)])
-    return [{"id": f"{p['id']}-b{j:02d}", "problem_id": p["id"], "steps": s["steps"], "answer": s["answer"],
-             "correct": answers.match_answer(s["answer"], p["answer"]), "policy": "tiny-base", "text": s["text"],
-             "first_error": tasks.first_error(p, s["steps"])} for p, ss in zip(probs, sols) for j, s in enumerate(ss)
-            if s["steps"]]
+    return [candidate(p, f"{p['id']}-b{j:02d}", s, "tiny-base") for p, ss in zip(probs, sols)
+            for j, s in enumerate(ss) if s["steps"]]
 
 
 def stage_pools(a, st, P):
@@ -170,9 +160,9 @@ def stage_pools(a, st, P):
     names = [(s, k) for k in ("base", "synthetic") for s in ("tune", "dev", "test")]
 
     def make():
-        base = tree_search.VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH)
+        base = VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH)
         for split, kind in names:
-            cands = ([c for p in P[split] for s in ("weak", "strong") for c in tasks.candidates(p, a.pool // 2, a.seed, s)]
+            cands = ([c for p in P[split] for s in ("weak", "strong") for c in candidates(p, a.pool // 2, a.seed, s)]
                      if kind == "synthetic" else base_policy_pool(a, P[split], base))
             data.write_jsonl(st.out / f"cands_{split}_{kind}.jsonl", cands, "candidate")
         return {f"{s}_{k}": True for s, k in names}
@@ -191,7 +181,7 @@ def stage_tau(a, st):
         res = {str(t): tree_search.evaluate(n, a.seed, a.rollouts, samples=a.samples, tau=t, split="tune",
                                             methods=(a.labels,), policy=pol)[a.labels] for t in taus}
         return {"tau": max(taus, key=lambda t: res[str(t)]["first_error_agreement"]), "grid": res}
-    if a.labels == "oracle":
+    if a.labels not in TAU_LABELS:
         return {"tau": None, "grid": {}}
     return st.run("tau", {"taus": taus, "n": n, "rollouts": a.rollouts, "samples": a.samples, "seed": a.seed,
                           "labels": a.labels, "policy": a.label_policy, "base": a.base,
@@ -201,33 +191,28 @@ def stage_tau(a, st):
 def label_policy(a):
     """The tree search's policy: the tiny base (on-policy: it writes the headline pools) or the synthetic sampler."""
     cli.choice(a.label_policy, ("base", "synthetic"), "--label-policy")
-    return tree_search.VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH) if a.label_policy == "base" else \
-        tree_search.SyntheticPolicy()
+    return VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH) if a.label_policy == "base" else \
+        SyntheticPolicy()
 
 
 def stage_labels(a, st, P, tau):
     def make():
         probs = rendered(P["train"])
-        if a.labels == "oracle":  # the oracle's exact labels of the same solutions: tree search's upper bound
-            roots = label_policy(a).rollout_many([(p, [], a.samples, tasks.seed_of(a.seed, "solutions")) for p in probs])
-            recs = [{**tasks.labelled(p, {"id": f"{p['id']}-oracle{j:02d}", **s}, p["image"]),
-                     "meta": {"correct": answers.match_answer(s["answer"], p["answer"]), "problem_id": p["id"]}}
-                    for p, sols in zip(P["train"], roots) for j, s in enumerate(sols) if s["steps"]]
-            stats = {"records": len(recs), "rollouts": 0, "rollouts_per_solution": 0.0}
-        else:
-            recs, stats = (tree_search.label_rounds(probs, label_policy(a), a.rollouts, a.seed, a.samples, tau, True)
-                           if a.labels == "mcts" else
-                           tree_search.label(probs, label_policy(a), a.labels, a.rollouts, 0, a.seed, a.samples, tau,
-                                             progress=True))
+        labeller = tree_search.LABELLERS[a.labels]
+        recs, stats = labeller(probs, label_policy(a), a.rollouts, a.seed, a.samples, tau, True)
+        if a.hard_labels:
+            recs = [{**r, "labels": tree_search.hard_labels(r, tau)} for r in recs]
         fam = {p["id"]: p["family"] for p in P["train"]}
         data.write_jsonl(st.out / "labels.jsonl", recs, "labelled")
         for f in ("visual", "text"):  # the single-domain training sets of the cross-domain experiment
             data.write_jsonl(st.out / f"labels_{f}.jsonl", [r for r in recs if fam[r["meta"]["problem_id"]] == f],
                              "labelled")
         return stats
-    return st.run("labels", {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau,
-                             "policy": a.label_policy, "base": a.base, "temperature": a.temperature},
-                  make, after=("problems",) + (("tau",) if a.labels != "oracle" else ()))
+    settings = {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau,
+                "policy": a.label_policy, "base": a.base, "temperature": a.temperature}
+    if a.hard_labels:
+        settings["hard_labels"] = True
+    return st.run("labels", settings, make, after=("problems",) + (("tau",) if a.labels in TAU_LABELS else ()))
 
 
 def train_args(a, st, name):
@@ -245,7 +230,7 @@ def launch(args, log):
     flags = [(f"--{k}" if v else f"--no-{k}") if isinstance(v, bool) else f"--{k}={v}"
              for k, v in ((k.replace("_", "-"), v) for k, v in asdict(args).items())]
     with open(log, "w") as f:
-        done = subprocess.run([sys.executable, str(M.ROOT / "train.py"), *flags], stdout=f, stderr=subprocess.STDOUT,
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "train.py"), *flags], stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     if done.returncode:
         raise RuntimeError(f"training {args.out} failed (exit {done.returncode}): see {log}")
@@ -280,20 +265,22 @@ def score_sets(a, P, split, kind, cands, models, prior):
         return sets
     sets["orm_steps"] = score("orm")  # the ORM read at every tag, for first-error F1; its answer score is the last
     sets["orm"] = {i: s for i, s in zip(sets["orm_steps"], orm.from_steps(list(sets["orm_steps"].values())))}
-    sets["base_likelihood"] = {i: s for i, s in zip(ids, C.step_likelihood(*models["base"], ims, qs, st))
+    sets["base_likelihood"] = {i: s for i, s in zip(ids, controls.step_likelihood(*models["base"], ims, qs, st))
                                if s is not None}
     if kind == "base":  # the headline pool: the PRM against what one gets for free (majority, ORM, the base itself)
         return sets
-    sets["prm_blank"] = score("prm", images=C.blank(ims))
-    sets["prior"] = dict(zip(ids, C.prior_scores(prior, st)))
-    judged = E.judged_ids(P[split], a.judge_n if split == "test" else a.judge_n // 2)
+    sets["prm_blank"] = score("prm", images=controls.blank(ims))
+    sets["prior"] = dict(zip(ids, controls.prior_scores(prior, st)))
+    judged = evidence.judged_ids(P[split], a.judge_n if split == "test" else a.judge_n // 2)
     sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
     jargs = ([ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
-    sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, judge.judge_steps(*models["base"], *jargs)[0])}
+    base_judge = judge.Judge(*models["base"])  # the base prompted with the rubric, read by logits
+    sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, judge.judge_steps(base_judge, *jargs)[0])}
     if split == "test":
-        sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, judge.judge_answers(*models["base"], *jargs)[0])}
-        for how in ("chunks", "pairs"):
-            sets[f"prm_{how}"] = score("prm", steps_=[steps.segment(s, how) for s in st])
+        sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, judge.judge_answers(base_judge, *jargs)[0])}
+        for cut in steps.CUTS:  # the segmentation ablation: the same answers cut other ways
+            if cut != "steps":
+                sets[f"prm_{cut}"] = score("prm", steps_=[steps.segment(s, cut) for s in st])
         sets["prm_split"] = score("prm", steps_=[steps.split_steps(c["text"]) for c in cands])  # as a reader cuts it
         for name in ("prm_visual", "prm_text"):
             sets[name] = score(name)
@@ -302,8 +289,8 @@ def score_sets(a, P, split, kind, cands, models, prior):
 
 def stage_scores(a, st, P, pools, ck):
     def make():
-        prior = C.prior_table(data.read_jsonl(st.out / "labels.jsonl", "labelled"))
-        models = {name: M.load(path) for name, path in {**ck, "base": a.base}.items()}
+        prior = controls.prior_table(data.read_jsonl(st.out / "labels.jsonl", "labelled"))
+        models = {name: prm.load(path) for name, path in {**ck, "base": a.base}.items()}
         return {f"{s}_{k}": score_sets(a, P, s, k, cands, models, prior) for (s, k), cands in pools.items()}
     return st.run("scores", {"judge_n": a.judge_n}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
 
@@ -328,7 +315,7 @@ def run(a):
     label_stats = stage_labels(a, st, P, tau["tau"])
     if a.tune_only:  # the PRM alone, read on the tune split only
         scores = {"tune_base": score_sets(a, P, "tune", "base", pools[("tune", "base")],
-                                          {"prm": M.load(stage_train(a, st, ("prm",))["prm"])}, None)}
+                                          {"prm": prm.load(stage_train(a, st, ("prm",))["prm"])}, None)}
         return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
     ck = stage_train(a, st)
     scores = stage_scores(a, st, P, pools, ck)
@@ -338,22 +325,27 @@ def run(a):
                        lambda: tree_search.evaluate(n_lab, a.seed, a.rollouts, tau=tau["tau"] or 0, split="test",
                                                     methods=("mcts",) if a.label_policy == "base" else ("mc", "mcts"),
                                                     policy=label_policy(a)),
-                       after=("tau",) if a.labels != "oracle" else ())
+                       after=("tau",) if a.labels in TAU_LABELS else ())
     spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
                  after=("pools", "train_prm"))
     spd = {**spd, "served_rollouts_per_s": st.run("served", {"base": a.base},
                                                   lambda: api.benchmark(a.base, rendered(P["test"][:8])))}
     head, tune_acc = choose_head(P, pools, scores)
-    rows = E.problem_rows(a, P, pools, scores, head)
-    fe_items, auc_items = E.step_items(P, pools, scores)
+    rows = evidence.problem_rows(a, P, pools, scores, head)
+    fe_items, auc_items = evidence.step_items(P, pools, scores)
     res = {"config": asdict(a), "seconds": round(st.seconds() + time.time() - t0 - st.this_run, 1),
            "seconds_this_run": round(time.time() - t0, 1), "stage_seconds": st.stage_seconds(),
-           "machine": R.machine(),
-           **E.results_from(a, rows, fe_items, auc_items, head, a.seed),
+           "machine": report.machine(),
+           **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed),
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
            "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
     return res, rows, fe_items, auc_items
+
+
+def seed_tagged(row, seed):
+    """A row of one seed's run, its problem named with the seed so that pooled seeds never share a problem."""
+    return {**row, "problem": f"s{seed}/{row['problem']}"}
 
 
 def run_seeds(a, seeds):
@@ -362,21 +354,20 @@ def run_seeds(a, seeds):
     per, rows, fe, au, t0 = {}, [], [], [], time.time()
     for s in seeds:
         r, rw, f, u = run(Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False, "out": f"{a.out}/seed-{s}"}))
-        R.write_outputs(r, rw, f, u, Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False}),
+        report.write_outputs(r, rw, f, u, Args(**{**asdict(a), "seed": s, "seeds": "", "readme": False}),
                       Path(a.out) / f"seed-{s}")
         per[s] = r
-        tag = lambda x: {**x, "problem": f"s{s}/{x['problem']}"}  # noqa: E731
-        rows += [tag(x) for x in rw]
-        fe += [tag(x) for x in f]
-        au += [tag(x) for x in u]
+        rows += [seed_tagged(x, s) for x in rw]
+        fe += [seed_tagged(x, s) for x in f]
+        au += [seed_tagged(x, s) for x in u]
     heads = {s: r["head"] for s, r in per.items()}
     res = {"config": asdict(a), "seconds": round(sum(r["seconds"] for r in per.values()), 1),
-           "seconds_this_run": round(time.time() - t0, 1), "machine": R.machine(),
+           "seconds_this_run": round(time.time() - t0, 1), "machine": report.machine(),
            "stage_seconds": {s: r.get("stage_seconds") for s, r in per.items()},
-           **E.results_from(a, rows, fe, au, max(set(heads.values()), key=list(heads.values()).count), a.seed),
+           **evidence.results_from(a, rows, fe, au, max(set(heads.values()), key=list(heads.values()).count), a.seed),
            **{k: per[seeds[0]][k] for k in ("tuning", "labelling", "speed", "pools")},
-           "seeds": {"heads": heads, "per_seed": {str(s): R.headline(r) for s, r in per.items()},
-                     "spread": R.spread([R.headline(r) for r in per.values()])}}
+           "seeds": {"heads": heads, "per_seed": {str(s): report.headline(r) for s, r in per.items()},
+                     "spread": report.spread([report.headline(r) for r in per.values()])}}
     return res, rows, fe, au
 
 
@@ -390,8 +381,8 @@ def main(a: Args):
     if a.tune_only:
         print(json.dumps(res))
         return res
-    R.write_outputs(res, rows, fe, au, a, Path(a.out))
-    print(json.dumps({k: v for k, v in R.headline(res).items() if k != "verdicts"}))
+    report.write_outputs(res, rows, fe, au, a, Path(a.out))
+    print(json.dumps({k: v for k, v in report.headline(res).items() if k != "verdicts"}))
     return res
 
 

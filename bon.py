@@ -10,7 +10,7 @@ answer; no answer, no vote), oracle (pass@N), max:KEY[:AGG] (highest score, step
 vote:KEY[:AGG] (weighted majority: the answer whose scores sum highest). A tie counts as its exact expectation: a
 uniform pick among the tied candidates or answer groups (a group is worth its members' mean correctness).
 accuracy@N is the exact expectation over all C(pool, N) subsets (at_n): argmax in closed form by rank; votes by
-enumeration, or where that is costly (N=8 of 16) over 2000 seeded random subsets, their error kept.
+enumeration, or where that is costly (N=8 of 16) over MC_DRAWS (1000) seeded random subsets, their error kept.
 """
 import itertools
 import json
@@ -22,17 +22,37 @@ from pathlib import Path
 
 from PIL import Image
 
-import cli
-import data
-import metrics
 import orm
 import prm
-from model import MAX_LEN, load
-from answers import match_answer, normalize
-from tasks import seed_of
+from common import cli, data, metrics
+from common.answers import match_answer, normalize
+from common.mathv import MATHV, load_mathv
+from common.model import MAX_LEN
+from common.tasks import seed_of
 
 NS = (1, 2, 4, 8, 16)
-AGGS = ("min", "mean", "prod", "last", "last2")
+def mean(step_scores):
+    return sum(step_scores) / len(step_scores)
+
+
+def last(step_scores):
+    return step_scores[-1]
+
+
+def last_k(step_scores, k):
+    """The mean of the last k steps: the paper's hybrid, which scores only the closing steps."""
+    tail = step_scores[-k:]
+    return sum(tail) / len(tail)
+
+
+def last2(step_scores):
+    return last_k(step_scores, 2)
+
+
+# How step scores become one answer score. bench.py chooses among these on the tune split and reports each.
+# fork here: an aggregation of your own, one function and one entry (python bench.py --tune-only shows it on tune)
+AGGREGATIONS = {"min": min, "mean": mean, "prod": math.prod, "last": last, "last2": last2}
+AGGS = tuple(AGGREGATIONS)
 # bench.py's method names (results.json) as rules over the score keys "prm", "orm", "judge_prm", "judge_orm".
 # weighted_prm sums min-aggregated scores (Math-Shepherd's vote); the judge PRM is averaged, like ViLPRM's score.
 METHODS = {"random": "random", "majority": "majority", "weighted_prm": "vote:prm:min", "orm": "max:orm",
@@ -41,24 +61,16 @@ METHODS = {"random": "random", "majority": "majority", "weighted_prm": "vote:prm
 
 
 def aggregate(step_scores, how="min"):
-    """One answer score from its step scores: min, mean, prod, last, or lastK (mean of the last K steps: the paper's
-    hybrid that scores only the closing steps). An answer with no steps scores 0."""
+    """One answer score from its step scores: an AGGREGATIONS member, or lastK for any K (the mean of the last K
+    steps). An answer with no steps scores 0."""
     s = list(step_scores)
     if not s:
         return 0.0
-    if how == "min":
-        return min(s)
-    if how == "mean":
-        return sum(s) / len(s)
-    if how == "prod":
-        return math.prod(s)
-    if how == "last":
-        return s[-1]
-    # fork here: a new aggregation (then add it to AGGS so bench.py and bon.py report it)
+    if how in AGGREGATIONS:
+        return AGGREGATIONS[how](s)
     if how.startswith("last") and how[4:].isdigit():
-        tail = s[-int(how[4:]):]
-        return sum(tail) / len(tail)
-    raise ValueError(f"unknown aggregation {how!r}: min, mean, prod, last, lastK")
+        return last_k(s, int(how[4:]))
+    raise ValueError(f"unknown aggregation {how!r}: {', '.join(AGGREGATIONS)}, or lastK")
 
 
 def answer_key(answer, options=None):
@@ -203,7 +215,12 @@ def vilbench_filter(pools, pairs, n=16, seed=0):
         for pid, pool in pools.items():
             a = at_n(prepare(pool, prm_rule), "max", n, seed, pid)[0]
             gain[pid] += (a - at_n(prepare(pool, orm_rule), "max", n, seed, pid)[0]) / len(pairs)
-    return [pid for pid in pools if gain[pid] > 1e-12], gain
+    return prefers_prm(gain), gain
+
+
+def prefers_prm(gain):
+    """The problems the filter keeps: those whose PRM-preference indicator is above 0 (beyond rounding)."""
+    return [pid for pid, g in gain.items() if g > 1e-12]
 
 
 def table(results, methods=None, ns=None):
@@ -229,9 +246,10 @@ def make_pools(problems, candidates, score_sets=None):
             continue
         correct = c["correct"] if c.get("correct") is not None else match_answer(c["answer"], p["answer"],
                                                                                   p.get("options"))
+        scores = {k: s[c["id"]] for k, s in (score_sets or {}).items() if c["id"] in s}
         pools[p["id"]].append({"id": c["id"], "answer": c["answer"], "key": answer_key(c["answer"], p.get("options")),
-                               "correct": correct, "first_error": c.get("first_error"), "scores": {
-                                   k: s[c["id"]] for k, s in (score_sets or {}).items() if c["id"] in s}})
+                               "correct": correct, "first_error": c.get("first_error"), "n_steps": len(c["steps"]),
+                               "scores": scores})
     return {pid: pool for pid, pool in pools.items() if pool}
 
 
@@ -266,6 +284,14 @@ def load_scores(paths, candidates, skip_missing=False):
     return sets, {k: v for k, v in skipped.items() if v}
 
 
+def check_same_steps(key, candidate_id, step_scores, n_steps):
+    """A first error indexes the candidate's own steps: step scores of the same answer cut another way (a
+    segmentation variant) cannot be judged against it, so they are refused rather than measured wrong."""
+    if n_steps is not None and len(step_scores) != n_steps:
+        raise ValueError(f"{key}: candidate {candidate_id} has {len(step_scores)} step scores for {n_steps} steps; "
+                         "its first error indexes its own steps (a re-cut answer needs its own first-error truth)")
+
+
 def step_f1(pools, key, dev_frac=0.5, seed=0):
     """First-error F1 of one step-score key over the candidates that carry first_error: the threshold is chosen on
     a dev share of the problems (a stable hash of the id), the F1 measured on the rest (and at 0.5 for reference)."""
@@ -274,6 +300,7 @@ def step_f1(pools, key, dev_frac=0.5, seed=0):
         part = dev if seed_of(seed, "dev", pid) % 1000 < 1000 * dev_frac else test
         for c in pool:
             if c.get("first_error") is not None and c["scores"].get(key):
+                check_same_steps(key, c["id"], c["scores"][key], c.get("n_steps"))
                 part[0].append(c["scores"][key])
                 part[1].append(c["first_error"])
     return metrics.dev_test_f1(*dev, *test)
@@ -293,11 +320,10 @@ def report(pools, rules, ns, a, families=None):
     if keys and any(c.get("first_error") is not None for pool in pools.values() for c in pool):
         res["step"] = {k: step_f1(pools, k, a.dev_frac, a.seed) for k in keys}
         print("\nfirst-error F1 (ProcessBench), threshold chosen on the dev problems, F1 on the others")
-        print("| scores | threshold | F1 | acc wrong | acc right | F1 at 0.5 |\n|---|---:|---:|---:|---:|---:|")
+        print("| scores | threshold | F1 | acc wrong | acc right |\n|---|---:|---:|---:|---:|")
         for k, r in res["step"].items():
-            fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
             print(f"| {k} | {r['threshold']:.2f} | " + " | ".join(
-                fmt(r[x]) for x in ("first_error_f1", "acc_error", "acc_correct", "f1_at_0.5")) + " |")
+                "-" if r[x] is None else f"{r[x]:.3f}" for x in ("first_error_f1", "acc_error", "acc_correct")) + " |")
     pairs = [(f"max:{k}:mean", f"max:{k.replace('prm', 'orm')}") for k in keys
              if "prm" in k and any(k.replace("prm", "orm") in s for s in scores)]
     if pairs:
@@ -305,7 +331,8 @@ def report(pools, rules, ns, a, families=None):
         kept, _ = vilbench_filter(pools, pairs, n, a.seed)
         res["filter"] = {"n": n, "kept": len(kept), "of": len(pools), "pairs": pairs}
         print(f"\nViLBench filter (PRM mean minus ORM at N={n}, {len(pairs)} reward model(s)): kept {len(kept)} "
-              f"of {len(pools)} problems")
+              f"of {len(pools)} problems. Selected and measured on the same candidates, so the table below is "
+              "optimistic; bench.py selects on half of each pool and measures on the other half")
         if kept:
             res["filter"]["bon"] = accuracy_at_n({p: pools[p] for p in kept}, rules, ns, a.seed)
             print(table(res["filter"]["bon"]))
@@ -319,7 +346,7 @@ class Args:
     scores: list = field(default=None, metadata={"help": "score JSONL files (PRM step scores or ORM scores)"})
     skip_missing: bool = field(default=False, metadata={"help": "candidates without a score: counted and left "
                                                                  "unscored (default: an error)"})
-    mathv: str = field(default="", metadata={"help": f"MATH-V folder (bare --mathv: {data.MATHV})"})
+    mathv: str = field(default="", metadata={"help": "MATH-V folder (bare --mathv: datasets/mathv-testmini)"})
     model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) scores the pool"})
     orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last)"})
     limit: int = field(default=0, metadata={"help": "with --mathv: only the first K problems (0: all)"})
@@ -338,10 +365,10 @@ def score_pool(a, problems, candidates):
     qs = {p["id"]: p["question"] for p in problems}
     args = ([images[c["problem_id"]] for c in candidates], [qs[c["problem_id"]] for c in candidates],
             [c["steps"] for c in candidates], a.batch_size, a.max_len, True)
-    model, processor = load(a.model, device=a.device or None)
+    model, processor = prm.load(a.model, device=a.device or None)
     steps, skipped = prm.score_steps(model, processor, *args)
     if a.orm_model:
-        model, processor = load(a.orm_model, device=a.device or None)
+        model, processor = prm.load(a.orm_model, device=a.device or None)
         answers, skipped_orm = orm.score_answers(model, processor, *args)
         print(f"ORM {a.orm_model}: {len(skipped_orm)} of {len(candidates)} answers skipped", file=sys.stderr)
     else:
@@ -355,7 +382,7 @@ def score_pool(a, problems, candidates):
 def main(a: Args):
     ns = [int(n) for n in a.ns.split(",")]
     if a.mathv:
-        problems, candidates = data.load_mathv(a.mathv)
+        problems, candidates = load_mathv(a.mathv)
         problems = problems[:a.limit] if a.limit else problems
         keep = {p["id"] for p in problems}
         candidates = [c for c in candidates if c["problem_id"] in keep]
@@ -396,5 +423,5 @@ def main(a: Args):
 if __name__ == "__main__":
     argv = sys.argv[1:]
     if "--mathv" in argv and (argv[-1] == "--mathv" or argv[argv.index("--mathv") + 1].startswith("--")):
-        argv.insert(argv.index("--mathv") + 1, str(data.MATHV))  # a bare --mathv means the shipped pool
+        argv.insert(argv.index("--mathv") + 1, str(MATHV))  # a bare --mathv means the shipped pool
     cli.run(main, Args, __doc__, argv)

@@ -1,33 +1,38 @@
-"""VLM-as-a-judge (ViLBench): a model that was never trained as a reward model rates answers with a 1-5 rubric.
+"""VLM-as-a-judge (ViLBench): a model never trained as a reward model rates answers with the paper's 1-5 rubric.
 
-    python prm.py --model tiny --problems P --candidates C --out judge.jsonl --judge logits     # judge PRM
-    python orm.py --model tiny --problems P --candidates C --out judge.jsonl --judge generate   # judge ORM
+    python judge.py --model tiny --mode prm --problems P --candidates C --out judge_prm.jsonl    # one score a step
+    python judge.py --model tiny --mode orm --problems P --candidates C --out judge_orm.jsonl    # one an answer
 
-PRM mode rates each step given the steps before it (one call per prefix); ORM mode rates the whole answer.
-A served judge (--model http://HOST:PORT/v1, api.py) rates the same way through the chat-completions API.
+PRM mode rates each step given the steps before it (one judge call per prefix); ORM mode rates the whole answer.
+Two ways to read the rating: "logits", the expected score over the tokens "1".."5" right after "Overall Score:"
+(deterministic, never fails to parse), and "generate", the reply written out and its last "Overall Score: N"
+parsed. A judge is any object with rate(images, prompts) -> (scores in [0, 1] or None, parse failures): Judge here
+for a local model, lab/api.py's ServedJudge for one behind vLLM or SGLang.
 """
-import math
 import re
+from dataclasses import dataclass, field
 
 import torch
 
-import api
-from model import encode, generate, hidden_states, unwrap
-
+import prm
+from common import cli
+from common.model import encode, generate, hidden_states, load, unwrap
+from common.tasks import format_steps
 
 # The paper's judge rubric (ViLBench, VLM-as-a-judge): rate 1-5 on relevance, coherence, accuracy and clarity.
-# fork here: your own rubric (keep the "Overall Score: N" ending that rate() reads)
+# fork here: your own rubric (keep the "Overall Score: N" ending that parse_score reads); python judge.py shows it
 RUBRIC = ("You are a careful judge of visual math solutions. Look at the image and the question, then rate the "
           "{what} from 1 (poor) to 5 (excellent) for relevance, coherence, accuracy and clarity. "
           "End your reply with \"Overall Score: N\".\n\nQuestion: {question}\n\nSolution:\n{solution}")
+MODES = ("logits", "generate")
 
 
 def prompt(question, steps, upto=None):
     """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it."""
     if upto is None:
         return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
-    sol = "\n".join(f"Step {i + 1}: {s}" for i, s in enumerate(steps[:upto + 1]))
-    return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question, solution=sol)
+    return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question,
+                         solution=format_steps(steps[:upto + 1]))
 
 
 def parse_score(reply):
@@ -36,71 +41,98 @@ def parse_score(reply):
     return (int(m[-1]) - 1) / 4 if m else None
 
 
-@torch.no_grad()
-def rate(model, processor, images, prompts, mode="logits", batch_size=8, max_new_tokens=256):
-    """Judge scores in [0, 1] ((E - 1) / 4 of a 1-5 score). logits: the expected score over the tokens "1".."5"
-    right after "Overall Score:" (deterministic, never fails to parse). generate: greedy text, parse the last
-    "Overall Score: N"; a reply without one is a parse failure (score None, counted)."""
-    if isinstance(model, api.Client):
-        return rate_served(model, images, prompts, mode, max_new_tokens)
-    tok = processor.tokenizer
-    digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
-    scores, failures = [], 0
-    for j in range(0, len(prompts), batch_size):
-        ims, ps = images[j:j + batch_size], prompts[j:j + batch_size]
-        if mode == "generate":
-            for text in generate(model, processor, ims, ps, max_new_tokens=max_new_tokens):
-                scores.append(parse_score(text))
-                failures += scores[-1] is None
-            continue
-        batch, _, _ = encode(processor, ims, ps, answers=["Overall Score: "] * len(ps), max_len=10**6)
-        hs = hidden_states(model, batch)  # (B, S, H): read the logits after the last real token of each row
-        last = batch["attention_mask"].sum(1).to(hs.device) - 1
-        w = unwrap(model).lm_head.weight[digits]  # (5, H)
-        p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)
-        scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
-    return scores, failures
+class Judge:
+    """A local model as a judge: rate(images, prompts) -> (scores in [0, 1], parse failures)."""
+
+    def __init__(self, model, processor, mode="logits", batch_size=8, max_new_tokens=256):
+        cli.choice(mode, MODES, "judge mode")
+        self.model, self.processor, self.mode = model, processor, mode
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+
+    @torch.no_grad()
+    def rate(self, images, prompts):
+        """(E - 1) / 4 of a 1-5 score: logits mode reads the expectation, generate mode the parsed reply (a reply
+        without a score is a parse failure: None, counted)."""
+        tok = self.processor.tokenizer
+        digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+        scores, failures = [], 0
+        for j in range(0, len(prompts), self.batch_size):
+            ims, ps = images[j:j + self.batch_size], prompts[j:j + self.batch_size]
+            if self.mode == "generate":
+                for text in generate(self.model, self.processor, ims, ps, max_new_tokens=self.max_new_tokens):
+                    scores.append(parse_score(text))
+                    failures += scores[-1] is None
+                continue
+            batch, _, _ = encode(self.processor, ims, ps, ["Overall Score: "] * len(ps), max_len=10**6)
+            hs = hidden_states(self.model, batch)  # (B, S, H): read after the last real token of each row
+            last = batch["attention_mask"].sum(1).to(hs.device) - 1
+            w = unwrap(self.model).lm_head.weight[digits]  # (5, H)
+            p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)  # (B, 5)
+            scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
+        return scores, failures
 
 
-def rate_served(client, images, prompts, mode="logits", max_new_tokens=256):
-    """rate() through a server. generate: greedy text, parsed. logits: the expected score over "1".."5" from the
-    top_logprobs (20, vLLM's most) of the token after "Overall Score: " (a digit the server does not list counts 0;
-    none listed: a failure); a reply without logprobs (a server that does not give them) is judged by generate."""
-    if mode == "generate":
-        outs = client.chat([client.body(api.messages(im, p), 1, 0.0, max_new_tokens) for im, p in zip(images, prompts)])
-        scores = [parse_score(api.texts(o, 1)[0]) for o in outs]
-        return scores, sum(s is None for s in scores)
-    outs = client.chat([client.body(api.messages(im, p, "Overall Score: "), 1, 0.0, 1, prefix=True, logprobs=True,
-                                    top_logprobs=20) for im, p in zip(images, prompts)])
-    scores, plain = [], []
-    for i, o in enumerate(outs):
-        lp = o["choices"][0].get("logprobs")
-        top = ((lp or {}).get("content") or [{}])[0].get("top_logprobs") or []
-        p = {int(t["token"].strip()): math.exp(t["logprob"]) for t in top if t["token"].strip() in list("12345")}
-        scores.append((sum(d * v for d, v in p.items()) / sum(p.values()) - 1) / 4 if p else None)
-        plain += [i] if lp is None else []
-    if plain:
-        redo, _ = rate_served(client, [images[i] for i in plain], [prompts[i] for i in plain], "generate",
-                              max_new_tokens)
-        for i, s in zip(plain, redo):
-            scores[i] = s
-    return scores, sum(s is None for s in scores)
-
-
-def judge_steps(model, processor, images, questions, steps, mode="logits", batch_size=8):
+def judge_steps(judge, images, questions, steps):
     """The paper's judge PRM: one judge call per step prefix. Returns per-step score lists and parse failures."""
-    flat, index = [], []
+    flat_images, flat_prompts, owner = [], [], []
     for i, st in enumerate(steps):
         for k in range(len(st)):
-            flat.append((images[i], prompt(questions[i], st, upto=k)))
-            index.append(i)
-    s, fails = rate(model, processor, [f[0] for f in flat], [f[1] for f in flat], mode, batch_size)
+            flat_images.append(images[i])
+            flat_prompts.append(prompt(questions[i], st, upto=k))
+            owner.append(i)
+    scores, failures = judge.rate(flat_images, flat_prompts)
     out = [[] for _ in steps]
-    for i, x in zip(index, s):
+    for i, x in zip(owner, scores):
         out[i].append(x)
-    return out, fails
+    return out, failures
 
 
-def judge_answers(model, processor, images, questions, steps, mode="logits", batch_size=8):
+def judge_answers(judge, images, questions, steps):
     """The paper's judge ORM: one rubric prompt per whole answer; scores in [0, 1] and the parse failures."""
-    return rate(model, processor, images, [prompt(q, st) for q, st in zip(questions, steps)], mode, batch_size)
+    return judge.rate(images, [prompt(q, st) for q, st in zip(questions, steps)])
+
+
+@dataclass
+class Args:
+    model: str = field(default="tiny", metadata={"help": "the judge: tiny | a checkpoint folder or hub id"})
+    mode: str = field(default="prm", metadata={"help": "prm: a score for every step | orm: one for the answer",
+                                               "choices": ["prm", "orm"]})
+    read: str = field(default="logits", metadata={"help": "how the rating is read: logits | generate",
+                                                  "choices": list(MODES)})
+    problems: str = field(default="", metadata={"help": "problems JSONL"})
+    candidates: str = field(default="", metadata={"help": "candidates JSONL"})
+    out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
+    batch_size: int = field(default=8, metadata={"help": "judge prompts per forward pass"})
+    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+
+
+def judge_candidates(judge, mode, images, questions, steps):
+    """Every candidate judged in `mode` (prm: a score a step; orm: one an answer) -> (scores, None for an answer
+    with no step; [(index, "no steps")]); the parse failures are printed."""
+    rated = [i for i, st in enumerate(steps) if st]  # an answer with no step has nothing to judge
+    args = ([images[i] for i in rated], [questions[i] for i in rated], [steps[i] for i in rated])
+    if mode == "prm":
+        got, failures = judge_steps(judge, *args)
+        print(f"judge: {failures} parse failures out of {sum(len(steps[i]) for i in rated)} steps")
+    else:
+        got, failures = judge_answers(judge, *args)
+        print(f"judge: {failures} parse failures out of {len(rated)} answers")
+    scores = [None] * len(steps)
+    for i, s in zip(rated, got):
+        scores[i] = s
+    return scores, [(i, "no steps") for i, st in enumerate(steps) if not st]
+
+
+def main(a: Args, given=None):
+    """given: a judge object (lab/api.py passes a served one); default: --model, loaded once the inputs are read."""
+    def make_scorer():
+        judge = given or Judge(*load(a.model, device=a.device or None), a.read, a.batch_size)
+
+        def score(images, questions, steps):
+            return judge_candidates(judge, a.mode, images, questions, steps)
+        return score
+    return prm.score_candidates(a, make_scorer, f"judge_{a.mode}")
+
+
+if __name__ == "__main__":
+    cli.run(main, Args, __doc__)

@@ -24,14 +24,11 @@ first rollouts in turn (tree_search's label_mcts without its selection), "mcts" 
 first errors found (wrong by the oracle) per 100 rollouts, the quantity the selection is meant to raise.
 """
 import json
-import math
 from dataclasses import dataclass, field
 
-import cli
-import tasks
-import tree_search as ts
-
-ALPHA, BETA, L_STEPS, C_PUCT = ts.ALPHA, ts.BETA, ts.L_STEPS, ts.C_PUCT  # OmegaPRM's constants (their Sec. 3)
+from common import cli, tasks
+from policy import SyntheticPolicy
+from tree_search import TAU, OutOfBudget, first_error_search, prefix_labels, q_plus_u, reaches
 
 
 @dataclass
@@ -41,35 +38,32 @@ class Args:
     budgets: str = field(default="24,48,96", metadata={"help": "rollouts per question, comma-separated"})
     rollouts: int = field(default=8, metadata={"help": "k: rollouts per value estimate"})
     samples: int = field(default=8, metadata={"help": "first rollouts from the root (counted in the budget)"})
-    tau: float = field(default=ts.TAU, metadata={"help": "a prefix is right when its value > tau"})
+    tau: float = field(default=TAU, metadata={"help": "a prefix is right when its value > tau"})
     seed: int = field(default=0, metadata={"help": "seed of the problems and every rollout"})
 
 
 def select_key(s, r, tree, visits):
     """Q(s, r) + U(s), with pairs whose MC(s) is 0 or 1 after all others (-> a sortable key)."""
-    mc = tree[s]
-    q = ALPHA ** (1 - mc) * BETA ** ((len(r) - len(s)) / L_STEPS)
-    u = C_PUCT * math.sqrt(sum(visits.values())) / (1 + visits.get(s, 0))
-    return (0 < mc < 1, q + u)
+    return q_plus_u(tree[s], len(r) - len(s), visits.get(s, 0), sum(visits.values()))
 
 
-def search(problem, policy, k, budget, seed, samples, tau=ts.TAU, method="mcts", key=select_key):
+def search(problem, policy, k, budget, seed, samples, tau=TAU, method="mcts", key=select_key):
     """One question, one method, one budget -> (records [(steps, labels, first error)], rollouts spent)."""
     spent, tree, visits, done = samples, {}, {}, []
     first = policy.rollout(problem, [], samples, tasks.seed_of(seed, "root"))
-    tree[()] = sum(ts.reaches(problem, r) for r in first) / samples
-    pool = [((), tuple(r["steps"])) for r in first if r["steps"] and not ts.reaches(problem, r)]
+    tree[()] = sum(reaches(problem, r) for r in first) / samples
+    pool = [((), tuple(r["steps"])) for r in first if r["steps"] and not reaches(problem, r)]
 
     def value(prefix):  # a prefix's MC estimate, a new state (its wrong rollouts join the pool under mcts)
         nonlocal spent
         if prefix not in tree:
             if spent + k > budget:
-                raise ts.OutOfBudget
+                raise OutOfBudget
             rs = policy.rollout(problem, list(prefix), k, tasks.seed_of(seed, "mcts"))
             spent += len(rs)
-            tree[prefix] = sum(ts.reaches(problem, r) for r in rs) / max(len(rs), 1)
+            tree[prefix] = sum(reaches(problem, r) for r in rs) / max(len(rs), 1)
             if method == "mcts" and tree[prefix] > tau:  # a prefix known wrong already holds its first error
-                pool.extend((prefix, tuple(r["steps"])) for r in rs if r["steps"] and not ts.reaches(problem, r))
+                pool.extend((prefix, tuple(r["steps"])) for r in rs if r["steps"] and not reaches(problem, r))
         return tree[prefix]
     while pool:
         # fork here: the selection rule
@@ -80,11 +74,11 @@ def search(problem, policy, k, budget, seed, samples, tau=ts.TAU, method="mcts",
                 vals = [value(r[:i + 1]) for i in range(len(r) - 1)]
                 fe = next((i for i, v in enumerate(vals) if v <= tau), len(r) - 1)
             else:  # binary search from s (known right: every step of s is before the error)
-                fe = ts.first_error_search(r, value, tau, lo=len(s))
-        except ts.OutOfBudget:
+                fe = first_error_search(r, value, tau, lo=len(s))
+        except OutOfBudget:
             break
         visits[s] = visits.get(s, 0) + 1
-        done.append((list(r), ts.prefix_labels(r, fe, tree), fe))
+        done.append((list(r), prefix_labels(r, fe, tree), fe))
     return done, spent
 
 
@@ -116,7 +110,7 @@ def compare(problems, policy, budgets, k, samples, tau, seed, methods=("mc", "bi
 def main(a: Args):
     probs = tasks.make_problems(a.n_problems, a.seed, a.split)
     budgets = [int(b) for b in a.budgets.split(",")]
-    res = compare(probs, ts.SyntheticPolicy(), budgets, a.rollouts, a.samples, a.tau, a.seed)
+    res = compare(probs, SyntheticPolicy(), budgets, a.rollouts, a.samples, a.tau, a.seed)
     print(f"{'budget':>6} {'method':<7} {'first errors found / 100 rollouts':>34} {'first-error agreement':>22} "
           f"{'step-label accuracy':>20} {'records':>8}")
     for b, row in res.items():

@@ -1,125 +1,180 @@
-"""The process reward model: its two heads, read at the step tags, single-pass scoring of every step, a picture.
+"""The process reward model: a score for every step of an answer, all steps in one forward pass.
 
     python prm.py --model out/prm --problems P --candidates C --out scores.jsonl
     python prm.py --model out/prm --problems P --candidates C --show steps.png [--id CANDIDATE_ID]
-    python prm.py --model tiny --problems P --candidates C --out judge.jsonl --judge logits   # VLM-as-judge PRM
 
-The step-tag convention (model.py): each step is followed by one tag token; a step's score is P("+") against "-"
-at its tag. One forward pass scores all steps of an answer (causal attention: the same as scoring each prefix).
-Two heads: "tag", P("+") from the LM head at each tag; "implicit" (Yuan et al. 2024), sigmoid(beta * log-likelihood
-ratio to the start model) of the answer so far. train.py trains both; the answer score (aggregation) is bon.py's.
+Three heads, each a way to read "is this step right?" off a vision-language model. Every head returns (T, 2)
+logits for the T steps of a batch, in reading order; a step's score is softmax(logits)[:, 0].
+- likelihood (the default): the steps written as the base writes them ("Step k: ..." lines); a step's score is
+  sigmoid(a * mean log-prob of its tokens + b). Before training it is the base's own belief in the step,
+  calibrated (train.py fits a and b); fine-tuning moves the likelihoods.
+- tag: a tag token after each step; the score is P("+") against P("-") from the LM head at the tag.
+- implicit (Yuan et al. 2024): sigmoid(beta * log-likelihood ratio to the start model) of the answer so far, read
+  at the tags; it needs no step labels to define, only to train.
+Causal attention makes one pass over the whole answer equal to scoring each prefix alone (score_prefixes, a test
+checks it). How step scores become one answer score (min, mean, last, ...) is bon.py's aggregation.
 """
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from tqdm import tqdm
 
-import api
-import cli
-import data
-import judge
-from model import MAX_LEN, encode, hidden_states, load, step_logprobs, token_ids, token_logprobs, unwrap
+from common import cli, data
+from common.model import (MAX_LEN, encode, hidden_states, neutralise, token_ids, token_logprobs, train_config,
+                          unwrap)
+from common.model import load as load_weights
+from common.pictures import caption, pick_example, show
+from common.tasks import format_steps
+from common.tiny import STEP_TAG
 from steps import split_steps
-from tasks import seed_of
 
-# The default head (train.py and bench.py), chosen on the tune split (README, "Choices"); beta: the implicit head's
-HEAD, BETA = "likelihood", 0.1
-HEADS = ("implicit", "tag", "likelihood")
+# fork here: a new head is a function that returns (T, 2) logits, named in HEADS (train.py --head then trains it)
+HEADS = ("likelihood", "tag", "implicit")
+HEAD, BETA = "likelihood", 0.1  # the default head (chosen on the tune split); beta: the implicit head's scale
+
+
+def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
+    """A reward model: the weights (common.model.load), then the head its train_config.json names."""
+    model, processor = load_weights(name_or_path, device, dtype, size, seed)
+    cfg = train_config(name_or_path)
+    if cfg.get("objective") == "sft":  # a base: no reward head, whatever its settings say
+        cfg = {}
+    if cfg.get("head") == "implicit":
+        make_implicit(model, cfg["model"], cfg["beta"], device, dtype, cfg.get("size", "small"), cfg.get("seed", 0))
+    if cfg.get("head") == "likelihood":
+        model.likelihood = tuple(cfg["calibration"])  # (a, b, cumulative): sigmoid(a * log-likelihood + b)
+    return model, processor
+
+
+def make_implicit(model, reference, beta, device=None, dtype=None, size="small", seed=0):
+    """Turn `model` into an implicit PRM read against `reference` (a frozen copy of the model it starts from)."""
+    ref, _ = load_weights(reference, device, dtype, size, seed)
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    model.implicit = (ref, beta)  # a tuple: not a submodule, so neither saved nor trained with the model
+
+
+def head_of(model):
+    """Which head a loaded reward model reads with: likelihood | implicit | tag."""
+    inner = unwrap(model)
+    if getattr(inner, "implicit", None):
+        return "implicit"
+    if getattr(inner, "likelihood", None) is not None:
+        return "likelihood"
+    return "tag"
 
 
 def is_likelihood(model):
     """Does this PRM read steps as the base writes them (the likelihood head, no tags)?"""
-    return getattr(unwrap(model), "likelihood", None) is not None
+    return head_of(model) == "likelihood"
 
+
+def encode_steps(processor, images, prompts, steps, native=False, max_len=MAX_LEN, cache=None, keys=None):
+    """The reward model's input: chat prompt (image + question), then the answer's steps.
+
+    native=False: every step followed by the step tag (the tag and implicit heads read there).
+    native=True: the steps as the base writes them ("Step k: ..." lines, no tag), and batch["step_of"], (B, S) the
+    step number (1..n) of each token, 0 elsewhere: what the likelihood head reads.
+    Returns encode()'s (batch or None, kept indices, skipped [(index, reason)])."""
+    tok = processor.tokenizer
+    clean = [[neutralise(s.replace(STEP_TAG, "")).strip() for s in st] for st in steps]
+    if native:
+        bodies = [format_steps(st) for st in clean]
+    else:
+        bodies = ["".join(f"{s}{STEP_TAG}\n" for s in st) for st in clean]
+
+    def n_tokens(text):
+        return len(tok.encode(text, add_special_tokens=False))
+
+    def mark_steps(enc, prompt_len, i):
+        """step_of: step k's tokens run from the end of the steps before it (and its newline) to its own end."""
+        step_of = torch.zeros_like(enc["input_ids"])
+        for k in range(len(clean[i])):
+            start = n_tokens(format_steps(clean[i][:k]) + ("\n" if k else ""))
+            end = n_tokens(format_steps(clean[i][:k + 1]))
+            step_of[0, prompt_len + start:prompt_len + end] = k + 1
+        if int(step_of.max()) != len(clean[i]) or len(set(step_of[0].tolist()) - {0}) != len(clean[i]):
+            return "a step has no tokens of its own"
+        enc["step_of"] = step_of
+        return enc
+
+    def check_tags(enc, prompt_len, i):
+        if int((enc["input_ids"] == tok.convert_tokens_to_ids(STEP_TAG)).sum()) != len(steps[i]):
+            return "step tags in the input do not match the number of steps"
+        return enc
+    return encode(processor, images, prompts, bodies, max_len, cache, keys, mark_steps if native else check_tags)
+
+
+def step_logits(model, batch, ids):
+    """(T, 2) logits of every step of the batch, in reading order, from the model's head."""
+    head = head_of(model)
+    if head == "implicit":
+        return implicit_logits(model, batch, ids)
+    if head == "likelihood":
+        return likelihood_logits(model, batch)
+    return tag_logits(model, batch, ids)
 
 
 def tag_logits(model, batch, ids):
-    """(T, 2) logits of ("+", "-") at every step tag, in reading order: only 2 rows of the LM head at T positions.
-    An implicit PRM (see implicit_logits) is read at the same tags."""
-    inner = unwrap(model)
-    if getattr(inner, "implicit", None):
-        return implicit_logits(model, batch, ids)
-    if is_likelihood(model):
-        return likelihood_logits(model, batch)
-    h = hidden_states(model, batch)
-    mask = batch["input_ids"].to(h.device) == ids["tag"]
-    # fork here: another head read at the tags (it must return (T, 2) logits: score = softmax(.)[:, 0])
-    return h[mask] @ inner.lm_head.weight[[ids["pos"], ids["neg"]]].T
+    """The tag head: logits of ("+", "-") at every step tag, only 2 rows of the LM head at T positions."""
+    h = hidden_states(model, batch)  # (B, S, H)
+    at_tag = batch["input_ids"].to(h.device) == ids["tag"]
+    return h[at_tag] @ unwrap(model).lm_head.weight[[ids["pos"], ids["neg"]]].T
 
 
 def implicit_logits(model, batch, ids):
     """The implicit PRM (Yuan et al. 2024, "Free process rewards without process labels"): the value of the answer
     up to a tag is beta * sum of log pi(token) - log pi_ref(token) over its tokens so far, pi_ref the frozen model it
     started from. It starts at 0 and moves along what the base already predicts: a step the base finds unlikely is
-    pushed further down. Returned as (T, 2) logits (value, 0), so softmax gives sigmoid(value) like the tag head."""
+    pushed further down. Returned as (value, 0), so softmax gives sigmoid(value)."""
     ref, beta = unwrap(model).implicit
     lp_ref = batch.get("ref_logprobs")  # train.py caches them per record: they never change
     if lp_ref is None:
         with torch.no_grad():
             lp_ref = token_logprobs(ref, batch, ids)
-    q = beta * torch.cumsum(token_logprobs(model, batch, ids) - lp_ref.to(next(model.parameters()).device), 1)
-    q = q[batch["input_ids"].to(q.device) == ids["tag"]]
-    return torch.stack([q, torch.zeros_like(q)], -1)
+    device = next(model.parameters()).device
+    value = beta * torch.cumsum(token_logprobs(model, batch, ids) - lp_ref.to(device), 1)  # (B, S)
+    value = value[batch["input_ids"].to(value.device) == ids["tag"]]  # (T,)
+    return torch.stack([value, torch.zeros_like(value)], -1)
 
 
 def likelihood_logits(model, batch):
     """The likelihood head: a step's score is sigmoid(a * its mean token log-prob + b), the steps written as the base
-    writes them ("Step k: ..." lines, no tag: a tag the base never saw upsets its predictions after it). (a, b) are
-    fitted to the train labels on the start model (train.calibrate), so before any step of training the PRM ranks
-    answers exactly as the base's own step likelihood does (controls.step_likelihood); fine-tuning moves the
-    likelihoods. An ORM reads the answer so far instead (cumulative: its last value is the whole answer's mean
-    log-prob, not the last step's). Returned as (T, 2) logits (value, 0), like the other heads."""
+    writes them (a tag the base never saw would upset its predictions after it). (a, b) are fitted to the train
+    labels on the start model (train.calibrate), so before any step of training the PRM ranks answers exactly as
+    the base's own step likelihood does. An ORM reads the answer so far instead (cumulative: its last value is the
+    whole answer's mean log-prob). Returned as (value, 0), like the implicit head."""
     a, b, *cumulative = unwrap(model).likelihood
-    v = a * step_logprobs(model, batch, bool(cumulative and cumulative[0])) + b
-    return torch.stack([v, torch.zeros_like(v)], -1)
+    value = a * step_logprobs(model, batch, bool(cumulative and cumulative[0])) + b  # (T,)
+    return torch.stack([value, torch.zeros_like(value)], -1)
 
 
-@torch.no_grad()
-def calibrate(model, processor, rows, a, n=512):
-    """The likelihood head's (a, b, cumulative): a logistic fit of the labels on the start model's log-likelihoods
-    over n train records (a fixed sample), so training starts from the base's own likelihood, calibrated. prm: each
-    step's label on that step's likelihood; orm (cumulative): the outcome on the whole answer's."""
-    orm_ = a.objective == "orm"
-    pick = random.Random(seed_of(a.seed, "calibrate")).sample(range(len(rows)), min(n, len(rows)))
-    ll, y = [], []
-    for j in range(0, len(pick), 64):
-        chunk = [rows[i] for i in pick[j:j + 64]]
-        batch, keep, _ = encode(processor, [r[0] for r in chunk], [r[1] for r in chunk],
-                                  steps=[r[2] for r in chunk], max_len=a.max_len, native=True)
-        if batch is None:
-            continue
-        v = step_logprobs(model, batch, cumulative=orm_).float().cpu()
-        ll.append(v[torch.cumsum(batch["step_of"].max(1).values, 0) - 1] if orm_ else v)
-        y += [chunk[k][4] for k in keep] if orm_ else [v for k in keep for v in chunk[k][3]]
-    x, y = torch.cat(ll), torch.tensor(y, dtype=torch.float32)
-    ab = torch.zeros(2, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], max_iter=200, line_search_fn="strong_wolfe")
+def step_logprobs(model, batch, cumulative=False):
+    """(T,) the mean log-probability of each step's tokens (batch from encode_steps(native=True)), in reading
+    order: the base's own belief in a step. One forward pass. cumulative: the mean over the answer so far (every
+    token of steps 1..k), so the last step's value is the whole answer's."""
+    lm_head = unwrap(model).lm_head
+    h = hidden_states(model, batch)[:, :-1]  # (B, S-1, H): position j predicts token j+1
+    step_of_next = batch["step_of"].to(h.device)[:, 1:]  # the step of the token each position predicts
+    keep = step_of_next > 0
+    targets = batch["input_ids"].to(h.device)[:, 1:][keep][:, None]
+    logprob = torch.log_softmax(lm_head(h[keep]).float(), -1).gather(1, targets)[:, 0]  # one per answer token
+    n_steps = batch["step_of"].to(h.device).max(1).values  # (B,)
+    first_step = torch.cumsum(n_steps, 0) - n_steps  # each answer's first row in the (T,) output
+    row = first_step[:, None].expand_as(step_of_next)[keep] + step_of_next[keep] - 1
+    total = torch.zeros(int(n_steps.sum()), device=h.device).index_add(0, row, logprob)
+    count = torch.zeros_like(total).index_add(0, row, torch.ones_like(logprob))
+    if cumulative:  # running sums within each answer: a cumsum over all steps minus the answers before
+        starts = torch.repeat_interleave(first_step, n_steps)
 
-    def closure():
-        opt.zero_grad()
-        with torch.enable_grad():
-            loss = F.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
-            loss.backward()
-        return loss
-    opt.step(closure)
-    return round(float(ab[0]), 6), round(float(ab[1]), 6), orm_
-
-
-def after_first_error(y, n_steps):
-    """(T,) True at the steps after each record's first wrong step (label < 0.5); y holds the records' labels in
-    reading order, n_steps how many each has."""
-    out, k = torch.zeros_like(y, dtype=torch.bool), 0
-    for n in n_steps.tolist():
-        bad = (y[k:k + n] < 0.5).nonzero()
-        if len(bad):
-            out[k + int(bad[0]) + 1:k + n] = True
-        k += n
-    return out
+        def running(v):
+            c = torch.cumsum(v, 0)
+            return c - torch.cat([v.new_zeros(1), c])[starts]
+        total, count = running(total), running(count)
+    return total / count
 
 
 @torch.no_grad()
@@ -128,17 +183,17 @@ def score_steps(model, processor, images, questions, steps, batch_size=16, max_l
     Returns (scores: list of per-step lists, None for a skipped answer; skipped [(index, reason)])."""
     ids, out, skipped = token_ids(processor), [None] * len(questions), []
     for j in tqdm(range(0, len(questions), batch_size), disable=not progress, desc="scoring"):
-        sl = slice(j, j + batch_size)
-        todo = [i for i in range(j, min(j + batch_size, len(questions))) if steps[i]]
-        skipped += [(i, "no steps") for i in range(sl.start, min(sl.stop, len(questions))) if not steps[i]]
+        chunk = range(j, min(j + batch_size, len(questions)))
+        todo = [i for i in chunk if steps[i]]
+        skipped += [(i, "no steps") for i in chunk if not steps[i]]
         if not todo:
             continue
-        batch, keep, skip = encode(processor, [images[i] for i in todo], [questions[i] for i in todo],
-                                   steps=[steps[i] for i in todo], max_len=max_len, native=is_likelihood(model))
+        batch, keep, skip = encode_steps(processor, [images[i] for i in todo], [questions[i] for i in todo],
+                                         [steps[i] for i in todo], is_likelihood(model), max_len)
         skipped += [(todo[k], why) for k, why in skip]
         if batch is None:
             continue
-        p = torch.softmax(tag_logits(model, batch, ids).float(), -1)[:, 0].tolist()  # (T,) P("+") per tag
+        p = torch.softmax(step_logits(model, batch, ids).float(), -1)[:, 0].tolist()  # (T,) P(right) per step
         k = 0
         for i in (todo[x] for x in keep):
             out[i] = p[k:k + len(steps[i])]
@@ -148,7 +203,7 @@ def score_steps(model, processor, images, questions, steps, batch_size=16, max_l
 
 @torch.no_grad()
 def score_prefixes(model, processor, image, question, steps, max_len=MAX_LEN):
-    """The slow reference: each prefix scored on its own (its last tag). Equal to score_steps (a test checks it)."""
+    """The slow reference: each prefix scored on its own (its last step). Equal to score_steps (a test checks it)."""
     s, _ = score_steps(model, processor, [image] * len(steps), [question] * len(steps),
                        [steps[:k + 1] for k in range(len(steps))], batch_size=1, max_len=max_len)
     return [x[-1] for x in s]
@@ -181,96 +236,6 @@ def load_inputs(problems_path, candidates_path, only_id=None):
     return probs, cands, images
 
 
-def caption(cand):
-    """The picture's headline: is the final answer right, and where is the oracle's first wrong step."""
-    ok, fe = cand.get("correct"), cand.get("first_error")
-    ans = {True: "final answer right", False: "final answer wrong"}.get(ok, "final answer not checked")
-    if fe is None:
-        return f"{ans}; no oracle labels"
-    if fe == -1:
-        return f"{ans}, every step right" if ok is not False else f"{ans}, though the oracle finds no wrong step"
-    return f"{ans}, but step {fe + 1} wrong (lucky)" if ok else f"{ans}: step {fe + 1} is the first wrong step"
-
-
-def pick_example(cands):
-    """--show's default candidate, one that teaches: the first lucky one (a right final answer after a wrong step)
-    whose first wrong step is mid-way (neither the first nor the last step), else the first with a mid-way wrong
-    step, else the first lucky one, else the first with any wrong step, else the first."""
-    fe = lambda c: -1 if c.get("first_error") is None else c["first_error"]  # noqa: E731
-    mid, lucky = lambda c: 0 < fe(c) < len(c["steps"]) - 1, lambda c: c.get("correct") and fe(c) >= 0  # noqa: E731
-    tests = (lambda c: lucky(c) and mid(c), mid, lucky, lambda c: fe(c) >= 0)
-    return next((c for t in tests for c in cands if t(c)), cands[0])
-
-
-def score_colour(s):
-    """Red (0) through olive to green (1): the colour of a step score."""
-    return int(255 * (1 - s)), int(200 * s), 60
-
-
-def wrap(text, font, width):
-    """Greedy word wrap to `width` pixels of `font`."""
-    lines = [""]
-    for w in text.split():
-        t = f"{lines[-1]} {w}".strip()
-        if font.getlength(t) <= width or not lines[-1]:
-            lines[-1] = t
-        else:
-            lines.append(w)
-    return lines
-
-
-def show(image, question, steps, scores, out, title="", first_error=None, what="PRM score, P(step right)"):
-    """A picture of one scored answer: the image, the question, a colour scale, and each step with its score beside
-    the oracle's label (first_error: the oracle's first wrong step, -1 none, None: no oracle labels). Returns the
-    rows drawn: [{"step", "text", "score", "oracle"}]."""
-    (font, small, big), W = (ImageFont.load_default(size=s) for s in (15, 13, 17)), 900
-    x_text, lh = 240, 20
-    rows = [{"step": k + 1, "text": s, "score": sc, "oracle": "no oracle labels" if first_error is None else
-             "1 right" if first_error == -1 or k < first_error else "0 first wrong" if k == first_error else
-             "0 after the first"} for k, (s, sc) in enumerate(zip(steps, scores))]
-    wrapped = [wrap(f"{r['step']}. {r['text']}", font, W - x_text - 30) for r in rows]
-    head = [(t, i == 0) for i, line in enumerate(title.split("\n"))  # the first line large
-            for t in wrap(line, big if i == 0 else small, W - 275)]
-    qlines = wrap(question, font, W - 275)
-    top = max(260, 10 + 24 * len(head) + lh * len(qlines) + 80)
-    img = Image.new("RGB", (W, top + 30 + sum(lh * len(w) + 10 for w in wrapped) + 10), "white")
-    d = ImageDraw.Draw(img)
-    img.paste(image.resize((240, 240), Image.NEAREST), (10, 10))
-    d.rectangle((9, 9, 250, 250), outline=(150, 150, 150))
-    y = 10
-    for t, first in head:
-        d.text((265, y), t, fill="black" if first else "gray", font=big if first else small)
-        y += 24
-    for q in qlines:
-        d.text((265, y), q, fill="black", font=font)
-        y += lh
-    y += 12  # the colour scale: what a score's colour means
-    d.text((265, y), f"{what}: colour scale", fill="gray", font=small)
-    for x in range(300):
-        d.line((265 + x, y + 20, 265 + x, y + 34), fill=score_colour(x / 299))
-    for v in (0, 0.5, 1):
-        d.text((265 + 292 * v, y + 36), f"{v:g}", fill="gray", font=small)  # under its place on the bar
-    d.text((580, y + 18), "oracle: 1 right, 0 wrong\n(steps after the first\nwrong one count as wrong)",
-           fill="gray", font=small)
-    y = top
-    for x, t in ((10, what.split()[0]), (90, "oracle"), (x_text, "step")):
-        d.text((x, y), t, fill="gray", font=small)
-    y += 22
-    for r, ls in zip(rows, wrapped):
-        h, sc = lh * len(ls) + 6, r["score"]
-        c = score_colour(sc) if sc is not None else (150, 150, 150)
-        d.rectangle((10, y, 80, y + h), fill=tuple(int(v * 0.35 + 255 * 0.65) for v in c), outline=c)
-        d.text((18, y + 3), "-" if sc is None else f"{sc:.2f}", fill="black", font=font)
-        oc = {"1": (20, 130, 40), "0": (200, 20, 20)}.get(r["oracle"][0], (120, 120, 120))
-        d.rectangle((88, y, x_text - 8, y + h), fill=tuple(int(v * 0.25 + 255 * 0.75) for v in oc), outline=oc)
-        d.text((94, y + 3), r["oracle"], fill="black", font=small if first_error is None else font)
-        for j, line in enumerate(ls):
-            d.text((x_text, y + 3 + lh * j), line if j == 0 else "   " + line, fill="black", font=font)
-        y += h + 4
-    img.save(out)
-    return rows
-
-
 @dataclass
 class Args:
     model: str = field(default="tiny", metadata={"help": "tiny | tiny-init | a checkpoint folder or hub id"})
@@ -282,50 +247,63 @@ class Args:
     id: str = field(default="", metadata={"help": "candidate id for --show (default: one that teaches, the first "
                     "found of: lucky (right final answer after a wrong step) with its first wrong step mid-way; a "
                     "mid-way wrong step; lucky; any wrong step; else the first candidate)"})
-    judge: str = field(default="", metadata={"help": "VLM-as-judge instead of the trained PRM head: logits | generate",
-                                             "choices": ["", "logits", "generate"]})
     batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
     max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
 
 
-def main(a: Args):
-    if not (a.problems and a.candidates and (a.out or a.show)):
-        raise ValueError("give --problems, --candidates and --out (or --show OUT.png)")
-    data.check_out(a.show or a.out)
-    probs, cands, images = load_inputs(a.problems, a.candidates, a.id or None)
-    if a.show:
-        cands = [pick_example(cands)]
-    if api.is_url(a.model) and not a.judge:
-        raise ValueError(f"--model {a.model}: a served model can only judge (--judge logits | generate)")
-    model, processor = (api.Client(a.model), None) if api.is_url(a.model) else load(a.model, device=a.device or None)
-    ims = [images[c["problem_id"]] for c in cands]
-    qs = [probs[c["problem_id"]]["question"] for c in cands]
-    st = [c["steps"] for c in cands]
-    if a.judge:
-        scores, fails = judge.judge_steps(model, processor, ims, qs, st, a.judge, a.batch_size)
-        skipped = [(i, "no steps") for i, s in enumerate(st) if not s]
-        print(f"judge ({a.judge}): {fails} parse failures out of {sum(map(len, st))} steps")
-    else:
-        scores, skipped = score_steps(model, processor, ims, qs, st, a.batch_size, a.max_len, progress=True)
+def score_candidates(a, make_scorer, method):
+    """The command line of prm.py, orm.py and judge.py: read --problems and --candidates, then (inputs and output
+    checked before any model loads) score_fn = make_scorer(), score_fn(images, questions, steps) -> (one score or
+    step-score list per candidate, None where skipped; [(index, reason)] skipped); write --out as score records of
+    `method`."""
+    if not (a.problems and a.candidates and a.out):
+        raise ValueError("give --problems, --candidates and --out")
+    data.check_out(a.out)
+    probs, cands, images = load_inputs(a.problems, a.candidates)
+    score_fn = make_scorer()
+    scores, skipped = score_fn([images[c["problem_id"]] for c in cands],
+                               [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands])
     for i, why in skipped:
         print(f"skipped {cands[i]['id']}: {why}")
-    if a.show:
-        if scores[0] is None:
-            raise ValueError(f"candidate {cands[0]['id']} could not be scored: {skipped}")
-        c, implicit = cands[0], getattr(unwrap(model), "implicit", None)
-        head = f"judge, {a.judge}" if a.judge else "likelihood head" if is_likelihood(model) else (
-            "implicit head" if implicit else "tag head")
-        show(ims[0], qs[0], st[0], scores[0], a.show, f"{c['id']}: {caption(c)}\nmodel {a.model} ({head}), problem "
-             f"{c['problem_id']}, gold answer {probs[c['problem_id']].get('answer', '?')}", c.get("first_error"),
-             "judge score, (rubric - 1) / 4" if a.judge else "PRM score, P(step right)")
-        print(f"wrote {a.show}")
-        return scores
-    recs = [{"candidate_id": c["id"], "scores": s, "model": a.model, "method": "judge_prm" if a.judge else "prm"}
-            for c, s in zip(cands, scores) if s is not None and None not in s]
+    field_name = "scores" if method in ("prm", "judge_prm") else "score"
+    recs = [{"candidate_id": c["id"], field_name: s, "model": a.model, "method": method}
+            for c, s in zip(cands, scores) if s is not None and (field_name == "score" or None not in s)]
     data.write_jsonl(a.out, recs, "score")
     print(f"wrote {len(recs)} score records to {a.out} ({len(cands) - len(recs)} skipped)")
     return scores
+
+
+def show_one(a):
+    """--show: one candidate's step scores beside the oracle's labels, as a picture."""
+    data.check_out(a.show)
+    probs, cands, images = load_inputs(a.problems, a.candidates, a.id or None)
+    model, processor = load(a.model, device=a.device or None)
+    c = pick_example(cands)
+    p = probs[c["problem_id"]]
+    scores, skipped = score_steps(model, processor, [images[p["id"]]], [p["question"]], [c["steps"]])
+    if scores[0] is None:
+        raise ValueError(f"candidate {c['id']} could not be scored: {skipped}")
+    title = (f"{c['id']}: {caption(c)}\nmodel {a.model} ({head_of(model)} head), problem {p['id']}, "
+             f"gold answer {p.get('answer', '?')}")
+    show(images[p["id"]], p["question"], c["steps"], scores[0], a.show, title, c.get("first_error"))
+    print(f"wrote {a.show}")
+    return scores
+
+
+def main(a: Args):
+    if not (a.problems and a.candidates and (a.out or a.show)):
+        raise ValueError("give --problems, --candidates and --out (or --show OUT.png)")
+    if a.show:
+        return show_one(a)
+
+    def make_scorer():
+        model, processor = load(a.model, device=a.device or None)
+
+        def score(images, questions, steps):
+            return score_steps(model, processor, images, questions, steps, a.batch_size, a.max_len, progress=True)
+        return score
+    return score_candidates(a, make_scorer, "prm")
 
 
 if __name__ == "__main__":

@@ -1,20 +1,19 @@
 """Step segmentation: cut a model's answer into reasoning steps. Pure Python (no torch), lossless: only the step
 markers ("Step 2:", "3.", "- ", the first "Step k" with a header line before it) are dropped, lost_chars checks.
+It imports no other project file, so the plumbing may use it (reading real answers, common/mathv.py).
 
-    python steps.py answer.txt            # print the steps of the answer in a text file (- for stdin)
-    python steps.py answer.txt --how chunks   # the ablation's other cuts: chunks (24 characters) | pairs
+    python steps.py answer.txt                # print the steps of the answer in a text file (- for stdin)
+    python steps.py answer.txt --how chunks   # the ablation's other cuts (CUTS): chunks (24 characters), pairs
 
 Rules, in order: "Step k" markers (typos too: "SStep 1:", "Setp 2.", "Step3:"), when present, are the only
 boundaries, and what comes before the first one belongs to step 1 (a header line alone, "Answer:", is dropped with
 that marker); else blank-line paragraphs and list items; else single lines; one plain paragraph is cut into
 sentences. Decimals ("3.5"), abbreviations ("e.g.") and LaTeX math are never cut. The ablation in bench.py also cuts
-the writer's steps into fixed-size chunks or pairs (segment): the paper's finding that PRMs need clear step divisions.
+the writer's steps other ways (CUTS): the paper's finding that PRMs need clear step divisions.
 """
 import argparse
 import re
 import sys
-
-import cli
 
 # A step marker at a line start: "Step 1:" "step 2." "**Step 3:**" "**Step 4**:" "## Step 5 -" "步骤6：" "第7步："; the
 # word's typos too: a doubled letter ("SStep", "Stepp"), a swap ("Setp", "Stpe"), "Stp" (not "Steps 1-3", "Sep 3.").
@@ -115,26 +114,38 @@ def lost_chars(text: str, steps: list[str]) -> list[str]:
     return lost + ([src[i:]] if src[i:] else [])
 
 
-def segment(steps, how):
-    """The same answer cut three ways: the writer's steps, fixed-size chunks, or coarse pairs of steps."""
-    # fork here: a segmentation variant of your own (bench.py's table (8) compares every cut on the same answers)
-    if how == "steps":
-        return steps
+CHUNK = 24  # characters per piece of the "chunks" cut
+
+
+def chunks(steps):
+    """24-character pieces of the answer that ignore the writer's boundaries."""
     text = " ".join(steps)
-    if how == "chunks":  # 24-character pieces that ignore the writer's boundaries
-        return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)]
-    if how == "pairs":
-        return [" ".join(steps[i:i + 2]) for i in range(0, len(steps), 2)]
-    raise ValueError(f"unknown segmentation {how!r}: steps | chunks | pairs")
+    return [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)]
 
 
-CHUNK = 24  # characters per chunk in segment(.., "chunks")
+def pairs(steps):
+    """Coarse steps: the writer's steps two by two."""
+    return [" ".join(steps[i:i + 2]) for i in range(0, len(steps), 2)]
+
+
+# The ways bench.py cuts the same answers (its segmentation table scores each with the PRM). A cut takes the
+# writer's steps and returns the pieces the PRM scores as steps.
+# fork here: a cut of your own, one line here (python bench.py then reports it in results/report.md)
+CUTS = {"steps": list, "chunks": chunks, "pairs": pairs}
+
+
+def segment(steps, how):
+    """The answer's steps cut the way CUTS[how] cuts them."""
+    if how not in CUTS:
+        raise ValueError(f"unknown segmentation {how!r}: expected one of {', '.join(CUTS)}")
+    return CUTS[how](list(steps))
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("file", help="a text file with one answer (- reads stdin)")
-    ap.add_argument("--how", default="steps", choices=["steps", "chunks", "pairs"], help="how to cut (default steps)")
+    ap.add_argument("--how", default="steps", choices=list(CUTS), help="how to cut (default steps)")
     a = ap.parse_args(argv)
     raw = sys.stdin.buffer.read() if a.file == "-" else open(a.file, "rb").read()
     try:
@@ -150,4 +161,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    try:
+        main()
+    except (ValueError, OSError) as e:  # a bad file: one line, no traceback, exit status 2 as the other scripts
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

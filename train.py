@@ -1,10 +1,10 @@
 """One training loop, three objectives: sft (pretrain the tiny base to solve the suite), prm (a soft label for every
 step), orm (one for the whole answer). Three reward heads (prm.py): "likelihood" (the default, what bench.py trains:
-each step's own log-likelihood, calibrated), "tag" (P("+") from the LM head at a step tag after each step) and
-"implicit" (sigmoid(beta * log-likelihood ratio to the start model of the answer so far), read at the tags).
+each step's own log-likelihood, calibrated here before the first step), "tag" (P("+") from the LM head at a step
+tag after each step) and "implicit" (sigmoid(beta * log-likelihood ratio to the start model of the answer so far)).
 
-    python train.py --objective sft --model tiny-init --data synthetic --out checkpoints/tiny-base
-    python train.py --objective prm --model tiny --data out/suite/labels.jsonl --out out/prm
+    python train.py --objective sft --model tiny-init --size deep --data synthetic --out checkpoints/tiny-base
+    python train.py --objective prm --model tiny --data out/labels.jsonl --out out/prm
     python train.py --objective prm --head implicit --beta 0.1 ...     # the implicit head
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
@@ -12,16 +12,17 @@ each step's own log-likelihood, calibrated), "tag" (P("+") from the LM head at a
 Checkpoints are HF folders (model + processor + train_config.json) that model.load reads; DIR/last holds the
 optimizer state too, so --resume continues exactly (same data, same weights as an uninterrupted run).
 
-GPU recipe (a 3B PRM, full fine-tuning at 1024 tokens on one 80 GB GPU; `python speed.py` measures it and each idea):
+GPU recipe (a 3B PRM, full fine-tuning at 1024 tokens on one 80 GB GPU; `python -m lab.speed` measures it):
     python train.py --objective prm --model PATH --data L.jsonl --out out/prm3b --lr 1e-5 --batch-size 8 \
         --max-len 1024 --bf16-weights --attn windows --grad-ckpt --ckpt-frac 0.5
-recipe.py holds it: weights and gradients bf16, fp32 master weights and fp32 AdamW moments (fused); bf16 autocast; the loss needs logits
+common/recipe.py holds it: weights and gradients bf16, fp32 master weights and fp32 AdamW moments (fused); bf16 autocast; the loss needs logits
 only at the tags (2 rows of the LM head); the vision tower's windows batched into one SDPA call; vision blocks and
 every other language layer checkpointed. The CPU defaults (fp32, no checkpointing) are unchanged.
 """
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,22 +32,21 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-import answers
-import checkpoint
-import cli
-import data
-import metrics
-import model as M
 import prm
-import recipe
-import tasks
+from common import checkpoint, cli, data, metrics, recipe, tasks
+from common.answers import match_answer, numbers
+from common.model import (MAX_LEN, answer_targets, encode, generate, hidden_states, resolve, token_ids,
+                          token_logprobs, unwrap)
+from common.model import save as save_model
+from policy import solve
 
 
 @dataclass
 class Args:
     objective: str = field(default="sft", metadata={"help": "sft | prm | orm", "choices": ["sft", "prm", "orm"]})
     model: str = field(default="tiny-init", metadata={"help": "tiny-init | tiny | a checkpoint folder or hub id"})
-    size: str = field(default="small", metadata={"help": "tiny-init size preset: small | base"})
+    size: str = field(default="small", metadata={"help": "tiny-init size preset: small | deep (the shipped base) | base",
+                                                 "choices": ["small", "deep", "base"]})
     data: str = field(default="synthetic", metadata={"help": "synthetic (fresh problems every batch) | a JSONL file"})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
@@ -57,7 +57,7 @@ class Args:
     warmup: int = field(default=100, metadata={"help": "linear warmup steps, then cosine to 10%% of lr"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     clip: float = field(default=1.0, metadata={"help": "gradient-norm clipping"})
-    max_len: int = field(default=M.MAX_LEN, metadata={"help": "maximum sequence length (tokens)"})
+    max_len: int = field(default=MAX_LEN, metadata={"help": "maximum sequence length (tokens)"})
     eval_every: int = field(default=500, metadata={"help": "evaluate every N steps"})
     eval_n: int = field(default=64, metadata={"help": "held-out problems (sft) per evaluation"})
     save_every: int = field(default=500, metadata={"help": "checkpoint to OUT/last every N steps"})
@@ -119,29 +119,82 @@ def load_labelled(path):
 def loss_on(model, batch, ids, objective, labels=None):
     """sft: next-token loss on the assistant's tokens. prm: soft cross-entropy at every tag. orm: at the last tag."""
     if objective == "sft":
-        hs = M.hidden_states(model, batch)[:, :-1]  # (B, S-1, H)
+        hs = hidden_states(model, batch)[:, :-1]  # (B, S-1, H)
         tgt = batch["input_ids"][:, 1:].to(hs.device)
-        mask = M.answer_targets(batch, ids, hs.device)
-        head = M.unwrap(model).lm_head
+        mask = answer_targets(batch, ids, hs.device)
+        head = unwrap(model).lm_head
         return F.cross_entropy(head(hs[mask]).float(), tgt[mask])
-    logits = prm.tag_logits(model, batch, ids).float()  # (T, 2): "+" and "-" at each tag
+    logits = prm.step_logits(model, batch, ids).float()  # (T, 2): "right" and "wrong" for each step
     y = labels.to(logits.device)
     if objective == "orm":
         last = torch.cumsum(batch["n_steps"], 0).to(logits.device) - 1
         logits = logits[last]
     logp = F.log_softmax(logits, -1)
     nll = -(y * logp[:, 0] + (1 - y) * logp[:, 1])  # soft labels stay floats (TRL casts them to int)
-    if objective == "prm" and prm.is_likelihood(model):  # a step's own likelihood speaks for it alone: the steps
-        w = prm.after_first_error(y, batch["n_steps"]).logical_not().float()  # after the first error are not its
+    if objective == "prm" and prm.is_likelihood(model):
+        # fork here: the loss mask. A step's own likelihood speaks for that step alone, so the steps after the first
+        # error (labelled wrong only because an earlier step was) are left out (bench.py --tune-only shows the effect)
+        w = after_first_error(y, batch["n_steps"]).logical_not().float()
         return (nll * w).sum() / w.sum()
     return nll.mean()
+
+
+@torch.no_grad()
+def calibrate(model, processor, rows, a, n=512):
+    """The likelihood head's (a, b, cumulative): a logistic fit of the labels on the start model's log-likelihoods
+    over n train records (a fixed sample), so training starts from the base's own likelihood, calibrated. prm: each
+    step's label on that step's likelihood; orm (cumulative): the outcome on the whole answer's."""
+    outcome = a.objective == "orm"
+    pick = random.Random(tasks.seed_of(a.seed, "calibrate")).sample(range(len(rows)), min(n, len(rows)))
+    loglik, y = [], []
+    for j in range(0, len(pick), 64):
+        chunk = [rows[i] for i in pick[j:j + 64]]
+        batch, keep, _ = prm.encode_steps(processor, [r[0] for r in chunk], [r[1] for r in chunk],
+                                          [r[2] for r in chunk], native=True, max_len=a.max_len)
+        if batch is None:
+            continue
+        v = prm.step_logprobs(model, batch, cumulative=outcome).float().cpu()  # (T,)
+        if outcome:  # the whole answer's: its last step's running mean, against the outcome
+            loglik.append(v[torch.cumsum(batch["step_of"].max(1).values, 0) - 1])
+            y += [chunk[k][4] for k in keep]
+        else:  # each step's, against its label
+            loglik.append(v)
+            y += [label for k in keep for label in chunk[k][3]]
+    x, y = torch.cat(loglik), torch.tensor(y, dtype=torch.float32)
+    ab = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = F.binary_cross_entropy_with_logits(ab[0] * x + ab[1], y)
+            loss.backward()
+        return loss
+    opt.step(closure)
+    slope, intercept = round(float(ab[0]), 6), round(float(ab[1]), 6)
+    if not slope > 0:  # a likelier step should score higher; a slope <= 0 turns the base's belief upside down
+        print(f"[train] warning: the likelihood head's calibration slope is {slope} (<= 0) on {len(y)} labels: "
+              "the labels rank steps against the base's own likelihood (too few, or flipped?)", file=sys.stderr)
+    return slope, intercept, outcome
+
+
+def after_first_error(y, n_steps):
+    """(T,) True at the steps after each record's first wrong step (label < 0.5); y holds the records' labels in
+    reading order, n_steps how many each has."""
+    out, k = torch.zeros_like(y, dtype=torch.bool), 0
+    for n in n_steps.tolist():
+        bad = (y[k:k + n] < 0.5).nonzero()
+        if len(bad):
+            out[k + int(bad[0]) + 1:k + n] = True
+        k += n
+    return out
 
 
 @torch.no_grad()
 def ref_logprobs(model, batch, ids, keys, cache):
     """The implicit head's reference log-probs for a batch of records `keys`, each computed once and cached."""
     if any(k not in cache for k in keys):
-        lp = M.token_logprobs(model.implicit[0], batch, ids)
+        lp = token_logprobs(model.implicit[0], batch, ids)
         for k, row, n in zip(keys, lp, batch["attention_mask"].sum(1).tolist()):
             cache[k] = row[:n].clone()
     return torch.nn.utils.rnn.pad_sequence([cache[k] for k in keys], batch_first=True,
@@ -151,11 +204,10 @@ def ref_logprobs(model, batch, ids, keys, cache):
 def make_batch(processor, items, a, objective, cache=None, keys=None):
     images, prompts, payload = items[0], items[1], items[2]
     if objective == "sft":
-        batch, keep, skipped = M.encode(processor, images, prompts, answers=payload, max_len=a.max_len,
-                                          cache=cache, keys=keys)
+        batch, keep, skipped = encode(processor, images, prompts, payload, a.max_len, cache, keys)
         return batch, None, skipped
-    batch, keep, skipped = M.encode(processor, images, prompts, steps=payload, max_len=a.max_len, cache=cache,
-                                      keys=keys, native=a.head == "likelihood")
+    batch, keep, skipped = prm.encode_steps(processor, images, prompts, payload, a.head == "likelihood", a.max_len,
+                                            cache, keys)
     if batch is None:
         return None, None, skipped
     if objective == "prm":
@@ -181,20 +233,20 @@ def evaluate_sft(model, processor, a, n=None):
     hits, tot = {}, {}
     for j in range(0, len(jobs), 64):
         chunk = jobs[j:j + 64]
-        outs = M.generate(model, processor, [imgs[p["id"]] for p, _, _ in chunk], [p["question"] for p, _, _ in chunk],
+        outs = generate(model, processor, [imgs[p["id"]] for p, _, _ in chunk], [p["question"] for p, _, _ in chunk],
                           [pre for _, _, pre in chunk], max_new_tokens=24)
         for (p, i, _), o in zip(chunk, outs):
             _, kind, nums = tasks.gold_steps(p)[i]
-            ok = sorted(answers.numbers(o.split("\n")[0])) == sorted(float(x) for x in nums)
+            ok = sorted(numbers(o.split("\n")[0])) == sorted(float(x) for x in nums)
             hits[kind] = hits.get(kind, 0) + ok
             tot[kind] = tot.get(kind, 0) + 1
     res = {f"step_{k}": round(hits[k] / tot[k], 4) for k in sorted(tot)}
     fam_hits, fam_tot = {}, {}
     for j in range(0, len(probs), 64):
         chunk = probs[j:j + 64]
-        outs = M.solve(model, processor, [imgs[p["id"]] for p in chunk], [p["question"] for p in chunk])
+        outs = solve(model, processor, [imgs[p["id"]] for p in chunk], [p["question"] for p in chunk])
         for p, o in zip(chunk, outs):
-            ok = answers.match_answer(o["answer"], p["answer"])
+            ok = match_answer(o["answer"], p["answer"])
             fam_hits[p["family"]] = fam_hits.get(p["family"], 0) + ok
             fam_tot[p["family"]] = fam_tot.get(p["family"], 0) + 1
     res.update({f"answer_{f}": round(fam_hits[f] / fam_tot[f], 4) for f in sorted(fam_tot)})
@@ -213,17 +265,22 @@ def evaluate_rm(model, processor, a, rows):
     scores = [s for s in scored if s is not None]  # skipped answers (too long) drop out with their labels
     labels = [list(lab) for s, lab in zip(scored, step_labels) if s is not None]
     flat_s = [x for s in scores for x in s]
-    flat_y = [y >= 0.5 for l in labels for y in l]
-    fe_true = [next((i for i, y in enumerate(l) if y < 0.5), -1) for l in labels]
-    return {"step_acc": round(sum((s >= 0.5) == y for s, y in zip(flat_s, flat_y)) / max(len(flat_s), 1), 4),
-            "step_auc": round(metrics.auc(flat_s, flat_y), 4),
+    flat_y = [y >= 0.5 for lab in labels for y in lab]
+    fe_true = [next((i for i, y in enumerate(lab) if y < 0.5), -1) for lab in labels]
+    if not flat_s:
+        return {"note": "no held-out answer to score"}
+    res = {"step_acc": round(sum((s >= 0.5) == y for s, y in zip(flat_s, flat_y)) / len(flat_s), 4)}
+    if all(flat_y) or not any(flat_y):  # one class only: AUC and first-error F1 would read 0.5 and 1.0, unmeasured
+        return {**res, "note": f"every held-out step is {'right' if all(flat_y) else 'wrong'}: no AUC, no F1"}
+    # step accuracy and F1 at the fixed threshold 0.5: a quick look during training (bench chooses it on dev)
+    return {**res, "step_auc": round(metrics.auc(flat_s, flat_y), 4),
             "first_error_f1": round(metrics.first_error_f1(scores, fe_true, 0.5)["f1"], 4)}
 
 
 def head_config(model, a):
     """What a checkpoint's train_config.json needs for model.load to rebuild its head: the likelihood head's
     calibration; the start model as a name that loads from any folder ("tiny", a hub id, or an absolute path)."""
-    start = a.model if a.model in ("tiny", "tiny-init") else M.resolve(a.model)
+    start = a.model if a.model in ("tiny", "tiny-init") else resolve(a.model)
     return {"model": start, **({"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {})}
 
 
@@ -235,9 +292,9 @@ def load_model(a, device):
     if a.resume and ck is None and any(last.with_name(n).exists() for n in ("last", "last.prev")):
         raise ValueError(f"{last}: no complete checkpoint to resume from (see above); move it away to start over")
     wdtype = torch.bfloat16 if a.bf16_weights else torch.float32
-    model, processor = M.load(str(ck) if ck else a.model, device=device, dtype=wdtype, size=a.size, seed=a.seed)
+    model, processor = prm.load(str(ck) if ck else a.model, device=device, dtype=wdtype, size=a.size, seed=a.seed)
     if a.head == "implicit" and a.objective != "sft" and not getattr(model, "implicit", None):
-        M.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
+        prm.make_implicit(model, a.model, a.beta, device, wdtype, a.size, a.seed)
     return model, processor, ck
 
 
@@ -329,14 +386,14 @@ def main(a: Args):
         data.check_out(a.out, folder=True)
     rows = load_labelled(a.data) if a.data != "synthetic" and not a.eval_only else None
     model, processor, resume = load_model(a, device)
-    ids, out, last = M.token_ids(processor), Path(a.out), Path(a.out) / "last"
+    ids, out, last = token_ids(processor), Path(a.out), Path(a.out) / "last"
     if a.eval_only:
         res = evaluate(model, processor, a, load_labelled(a.eval_data or a.data) if a.objective != "sft" else [])
         print(json.dumps(res))
         return res
     rows, dev_rows = load_rows(a, processor, rows)
     if a.head == "likelihood" and a.objective != "sft" and not prm.is_likelihood(model):
-        model.likelihood = prm.calibrate(model, processor, rows, a)  # before any step: the base's likelihood, calibrated
+        model.likelihood = calibrate(model, processor, rows, a)  # before any step: the base's likelihood, calibrated
         print(f"[train] likelihood head: a = {model.likelihood[0]}, b = {model.likelihood[1]}, "
               f"cumulative = {model.likelihood[2]}")
     recipe.prepare(model, a)
@@ -370,7 +427,7 @@ def main(a: Args):
         if (step + 1) % a.save_every == 0 or done:
             checkpoint.save(model, processor, opt, last, {**asdict(a), **head_config(model, a)}, step + 1)
     if rank == 0:
-        M.save(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
+        save_model(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
                                        **head_config(model, a)})
         print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
               "skipped)")

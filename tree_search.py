@@ -4,8 +4,9 @@ error (OmegaPRM, the paper's "enhanced tree search" that built ViLReward-73K).
     python tree_search.py --policy synthetic --method mcts --n-problems 20 --rollouts 8 --out out/ts/labels.jsonl
     python tree_search.py --policy tiny --method mc --n-problems 8 --rollouts 4 --out out/ts/tiny.jsonl [--resume]
     python tree_search.py --eval [--n-problems 500] [--seed 0]     # tau chosen on tune, both methods on test vs the oracle
+    python -m lab.api label --policy http://localhost:8000/v1 ...   # the same search with a served policy
 
-A policy continues a partial solution: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer"}]. The value
+A policy (policy.py) continues a partial solution: rollout(problem, prefix_steps, n, seed) -> [{"steps", ...}]. The value
 of a prefix is the share of k rollouts from it that reach the gold answer (a Monte-Carlo estimate of "can this
 partial solution still succeed"). A prefix counts as right when its value > tau (Math-Shepherd's hard label: tau 0).
 - mc (Wang et al. 2024, Math-Shepherd): k rollouts from every step prefix of every sampled solution.
@@ -14,8 +15,8 @@ partial solution still succeed"). A prefix counts as right when its value > tau 
   n - 1; estimates are cached per prefix, so solutions sharing steps share them; a value-plus-exploration score
   picks which wrong solution to search next in a rollout budget (select_score; the default budget searches all,
   so the order changes nothing: omegaprm.py has the full algorithm and the comparison at equal budgets).
-Output: one step-labelled record (data.py "labelled") per sampled solution, soft values as labels, appended as it
-is made; OUT.done lists the finished problems, so --resume after a kill loses and duplicates nothing.
+Output: one step-labelled record (common/data.py "labelled") per sampled solution, soft values as labels, appended
+as it is made; OUT.done lists the finished problems, so --resume after a kill loses and duplicates nothing.
 """
 import json
 import math
@@ -29,12 +30,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import answers
-import api
-import cli
-import data
-import model as M
-import tasks
+from common import cli, data, tasks
+from common.answers import match_answer
+from policy import STRENGTHS, SyntheticPolicy, VLMPolicy
 
 # A prefix is right when its value > TAU. Math-Shepherd and OmegaPRM use 0, but a policy that sometimes reaches the
 # gold answer by luck after a wrong step (the synthetic one does ~5% of rollouts from a wrong prefix; real models
@@ -47,7 +45,7 @@ ALPHA, BETA, L_STEPS, C_PUCT = 0.5, 0.9, 8, 0.125
 
 @dataclass
 class Args:
-    policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny | a checkpoint | a server URL (api.py)"})
+    policy: str = field(default="synthetic", metadata={"help": "synthetic | tiny | a checkpoint (a server: python -m lab.api label)"})
     method: str = field(default="mcts", metadata={"help": "mcts (OmegaPRM) | mc (Math-Shepherd)", "choices": ["mcts", "mc"]})
     n_problems: int = field(default=0, metadata={"help": "problems to label (0: 20; with --eval 500)"})
     rollouts: int = field(default=16, metadata={"help": "K: rollouts per value estimate"})
@@ -57,67 +55,21 @@ class Args:
     out: str = field(default="out/tree_search/labels.jsonl", metadata={"help": "output JSONL (images next to it)"})
     seed: int = field(default=0, metadata={"help": "seed of the problems, the samples and every rollout"})
     split: str = field(default="train", metadata={"help": "split of the synthetic problems"})
-    strength: str = field(default="default", metadata={"help": "synthetic policy", "choices": list(tasks.STRENGTHS)})
+    strength: str = field(default="default", metadata={"help": "synthetic policy", "choices": list(STRENGTHS)})
     temperature: float = field(default=1.0, metadata={"help": "VLM policy sampling temperature"})
     max_new_tokens: int = field(default=96, metadata={"help": "VLM policy tokens per continuation"})
     batch_size: int = field(default=16, metadata={"help": "VLM: continuations a generate call; served: problems at once"})
+    hard_labels: bool = field(default=False, metadata={"help": "write 1/0 labels (hard_labels) instead of the soft "
+                              "values"})
     resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
     eval: bool = field(default=False, metadata={"help": "both methods on test problems (synthetic policy) vs the oracle, "
                        "tau chosen on tune problems from --taus"})
     taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "with --eval: the tau grid tried on tune problems"})
 
 
-class SyntheticPolicy:
-    """tasks.sample continuing a prefix; deterministic in (seed, problem, prefix)."""
-    def __init__(self, strength="default"):
-        self.strength = strength
-
-    def rollout(self, problem, prefix_steps, n, seed):
-        rng = random.Random(tasks.seed_of(seed, problem["id"], len(prefix_steps), *prefix_steps))
-        return tasks.sample(problem, n, prefix=list(prefix_steps), rng=rng, strength=self.strength)
-
-    def rollout_many(self, requests):
-        """[(problem, prefix_steps, n, seed)] -> one list of rollouts each (label_rounds batches its requests)."""
-        return [self.rollout(*r) for r in requests]
-
-
-class VLMPolicy:
-    """Any checkpoint model.load reads, continuing "Step 1: ... Step i+1: " sampled at a temperature."""
-    def __init__(self, model_name_or_path, temperature=1.0, max_new_tokens=96, batch_size=16, device=None):
-        self.model, self.processor = M.load(model_name_or_path, device=device)
-        self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
-
-    def rollout(self, problem, prefix_steps, n, seed):
-        image = api.image_of(problem)
-        out = []
-        for b in range(0, n, self.batch_size):  # the prefix kept verbatim (it is a node of the tree)
-            m = min(self.batch_size, n - b)
-            out += M.solve(self.model, self.processor, [image] * m, [problem["question"]] * m, [prefix_steps] * m,
-                           self.max_new_tokens, self.temperature, seed=tasks.seed_of(seed, problem["id"], b, *prefix_steps))
-        return [{"steps": s["steps"], "answer": s["answer"]} for s in out]
-
-    def rollout_many(self, requests, rows=None):
-        """[(problem, prefix_steps, n, seed)] -> one list of rollouts ({"steps", "answer", "text": the new text})
-        each, generated `rows` at a time across requests (one generate call serves many prefixes of many problems).
-        Deterministic for the same requests."""
-        flat, rows = [(p, list(pre), tasks.seed_of(seed, p["id"], j, *pre)) for p, pre, n, seed in requests
-                      for j in range(n)], rows or self.batch_size
-        out = []
-        for b in range(0, len(flat), rows):
-            chunk = flat[b:b + rows]
-            ims = [api.image_of(p) for p, _, _ in chunk]
-            out += M.solve(self.model, self.processor, ims, [p["question"] for p, _, _ in chunk],
-                           [pre for _, pre, _ in chunk], self.max_new_tokens, self.temperature, seed=chunk[0][2])
-        res, i = [], 0
-        for _, _, n, _ in requests:
-            res.append([{"steps": s["steps"], "answer": s["answer"], "text": s["text"]} for s in out[i:i + n]])
-            i += n
-        return res
-
-
 def reaches(problem, rollout):
     """Does a rollout state the gold answer? An empty or answerless rollout does not."""
-    return bool(rollout["steps"]) and answers.match_answer(rollout["answer"], problem["answer"], problem.get("options"))
+    return bool(rollout["steps"]) and match_answer(rollout["answer"], problem["answer"], problem.get("options"))
 
 
 def mc_value(problem, policy, prefix, k, seed, cache=None):
@@ -158,19 +110,33 @@ class OutOfBudget(Exception):
     pass
 
 
-def first_error_search(steps, value, tau=TAU, lo=0):
+def binary_search(steps, tau=TAU, lo=0):
     """Binary search for the first wrong step of a solution that missed the answer (OmegaPRM's insight: ~log2(n)
-    value estimates, not n - 1). Invariant: the error is in steps[lo..hi]; at first hi = n - 1, since the whole
-    solution has value 0. value(prefix) <= tau: no continuation succeeds, the error is at or before its last step
-    (search left); value > tau: that prefix is right, the error comes later (search right). Steps before lo: right."""
+    value estimates, not n - 1), written as a generator: it yields each prefix whose value it needs and is sent
+    that value back; it returns the first wrong step. Invariant: the error is in steps[lo..hi]; at first
+    hi = n - 1, since the whole solution has value 0. value(prefix) <= tau: no continuation succeeds, the error is
+    at or before its last step (search left); value > tau: that prefix is right, the error comes later (search
+    right). Steps before lo: known right. first_error_search drives one search; label_rounds drives many at once."""
     hi = len(steps) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if value(steps[:mid + 1]) > tau:
+        value = yield steps[:mid + 1]
+        if value > tau:
             lo = mid + 1
         else:
             hi = mid
     return lo
+
+
+def first_error_search(steps, value, tau=TAU, lo=0):
+    """binary_search with value(prefix) answering each question as it is asked."""
+    search = binary_search(steps, tau, lo)
+    try:
+        prefix = next(search)
+        while True:
+            prefix = search.send(value(prefix))
+    except StopIteration as done:
+        return done.value
 
 
 def select_score(steps, cache, visits, tau=TAU):
@@ -186,10 +152,16 @@ def select_score(steps, cache, visits, tau=TAU):
         if v is not None and v <= tau:
             break
         a = i + 1 if v is not None else a
-    s, mc = tuple(steps[:a]), cache[tuple(steps[:a])]
-    q = ALPHA ** (1 - mc) * BETA ** ((len(steps) - a) / L_STEPS)
-    u = C_PUCT * math.sqrt(sum(visits.values())) / (1 + visits[s])
-    return (0 < mc < 1, q + u), s
+    s = tuple(steps[:a])
+    return q_plus_u(cache[s], len(steps) - a, visits[s], sum(visits.values())), s
+
+
+def q_plus_u(mc, steps_after, visits_here, visits_all):
+    """OmegaPRM's selection key of a pair (state s, rollout r): (0 < MC(s) < 1, Q(s, r) + U(s)), with
+    Q = alpha^(1 - MC(s)) * beta^(steps of r after s / L) and U = c_puct * sqrt(sum_i N(s_i)) / (1 + N(s))."""
+    q = ALPHA ** (1 - mc) * BETA ** (steps_after / L_STEPS)
+    u = C_PUCT * math.sqrt(visits_all) / (1 + visits_here)
+    return (0 < mc < 1, q + u)
 
 
 def label_mcts(problem, policy, sols, k, budget, seed, tau=TAU):
@@ -235,25 +207,38 @@ def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
     roots = policy.rollout_many([(p, [], samples, tasks.seed_of(seed, "solutions")) for p in problems])
     cache = {p["id"]: {} for p in problems}
     spent = {(p["id"], j): 0 for p, sols in zip(problems, roots) for j in range(len(sols))}
-    search = {(p["id"], j): [0, len(s["steps"]) - 1] for p, sols in zip(problems, roots) for j, s in enumerate(sols)
-              if s["steps"] and not reaches(p, s)}  # (problem, solution) -> [lo, hi] (first_error_search's)
-    probs, sols_of = {p["id"]: p for p in problems}, {p["id"]: s for p, s in zip(problems, roots)}
-    mid = lambda pid, j: tuple(sols_of[pid][j]["steps"][:sum(search[pid, j]) // 2 + 1])  # noqa: E731
+    probs = {p["id"]: p for p in problems}
+    searches = {(p["id"], j): binary_search(s["steps"], tau) for p, sols in zip(problems, roots)
+                for j, s in enumerate(sols) if s["steps"] and not reaches(p, s)}
+    waiting, found = {}, {}  # (problem, solution) -> the prefix its search waits for; -> its first error
+
+    def advance(key, value=None):
+        """Send a search the value it waited for (None: start it), then every value already known, until it asks
+        for an unknown one or ends."""
+        pid, search = key[0], searches[key]
+        try:
+            prefix = next(search) if value is None else search.send(value)
+            while tuple(prefix) in cache[pid]:
+                prefix = search.send(cache[pid][tuple(prefix)])
+            waiting[key] = tuple(prefix)
+        except StopIteration as done:
+            found[key] = done.value
+            waiting.pop(key, None)
+    for key in searches:
+        advance(key)
     bar = tqdm(desc="tree search rounds", disable=not progress, unit="round")
-    while any(lo < hi for lo, hi in search.values()):
+    while waiting:
         asks = {}  # (problem, prefix) -> the first search that asked for it (it is charged the rollouts)
-        for (pid, j), (lo, hi) in search.items():
-            if lo < hi and mid(pid, j) not in cache[pid]:
-                asks.setdefault((pid, mid(pid, j)), (pid, j))
+        for key, prefix in waiting.items():
+            asks.setdefault((key[0], prefix), key)
         reqs = list(asks)
-        for (pid, prefix), rs in zip(reqs, policy.rollout_many(
-                [(probs[pid], list(pre), k, tasks.seed_of(seed, "mcts")) for pid, pre in reqs])):
+        rollouts = policy.rollout_many([(probs[pid], list(prefix), k, tasks.seed_of(seed, "mcts"))
+                                        for pid, prefix in reqs])
+        for (pid, prefix), rs in zip(reqs, rollouts):
             cache[pid][prefix] = sum(reaches(probs[pid], r) for r in rs) / max(len(rs), 1)
             spent[asks[(pid, prefix)]] += len(rs)
-        for (pid, j), lh in search.items():  # every search moves on by the values now known
-            while lh[0] < lh[1] and mid(pid, j) in cache[pid]:
-                m = sum(lh) // 2
-                lh[:] = [m + 1, lh[1]] if cache[pid][mid(pid, j)] > tau else [lh[0], m]
+        for key in list(waiting):  # every search moves on by the values now known
+            advance(key, cache[key[0]][waiting[key]])
         bar.update(1)
     bar.close()
     records = []
@@ -261,7 +246,7 @@ def label_rounds(problems, policy, k, seed, samples, tau=TAU, progress=False):
         for j, s in enumerate(sols):
             if not s["steps"]:
                 continue
-            fe = search[(p["id"], j)][0] if (p["id"], j) in search else -1
+            fe = found.get((p["id"], j), -1)
             labels = prefix_labels(s["steps"], fe, cache[p["id"]])
             records.append({"id": f"{p['id']}-mcts{j:02d}", "images": [p.get("image") or f"images/{p['id']}.png"],
                             "prompt": p["question"], "completions": list(s["steps"]), "labels": labels,
@@ -295,6 +280,42 @@ def label_problem(problem, policy, method, k, budget, seed, samples, tau=TAU, im
     return records, spent, len(sols)
 
 
+# fork here: soft labels (each prefix's Monte-Carlo value) or hard ones; python bench.py --hard-labels compares
+def hard_labels(record, tau=TAU):
+    """A labelled record's labels as 1.0 / 0.0. Monte-Carlo ("mc") labels are each prefix's value: right when above
+    tau. The others are right before the first error and wrong from it on."""
+    if record["meta"]["method"] == "mc":
+        return [float(v > tau) for v in record["labels"]]
+    fe = record["first_error"]
+    return [float(fe == -1 or i < fe) for i in range(len(record["labels"]))]
+
+
+def oracle_labels(problems, policy, k, seed, samples, tau=TAU, progress=False):
+    """The oracle's exact labels of the same sampled solutions: the upper bound of any tree search (no rollout).
+    -> (records, stats) as label()."""
+    roots = policy.rollout_many([(p, [], samples, tasks.seed_of(seed, "solutions")) for p in problems])
+    records = []
+    for p, sols in zip(problems, roots):
+        image = p.get("image") or f"images/{p['id']}.png"
+        for j, s in enumerate(sols):
+            if s["steps"]:
+                rec = tasks.labelled(p, {"id": f"{p['id']}-oracle{j:02d}", **s}, image)
+                rec["meta"] = {"correct": match_answer(s["answer"], p["answer"]), "problem_id": p["id"],
+                               "method": "oracle"}
+                records.append(rec)
+    return records, {"records": len(records), "rollouts": 0, "rollouts_per_solution": 0.0}
+
+
+def mc_labels(problems, policy, k, seed, samples, tau=TAU, progress=False):
+    return label(problems, policy, "mc", k, 0, seed, samples, tau, progress)
+
+
+# How train labels are made from sampled solutions, each (problems, policy, K, seed, samples, tau, progress) ->
+# (records, stats): bench.py --labels picks one. mcts: the binary search in batched rounds (label_rounds).
+# fork here: a labeller of your own (python bench.py --labels NAME --tune-only shows its PRM on tune)
+LABELLERS = {"mcts": label_rounds, "mc": mc_labels, "oracle": oracle_labels}
+
+
 def label(problems, policy, method, k, budget, seed, samples, tau=TAU, progress=False):
     """In memory: -> (records, stats {rollouts, records, solutions, seconds, rollouts_per_solution}). A record's
     image is the problem's "image", else images/<id>.png (main writes it there, next to the output)."""
@@ -324,8 +345,7 @@ def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="
         for r in recs:
             p, fe = problems[r["meta"]["problem_id"]], r["first_error"]
             agree += fe == tasks.first_error(p, r["completions"])
-            hard = [float(v > tau) for v in r["labels"]] if method == "mc" else \
-                [float(fe == -1 or i < fe) for i in range(len(r["labels"]))]
+            hard = hard_labels(r, tau)
             steps_ok += sum(h == o for h, o in zip(hard, tasks.step_labels(p, r["completions"])))
             steps += len(hard)
         res[method] = {"rollouts_per_solution": st["rollouts_per_solution"],
@@ -334,8 +354,10 @@ def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="
     return res
 
 
+# What makes the labels: --resume continues only a run made with the same values (the batch size too: it changes
+# which continuations a VLM policy samples together).
 RUN_KEYS = ("policy", "method", "n_problems", "rollouts", "budget", "samples", "tau", "seed", "split", "strength",
-            "temperature", "max_new_tokens")  # what makes the labels: --resume continues only the same run
+            "temperature", "max_new_tokens", "batch_size", "hard_labels")
 
 
 def image_name(p):
@@ -344,7 +366,16 @@ def image_name(p):
     return f"images/{p['id']}-{tasks.seed_of(json.dumps(p, sort_keys=True)) % 16 ** 8:08x}.png"
 
 
-def main(a: Args):
+def make_policy(a):
+    """--policy: the synthetic sampler, or a checkpoint the loader reads."""
+    if a.policy == "synthetic":
+        return SyntheticPolicy(a.strength)
+    if a.policy.startswith(("http://", "https://")):
+        raise ValueError(f"--policy {a.policy}: a served policy runs as python -m lab.api label --policy URL ...")
+    return VLMPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size)
+
+
+def main(a: Args, policy=None):
     if a.eval:  # tau chosen on tune problems (MCTS first-error agreement), then both methods on test problems
         t0, grid = time.time(), [float(t) for t in a.taus.split(",")]
         tune = {t: evaluate(a.n_problems or 500, a.seed, a.rollouts, a.budget, a.samples, t, "tune", ("mcts",))
@@ -370,21 +401,25 @@ def main(a: Args):
     if redo:  # OUT.done lists only what is kept
         done = {pid: n for pid, n in done.items() if pid not in redo}
         done_file.write_text("".join(f"{pid} {n}\n" for pid, n in done.items()))
-    policy = SyntheticPolicy(a.strength) if a.policy == "synthetic" else api.ServedPolicy(
-        a.policy, a.temperature, a.max_new_tokens, a.batch_size) if api.is_url(a.policy) else VLMPolicy(
-        a.policy, a.temperature, a.max_new_tokens, a.batch_size)
+    policy = policy or make_policy(a)  # lab/api.py passes a served policy
     problems = [p for p in tasks.make_problems(a.n_problems or 20, a.seed, a.split) if p["id"] not in done]
     rollouts = written = 0
-    def one(p):  # a problem file's image: its path relative to the output's folder; else rendered there
-        image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute()) if p.get("image") else image_name(p)
-        if not p.get("image"):
+
+    def one(p):
+        if p.get("image"):  # a problem file's image: its path relative to the output's folder
+            image = os.path.relpath(Path(p["image"]).absolute(), out.parent.absolute())
+        else:  # rendered there
+            image = image_name(p)
             tasks.render(p).save(out.parent / image)
         return p, label_problem(p, policy, a.method, a.rollouts, a.budget, a.seed, a.samples, a.tau, image)
-    served = isinstance(policy, api.ServedPolicy)  # --batch-size problems in flight, their requests batched, in order
+    # a served policy (it has problems_in_flight) takes --batch-size problems at once, its requests batched
+    served = getattr(policy, "problems_in_flight", 0) > 1
     bar = tqdm((ThreadPoolExecutor(a.batch_size).map if served else map)(one, problems), total=len(problems),
                desc=f"{a.method} K={a.rollouts}")
     for p, (recs, n, _) in bar:
         for r in recs:
+            if a.hard_labels:
+                r["labels"] = hard_labels(r, a.tau)
             data.append_jsonl(out, r, "labelled")
         with open(done_file, "a") as f:  # the problem is finished only once all its records are on disk
             f.write(f"{p['id']} {len(recs)}\n")

@@ -5,8 +5,9 @@ import threading
 
 import pytest
 
-import answers
-import data
+from common.mathv import load_mathv
+from common import answers
+from common import data
 
 PI = ["$\\pi$", "$3 \\pi$", "$\\frac{\\pi}{2}$", "$2 \\pi$", "$4 \\pi$"]
 ROOTS = ["$\\frac{3\\sqrt{2}}{4}$", "$\\frac{7\\sqrt{6}}{16}$", "$\\frac{\\sqrt{5}}{2}$", "$\\frac{2\\sqrt{3}}{3}$",
@@ -114,7 +115,7 @@ def test_mathv_agreement_with_its_labels():
     # way ("40" for "$40^{\\circ}$", 30 answers), its letter then its content squashed ("d100\\mathrm{~cm}", 17), an
     # option in words ("{march}"), "20%" to "what percent" (4), "3 cm^2" for 3, "(b)" for B. Before: 4538 of 4560
     # (99.52%): 17 right answers stating the gold option's LaTeX content rejected, 5 of the label errors accepted.
-    problems, candidates = data.load_mathv()
+    problems, candidates = load_mathv()
     gold = {p["id"]: (p["answer"], p["options"]) for p in problems}
     ours = [(answers.match_answer(c["answer"], *gold[c["problem_id"]]), c["correct"], c["problem_id"])
             for c in candidates]

@@ -5,6 +5,7 @@ kept rows; --seeds pooling. Plus the cache and the training launcher on toy inpu
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -13,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-import answers
-import cli
+from common import answers
+from common import cli
 import bench
 import bon
-import controls
-import data
-import evidence as E
-import metrics
-import model as M
+from lab import controls
+from common import data
+from lab import evidence
+from common import metrics
+from common import model as vlm
 import prm
-import report as R
-import tasks
+from lab import report
+from common import tasks
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +120,11 @@ def check_numbers(out, a):
              "prm_text_head": lambda pool: argmax(pool, S["prm_text"], AGG[head]),
              **{f"prm_{g}": lambda pool, g=g: argmax(pool, S["prm"], AGG[g]) for g in bon.AGGS}}
     assert all(S["orm"][i] == s[-1] for i, s in S["orm_steps"].items())  # the ORM's answer score: its last tag
-    judged = E.judged_ids(list(test.values()), a.judge_n)
+    judged = evidence.judged_ids(list(test.values()), a.judge_n)
     assert len(judged) == 2 and {test[j]["family"] for j in judged} == {"text", "visual"}
     picks_judged = {"judge_prm": lambda pool: argmax(pool, S["judge_prm"], AGG["mean"]),
                     "judge_orm": lambda pool: argmax(pool, S["judge_orm"])}
-    for part in E.PARTS:
+    for part in evidence.PARTS:
         ids = [pid for pid in test if part in ("all", test[pid]["family"])]
         for m, f in {**picks, **picks_judged}.items():
             only = [pid for pid in ids if pid in judged] if m.startswith("judge") else ids
@@ -151,12 +152,12 @@ def check_numbers(out, a):
                     want = metrics.bootstrap([r["acc"][n] for r in rs], [r["content"] for r in rs], seed=a.seed)
                     assert {k: cell[k] for k in want} == pytest.approx(want, abs=1e-12), (pool, part, m, n)
                     assert cell["lo"] <= cell["mean"] + 1e-12 and cell["mean"] <= cell["hi"] + 1e-12
-    for part in E.PARTS:  # "bon" is the synthetic pool's means plus the judges' from the judged pool
+    for part in evidence.PARTS:  # "bon" is the synthetic pool's means plus the judges' from the judged pool
         assert saved["bon"][part]["prm_head"] == {n: c["mean"] for n, c in
                                                   saved["intervals"]["synthetic"][part]["prm_head"].items()}
     # accuracy@N below the pool: bon.at_n over the stored candidates and scores, row by row
     pp = bon.make_pools(list(test.values()), cands["test_synthetic"], S)
-    rules = E.method_sets(head)["synthetic"]
+    rules = evidence.method_sets(head)["synthetic"]
     for r in rows:
         if r["pool"] == "synthetic" and r["method"] in ("prm_head", "orm", "majority", "weighted_prm", "oracle"):
             rule = rules[r["method"]]
@@ -173,17 +174,17 @@ def check_numbers(out, a):
     # paired comparisons: the difference of the rows, its interval; the verdicts follow from them
     comps = saved["comparisons"]
     d = [acc["synthetic", "prm_head", p]["16"] - acc["synthetic", "orm", p]["16"] for p in sorted(test)]
-    want = metrics.bootstrap(d, [E.content(test[p]) for p in sorted(test)], seed=a.seed)
+    want = metrics.bootstrap(d, [evidence.content(test[p]) for p in sorted(test)], seed=a.seed)
     assert {k: comps["prm_vs_orm"][k] for k in want} == pytest.approx(want, abs=1e-12)
     assert comps["prm_vs_orm"]["mean"] == pytest.approx(
         saved["bon"]["all"]["prm_head"]["16"] - saved["bon"]["all"]["orm"]["16"], abs=1e-12)
     assert comps["prm_vs_judge_prm"]["n"] == len(judged)
     on = sorted(p for p in test if ("base", "prm_head", p) in acc)  # the headline: the base's own answers
     d = [acc["base", "prm_head", p]["16"] - acc["base", "base_likelihood_min", p]["16"] for p in on]
-    want = metrics.bootstrap(d, [E.content(test[p]) for p in on], seed=a.seed)
+    want = metrics.bootstrap(d, [evidence.content(test[p]) for p in on], seed=a.seed)
     assert {k: comps["headline_prm_vs_base_likelihood"][k] for k in want} == pytest.approx(want, abs=1e-12)
-    assert [v["finding"] for v in saved["verdicts"]] == [f for f, _, _ in E.FINDINGS]
-    assert saved["verdicts"] == E.verdicts(comps)
+    assert [v["finding"] for v in saved["verdicts"]] == [f for f, _, _ in evidence.FINDINGS]
+    assert saved["verdicts"] == evidence.verdicts(comps)
     assert {v["verdict"] for v in saved["verdicts"]} <= {"holds", "opposite", "not resolved", "not run"}
     widths = sorted((c["hi"] - c["lo"]) / 2 for c in comps.values())
     assert saved["resolvable"] == round(widths[len(widths) // 2], 4)
@@ -211,7 +212,7 @@ def check_numbers(out, a):
     assert saved["controls"]["fresh_auc"]["prm"] == pytest.approx(
         controls.fresh_auc(cands["test_synthetic"], test, S["prm"]), abs=5e-5)
     # the stored PRM scores are the trained PRM's (4 answers scored again here, in another batch)
-    m, p = M.load(str(out / "prm"), device="cpu")
+    m, p = prm.load(str(out / "prm"), device="cpu")
     cs = cands["test_synthetic"][:4]
     again, _ = prm.score_steps(m, p, [tasks.render(test[c["problem_id"]]) for c in cs],
                                [test[c["problem_id"]]["question"] for c in cs], [c["steps"] for c in cs])
@@ -232,15 +233,16 @@ def test_bench_small_run_recomputed_cached_and_relabelled(tmp_path, capsys):
     assert (tmp_path / "report.md").read_text().startswith("# Bench report")
     assert (tmp_path / "bon_curve.png").read_bytes()[:4] == b"\x89PNG"
     # evidence.py redoes a comparison from the kept rows alone: the same difference and interval as results.json
-    out = subprocess.run([sys.executable, str(ROOT / "evidence.py"), str(tmp_path / "per_problem.jsonl"), "--a",
+    out = subprocess.run([sys.executable, "-m", "lab.evidence", str(tmp_path / "per_problem.jsonl"), "--a",
                           "prm_head", "--b", "orm", "--pool", "synthetic"], capture_output=True, text=True, timeout=300,
-                         cwd=tmp_path)
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr
     c = saved["comparisons"]["prm_vs_orm"]
     assert (f"prm_head - orm at N=16 (synthetic, all, {c['n']} problems): {c['mean']:+.4f} "
             f"[{c['lo']:+.4f}, {c['hi']:+.4f}] -> {metrics.verdict(c)}") in out.stdout.splitlines()
-    every = subprocess.run([sys.executable, str(ROOT / "evidence.py"), str(tmp_path / "per_problem.jsonl")],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # + per_step.jsonl: F1 rows
+    every = subprocess.run([sys.executable, "-m", "lab.evidence", str(tmp_path / "per_problem.jsonl")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})  # + per_step.jsonl: F1 rows
     assert every.returncode == 0, every.stderr
     for k, c in saved["comparisons"].items():
         assert f"{k:38s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  n={c['n']}" in every.stdout, k
@@ -281,13 +283,13 @@ def test_bench_seeds_pool_two_runs(tmp_path):
     assert [per[s]["config"]["seed"] for s in (0, 1)] == [0, 1]
     tests = [(tmp_path / f"seed-{s}" / "problems_test.jsonl").read_text() for s in (0, 1)]
     assert tests[0] != tests[1]  # independent problems
-    heads = {str(s): R.headline(per[s]) for s in (0, 1)}
+    heads = {str(s): report.headline(per[s]) for s in (0, 1)}
     assert res["seeds"]["per_seed"] == json.loads(json.dumps(heads))
     for k, v in res["seeds"]["spread"].items():
         x = [heads[s][k] for s in heads]
         assert v == pytest.approx({"mean": sum(x) / 2, "std": statistics.stdev(x)}, abs=5.1e-5), k
     # pooled: every seed's test problems (the same number per family in each), so a cell is the seeds' mean
-    for part in E.PARTS:
+    for part in evidence.PARTS:
         for m in ("random", "majority", "orm", "prm_head", "oracle"):
             for n in ("1", "4", "16"):
                 assert res["bon"][part][m][n] == pytest.approx((per[0]["bon"][part][m][n] + per[1]["bon"][part][m][n])
@@ -356,7 +358,7 @@ def test_launch_passes_every_train_setting_as_flags_train_parses_back(tmp_path, 
         (Path(x.out) / "last").mkdir(parents=True)  # a model made with other settings: removed before training
         bench.launch(x, tmp_path / f"{n}.log")
         cmd, threads = seen[-1]
-        assert cmd[:2] == [sys.executable, str(M.ROOT / "train.py")] and threads == "1"
+        assert cmd[:2] == [sys.executable, str(vlm.ROOT / "train.py")] and threads == "1"
         assert cli.parse_args(train.Args, cmd[2:]) == x, n
         assert not Path(x.out).exists() and (tmp_path / f"{n}.log").read_text() == "trained\n"
     assert "--resume" in seen[-1][0] and "--no-compile" in seen[-1][0]

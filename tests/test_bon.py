@@ -12,12 +12,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common.mathv import MATHV, load_mathv  # noqa: E402
 import bon  # noqa: E402
-import data  # noqa: E402
-import metrics  # noqa: E402
-import model as M  # noqa: E402
+from common import data  # noqa: E402
+from common import metrics  # noqa: E402
+from common import model as vlm  # noqa: E402
 import prm  # noqa: E402
-import tasks  # noqa: E402
+from common import tasks  # noqa: E402
 from bon import accuracy_at_n, select, table, vilbench_filter  # noqa: E402
 
 
@@ -235,13 +236,13 @@ def mathv_run():
     import io
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        res = bon.main(bon.Args(mathv=str(data.MATHV), ns="1,2,4,8,16"))
+        res = bon.main(bon.Args(mathv=str(MATHV), ns="1,2,4,8,16"))
     return res, buf.getvalue()
 
 
 def test_mathv_model_free(mathv_run):
     res, stdout = mathv_run
-    raw = [json.loads(line) for line in open(data.MATHV / "responses.jsonl", encoding="utf-8")]
+    raw = [json.loads(line) for line in open(MATHV / "responses.jsonl", encoding="utf-8")]
     last = json.loads(stdout.strip().splitlines()[-1])
     assert last["problems"] == 304 and last["pool"] == 15
     bo = last["bon"]["all"]
@@ -274,16 +275,16 @@ def test_mathv_with_tiny_init_on_3_problems(capsys, monkeypatch):
     sets = {}  # what bon.score_pool hands to the selection, kept to compare with the reference below
     real = bon.score_pool
     monkeypatch.setattr(bon, "score_pool", lambda *args: sets.update(real(*args)) or sets)
-    res = bon.main(bon.Args(mathv=str(data.MATHV), model="tiny-init", limit=3, ns="1,15", device="cpu"))
+    res = bon.main(bon.Args(mathv=str(MATHV), model="tiny-init", limit=3, ns="1,15", device="cpu"))
     bo = res["bon"]["all"]
     assert res["problems"] == 3 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["problems"] == 3
     assert {"prm_min", "prm_mean", "prm_last2", "weighted_prm", "orm"} <= set(bo)
     # the reference: the same pools scored here with prm.score_steps, each candidate by its own id
-    problems, cands = data.load_mathv(data.MATHV)
+    problems, cands = load_mathv(MATHV)
     problems = {p["id"]: p for p in problems[:3]}
     cands = [c for c in cands if c["problem_id"] in problems]
     images = {pid: Image.open(p["image"]).convert("RGB") for pid, p in problems.items()}
-    m, proc = M.load("tiny-init", device="cpu")
+    m, proc = prm.load("tiny-init", device="cpu")
     steps, _ = prm.score_steps(m, proc, [images[c["problem_id"]] for c in cands],
                                [problems[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands],
                                batch_size=bon.Args().batch_size)

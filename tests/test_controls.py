@@ -3,13 +3,14 @@ prefix), fresh-step AUC per kind on literal candidates, key-step weights, the pr
 import pytest
 import torch
 
-import controls
-import model as M
-import tasks
+import prm
+from lab import controls
+from common import model as vlm
+from common import tasks
 
 
 def test_step_likelihood_equals_running_the_model_on_each_prefix():
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = prm.load("tiny-init", device="cpu")
     probs = tasks.make_problems(3, seed=6)
     ims, qs = [tasks.render(x) for x in probs], [x["question"] for x in probs]
     steps = [[s for s, _, _ in tasks.gold_steps(probs[0])], ["There are 3 red shapes.", "3 + 4 = 8."],
@@ -18,12 +19,12 @@ def test_step_likelihood_equals_running_the_model_on_each_prefix():
     assert [len(s) for s in got] == [len(s) for s in steps]
     for i in range(3):
         for k in range(len(steps[i])):  # by hand: "Step 1: .. Step k+1: s_k" alone, the tokens after "Step k: ..\n"
-            head = M.chat_prompt(p, qs[i]) + (tasks.format_steps(steps[i][:k]) + "\n" if k else "")
-            full = p(text=[M.chat_prompt(p, qs[i]) + tasks.format_steps(steps[i][:k + 1])], images=[ims[i]],
+            head = vlm.chat_prompt(p, qs[i]) + (tasks.format_steps(steps[i][:k]) + "\n" if k else "")
+            full = p(text=[vlm.chat_prompt(p, qs[i]) + tasks.format_steps(steps[i][:k + 1])], images=[ims[i]],
                      return_tensors="pt")
             n0 = p(text=[head], images=[ims[i]], return_tensors="pt")["input_ids"].shape[1]
             with torch.no_grad():
-                lp = torch.log_softmax(m(**{k_: full[k_] for k_ in M.MODEL_KEYS if k_ in full}).logits[0].float(), -1)
+                lp = torch.log_softmax(m(**{k_: full[k_] for k_ in vlm.MODEL_KEYS if k_ in full}).logits[0].float(), -1)
             x = full["input_ids"][0]
             want = torch.stack([lp[j - 1, x[j]] for j in range(n0, len(x))]).mean().exp().item()
             assert got[i][k] == pytest.approx(want, rel=1e-4), (i, k)
@@ -32,7 +33,7 @@ def test_step_likelihood_equals_running_the_model_on_each_prefix():
 def test_step_likelihood_gives_one_entry_per_answer_when_one_is_too_long():
     """An answer over max_len is skipped by model.encode; the others keep their own scores and places (bench.py
     zips the result with the candidate ids)."""
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = prm.load("tiny-init", device="cpu")
     pr = tasks.make_problem("a", 0)
     im, q = tasks.render(pr), pr["question"]
     steps = [["There are 3 red shapes."], ["x" * 3000], ["3 + 4 = 7."]]

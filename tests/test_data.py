@@ -8,8 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402
-from data import (RecordError, append_jsonl, check_images, from_trl, load_mathv, read_jsonl,  # noqa: E402
+from common.mathv import MATHV, load_mathv, mathv_stats  # noqa: E402
+from common import data  # noqa: E402
+from common.data import (RecordError, append_jsonl, check_images, from_trl, read_jsonl,  # noqa: E402
                   resolve_image, to_trl, write_jsonl)
 
 PROBLEM = {"id": "p1", "image": "images/p1.png", "question": "How many shapes?", "answer": "7",
@@ -163,7 +164,7 @@ def mathv():
 def test_load_mathv(mathv):
     problems, candidates = mathv
     assert len(problems) == 304 and len({p["id"] for p in problems}) == 304
-    raw = [json.loads(line) for line in open(data.MATHV / "responses.jsonl", encoding="utf-8")]
+    raw = [json.loads(line) for line in open(MATHV / "responses.jsonl", encoding="utf-8")]
     empty = sum(not r["response"].strip() for r in raw)
     assert len(candidates) == 4560 - empty == 4560  # the shipped data has no empty response
     assert len({c["id"] for c in candidates}) == len(candidates)
@@ -196,17 +197,17 @@ def test_load_mathv_skips_and_reports_empty_responses(tmp_path, capsys):
 def test_check_cli(tmp_path):
     path = tmp_path / "cands.jsonl"
     write_jsonl(path, [dict(CANDIDATE, id=f"c{i}") for i in range(3)], "candidate")
-    out = subprocess.run([sys.executable, str(ROOT / "data.py"), "--check", str(path), "--kind", "candidate"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "common.data", "--check", str(path), "--kind", "candidate"],
+                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert "3 candidate records OK" in out and "steps 6" in out
     path.write_text(json.dumps(dict(CANDIDATE, correct="no")) + "\n")
-    res = subprocess.run([sys.executable, str(ROOT / "data.py"), "--check", str(path), "--kind", "candidate"],
-                         capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "common.data", "--check", str(path), "--kind", "candidate"],
+                         capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 1 and res.stderr.startswith("error: ")
     assert 'cands.jsonl:1: field "correct"' in res.stderr
 
 
 def test_mathv_stats(capsys):
-    assert data.mathv_stats() >= 0.9
+    assert mathv_stats() >= 0.9
     out = capsys.readouterr().out
     assert "answers > 300 chars: 805" in out and out.count("\n--- ") == 3

@@ -7,9 +7,9 @@ import random
 import pytest
 
 import bon
-import evidence as E
-import metrics
-import tasks
+from lab import evidence
+from common import metrics
+from common import tasks
 import train
 
 
@@ -94,24 +94,24 @@ def rows_for(a_acc, b_acc, method_a="prm_head", method_b="orm", families=None):
 
 
 def test_compare_is_paired_and_split_verdicts():
-    ix = E.index(rows_for([1.0] * 40, [0.0] * 40))
-    c = E.compare(ix, "synthetic", "prm_head", "orm", 16)
+    ix = evidence.index(rows_for([1.0] * 40, [0.0] * 40))
+    c = evidence.compare(ix, "synthetic", "prm_head", "orm", 16)
     assert c["mean"] == 1.0 and c["n"] == 40
     # PRM ahead on visual, ORM ahead on text: "neither wins everywhere" holds
-    ix = E.index(rows_for([1.0, 0.0] * 20, [0.0, 1.0] * 20))
-    comps = {"prm_vs_orm_visual": E.compare(ix, "synthetic", "prm_head", "orm", 16, "visual"),
-             "prm_vs_orm_text": E.compare(ix, "synthetic", "prm_head", "orm", 16, "text")}
-    v = {x["finding"]: x["verdict"] for x in E.verdicts(comps)}
+    ix = evidence.index(rows_for([1.0, 0.0] * 20, [0.0, 1.0] * 20))
+    comps = {"prm_vs_orm_visual": evidence.compare(ix, "synthetic", "prm_head", "orm", 16, "visual"),
+             "prm_vs_orm_text": evidence.compare(ix, "synthetic", "prm_head", "orm", 16, "text")}
+    v = {x["finding"]: x["verdict"] for x in evidence.verdicts(comps)}
     assert v["neither ORM nor PRM wins everywhere"] == "holds"
     assert v["weighting key steps beats equal weights"] == "not run"
-    ix = E.index(rows_for([1.0] * 40, [0.0] * 40))  # PRM ahead in both families: the finding is contradicted
-    comps = {k: E.compare(ix, "synthetic", "prm_head", "orm", 16, p) for k, p in
+    ix = evidence.index(rows_for([1.0] * 40, [0.0] * 40))  # PRM ahead in both families: the finding is contradicted
+    comps = {k: evidence.compare(ix, "synthetic", "prm_head", "orm", 16, p) for k, p in
              (("prm_vs_orm_visual", "visual"), ("prm_vs_orm_text", "text"))}
     assert v_of(comps)["neither ORM nor PRM wins everywhere"] == "opposite"
 
 
 def v_of(comps):
-    return {x["finding"]: x["verdict"] for x in E.verdicts(comps)}
+    return {x["finding"]: x["verdict"] for x in evidence.verdicts(comps)}
 
 
 def test_f1_difference_is_paired_over_the_answers_both_scored():
@@ -124,15 +124,15 @@ def test_f1_difference_is_paired_over_the_answers_both_scored():
         items.append({"key": "orm@base", "candidate": f"c{i}", "content": f"k{i % 20}", "true": true,
                       "pred": -1 if i % 2 else true})
     items.append({"key": "orm@base", "candidate": "only-b", "content": "k0", "true": 1, "pred": 1})  # not paired
-    d = E.f1_difference(items, "prm@base", "orm@base")
+    d = evidence.f1_difference(items, "prm@base", "orm@base")
     a = [x for x in items if x["key"] == "prm@base"]
     b = [x for x in items if x["key"] == "orm@base" and x["candidate"] != "only-b"]
     want = (metrics.first_error_f1_ci([x["pred"] for x in a], [x["true"] for x in a])["mean"]
             - metrics.first_error_f1_ci([x["pred"] for x in b], [x["true"] for x in b])["mean"])
     assert d["n"] == 60 and abs(d["mean"] - want) < 1e-12 and d["lo"] > 0
-    same = E.f1_difference(items, "prm@base", "prm@base")
+    same = evidence.f1_difference(items, "prm@base", "prm@base")
     assert (same["mean"], same["lo"], same["hi"]) == (0.0, 0.0, 0.0)
-    comps = E.with_f1({}, items)
+    comps = evidence.with_f1({}, items)
     assert comps["headline_f1_prm_vs_orm"] == d and "headline_f1_prm_vs_base_likelihood" not in comps  # no b: left out
 
 
@@ -148,14 +148,14 @@ def test_compare_gain_is_text_gain_minus_visual_gain_unpaired():
             row("v1", "visual", "prm_head", {"1": 0.5, "16": 0.6}),
             row("v2", "visual", "prm_head", {"1": 0.0, "16": 0.1}),
             row("v3", "visual", "orm", {"1": 0.0, "16": 1.0})]  # another method: not read
-    c = E.compare_gain(E.index(rows), "synthetic", "prm_head", 16)
+    c = evidence.compare_gain(evidence.index(rows), "synthetic", "prm_head", 16)
     assert c["mean"] == pytest.approx(0.4 - 0.1) and c["n"] == 4
     assert c["lo"] == pytest.approx(0.3 - 0.1) and c["hi"] == pytest.approx(0.5 - 0.1)  # text: 0.3, 0.4 or 0.5
     assert (c["a"], c["b"], c["part"], c["n_best"]) == ("prm_head gain (text)", "prm_head gain (visual)",
                                                          "text - visual", 16)
     assert metrics.verdict(c) == "holds"
     # no visual problem: nothing to compare
-    assert E.compare_gain(E.index(rows[:2]), "synthetic", "prm_head", 16)["mean"] is None
+    assert evidence.compare_gain(evidence.index(rows[:2]), "synthetic", "prm_head", 16)["mean"] is None
 
 
 def test_compare_diff_is_the_visual_difference_minus_the_text_difference():
@@ -163,13 +163,13 @@ def test_compare_diff_is_the_visual_difference_minus_the_text_difference():
     acc = {"v1": (1.0, 0.5), "v2": (0.75, 0.25), "t1": (0.5, 0.5), "t2": (0.5, 0.75)}
     rows = [row(p, "visual" if p[0] == "v" else "text", m, {"1": 0.5, "16": x})
             for p, xs in acc.items() for m, x in zip(("prm_head", "chunks_head"), xs)]
-    c = E.compare_diff(E.index(rows), "synthetic", "prm_head", "chunks_head", 16)
+    c = evidence.compare_diff(evidence.index(rows), "synthetic", "prm_head", "chunks_head", 16)
     assert c["mean"] == pytest.approx(0.625) and c["n"] == 4
     assert c["lo"] == pytest.approx(0.5) and c["hi"] == pytest.approx(0.75)  # text: 0.0, -0.125 or -0.25
     assert (c["a"], c["b"], c["part"]) == ("prm_head - chunks_head (visual)", "prm_head - chunks_head (text)",
                                            "visual - text")
     # a problem that only one method has is left out of its family's differences
-    c = E.compare_diff(E.index(rows + [row("v3", "visual", "prm_head", {"1": 0.5, "16": 0.0})]), "synthetic",
+    c = evidence.compare_diff(evidence.index(rows + [row("v3", "visual", "prm_head", {"1": 0.5, "16": 0.0})]), "synthetic",
                        "prm_head", "chunks_head", 16)
     assert c["mean"] == pytest.approx(0.625) and c["n"] == 4
 

@@ -11,37 +11,39 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import cli
-import model as M
+import train
+import policy
+from common import cli
+from common import model as vlm
 import orm
 import prm
-import tasks
-from tiny import tiny_tokenizer
+from common import tasks
+from common.tiny import tiny_tokenizer
 
 
 def batch_of(processor, n=4):
     probs = tasks.make_problems(n, seed=0)
     texts = [tasks.format_steps([s for s, _, _ in tasks.gold_steps(p)]) for p in probs]
-    batch, keep, skipped = M.encode(processor, [tasks.render(p) for p in probs], [p["question"] for p in probs],
-                                      answers=texts, max_len=512)
+    batch, keep, skipped = vlm.encode(processor, [tasks.render(p) for p in probs], [p["question"] for p in probs],
+                                      texts, max_len=512)
     assert keep == list(range(n)) and skipped == []
     return batch
 
 
 def test_tiny_init_offline_and_deterministic(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    m1, p1 = M.load("tiny-init", device="cpu")
-    m2, _ = M.load("tiny-init", device="cpu")
-    m3, _ = M.load("tiny-init", device="cpu", seed=1)
+    m1, p1 = vlm.load("tiny-init", device="cpu")
+    m2, _ = vlm.load("tiny-init", device="cpu")
+    m3, _ = vlm.load("tiny-init", device="cpu", seed=1)
     s1, s2, s3 = m1.state_dict(), m2.state_dict(), m3.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
-    ids = M.token_ids(p1)
+    ids = vlm.token_ids(p1)
     assert len({ids["tag"], ids["pos"], ids["neg"], ids["pad"], ids["eos"]}) == 5
-    assert p1.tokenizer.convert_ids_to_tokens(ids["tag"]) == M.STEP_TAG
-    counts = M.param_counts(m1)
+    assert p1.tokenizer.convert_ids_to_tokens(ids["tag"]) == vlm.STEP_TAG
+    counts = vlm.param_counts(m1)
     assert counts["vision"] > 0 and counts["language"] > 0
-    assert M.param_counts(M.load("tiny-init", device="cpu", size="base")[0])["total"] > 5 * counts["total"]
+    assert vlm.param_counts(vlm.load("tiny-init", device="cpu", size="base")[0])["total"] > 5 * counts["total"]
 
 
 def test_tokenizer_round_trips_any_text():
@@ -51,20 +53,20 @@ def test_tokenizer_round_trips_any_text():
 
 
 def test_save_load_identical_logits(tmp_path):
-    m, p = M.load("tiny-init", device="cpu")
-    M.save(m, p, tmp_path / "tiny")
-    m2, p2 = M.load(str(tmp_path / "tiny"), device="cpu")
-    assert M.token_ids(p2) == M.token_ids(p)
+    m, p = vlm.load("tiny-init", device="cpu")
+    vlm.save(m, p, tmp_path / "tiny")
+    m2, p2 = vlm.load(str(tmp_path / "tiny"), device="cpu")
+    assert vlm.token_ids(p2) == vlm.token_ids(p)
     b = batch_of(p)
     with torch.no_grad():
-        h1, h2 = M.hidden_states(m, b), M.hidden_states(m2, b)
+        h1, h2 = vlm.hidden_states(m, b), vlm.hidden_states(m2, b)
     assert torch.equal(h1, h2)
 
 
 def test_missing_tiny_base_error_says_how(monkeypatch, tmp_path):
-    monkeypatch.setattr(M, "TINY_BASE", tmp_path / "nothing")
+    monkeypatch.setattr(vlm, "TINY_BASE", tmp_path / "nothing")
     try:
-        M.load("tiny", device="cpu")
+        vlm.load("tiny", device="cpu")
     except FileNotFoundError as e:
         assert "train.py --objective sft" in str(e)
     else:
@@ -73,13 +75,13 @@ def test_missing_tiny_base_error_says_how(monkeypatch, tmp_path):
 
 def test_forward_backward_lowers_the_loss():
     import train
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = vlm.load("tiny-init", device="cpu")
     m.train()
     b = batch_of(p, 8)
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     losses = []
     for _ in range(10):
-        loss = train.loss_on(m, b, M.token_ids(p), "sft")
+        loss = train.loss_on(m, b, vlm.token_ids(p), "sft")
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -88,14 +90,14 @@ def test_forward_backward_lowers_the_loss():
 
 
 def test_label_tokens_are_added_to_a_checkpoint_that_lacks_the_tag(tmp_path):
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = vlm.load("tiny-init", device="cpu")
     n = m.get_input_embeddings().weight.shape[0]
     tok = tiny_tokenizer()  # rebuild a tokenizer without the step tag: a "real" checkpoint's situation
     from tokenizers import Tokenizer
     raw = Tokenizer.from_str(tok.backend_tokenizer.to_str())
-    assert M.STEP_TAG in raw.get_vocab()
+    assert vlm.STEP_TAG in raw.get_vocab()
     vocab = p.tokenizer.get_vocab()
-    assert vocab[M.STEP_TAG] < n
+    assert vocab[vlm.STEP_TAG] < n
     # a processor whose tokenizer lacks the tag gets it added and the embeddings resized
     from transformers import PreTrainedTokenizerFast
     from tokenizers import models, pre_tokenizers, decoders
@@ -104,7 +106,7 @@ def test_label_tokens_are_added_to_a_checkpoint_that_lacks_the_tag(tmp_path):
     t.pre_tokenizer, t.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), decoders.ByteLevel()
     p.tokenizer = PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     before = len(p.tokenizer)
-    M.add_special_tokens(m, p)
+    vlm.add_special_tokens(m, p)
     assert len(p.tokenizer) == before + 1
     assert m.get_input_embeddings().weight.shape[0] >= len(p.tokenizer)
 
@@ -129,7 +131,7 @@ def test_shipped_tiny_base_matches_its_card():
     number of its table, read from the card, so the test stays true when the card is regenerated): a broken loader,
     tokenizer or processor cannot pass."""
     import train
-    want = card_numbers((M.TINY_BASE / "README.md").read_text())
+    want = card_numbers((vlm.TINY_BASE / "README.md").read_text())
     assert set(want) == {"step_count", "step_arith", "step_text_arith", "step_answer", "answer_visual",
                          "answer_text", "answer_all"}
     res = train.main(train.Args(objective="sft", model="tiny", eval_only=True, eval_n=96, device="cpu"))
@@ -138,7 +140,7 @@ def test_shipped_tiny_base_matches_its_card():
 
 @pytest.fixture(scope="module")
 def tiny():
-    return M.load("tiny-init", device="cpu")
+    return vlm.load("tiny-init", device="cpu")
 
 
 def test_too_long_cuts_the_question_not_the_steps(tiny):
@@ -146,13 +148,13 @@ def test_too_long_cuts_the_question_not_the_steps(tiny):
     pr = tasks.make_problem("z", 0)
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
     long_q = pr["question"] + " filler" * 200
-    batch, keep, skipped = M.encode(p, [tasks.render(pr)] * 2, [long_q, pr["question"]], steps=[steps, steps],
+    batch, keep, skipped = prm.encode_steps(p, [tasks.render(pr)] * 2, [long_q, pr["question"]], [steps, steps],
                                     max_len=120)
     assert keep == [0, 1] and skipped == [] and batch["input_ids"].shape[1] <= 120
-    assert int((batch["input_ids"][0] == M.token_ids(p)["tag"]).sum()) == len(steps)
+    assert int((batch["input_ids"][0] == vlm.token_ids(p)["tag"]).sum()) == len(steps)
     ends = batch["attention_mask"].sum(1).tolist()  # the answers (the last 20 tokens) are whole in both rows
     assert torch.equal(batch["input_ids"][0, ends[0] - 20:ends[0]], batch["input_ids"][1, ends[1] - 20:ends[1]])
-    _, keep, skipped = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps * 20], max_len=120)
+    _, keep, skipped = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps * 20], max_len=120)
     assert keep == [] and len(skipped) == 1 and "max_len" in skipped[0][1]
 
 
@@ -161,18 +163,18 @@ def test_answer_targets_on_a_literal_batch():
     batch = {"input_ids": torch.tensor([[5, 6, 9, 7, 0], [5, 5, 6, 9, 8]]),
              "attention_mask": torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]), "prompt_lens": torch.tensor([1, 2])}
     # position j is True when token j+1 is an answer token: after the prompt, not a tag, not padding
-    assert M.answer_targets(batch, ids, "cpu").tolist() == [[True, False, True, False], [False, True, False, True]]
+    assert vlm.answer_targets(batch, ids, "cpu").tolist() == [[True, False, True, False], [False, True, False, True]]
 
 
 def test_token_logprobs_are_the_answer_tokens_log_probs(tiny):
     m, p = tiny
     probs = tasks.make_problems(2, seed=2)
     steps = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
-    batch, _, _ = M.encode(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps=steps)
-    ids = M.token_ids(p)
+    batch, _, _ = prm.encode_steps(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps)
+    ids = vlm.token_ids(p)
     with torch.no_grad():
-        got = M.token_logprobs(m, batch, ids)
-        full = torch.log_softmax(m(**{k: batch[k] for k in M.MODEL_KEYS if k in batch}).logits.float(), -1)
+        got = vlm.token_logprobs(m, batch, ids)
+        full = torch.log_softmax(m(**{k: batch[k] for k in vlm.MODEL_KEYS if k in batch}).logits.float(), -1)
     x, att = batch["input_ids"], batch["attention_mask"]
     want = torch.zeros(x.shape)
     for r in range(2):  # by hand: log p(token j | tokens < j) at every answer token that is not a tag
@@ -184,7 +186,7 @@ def test_token_logprobs_are_the_answer_tokens_log_probs(tiny):
 
 def test_unwrap_returns_the_model_inside_a_wrapper(tiny):
     m, _ = tiny
-    assert M.unwrap(m) is m and M.unwrap(SimpleNamespace(module=m)) is m
+    assert vlm.unwrap(m) is m and vlm.unwrap(SimpleNamespace(module=m)) is m
 
 
 def test_solve_generates_cuts_into_steps_and_reads_the_answer(monkeypatch):
@@ -194,9 +196,9 @@ def test_solve_generates_cuts_into_steps_and_reads_the_answer(monkeypatch):
         calls.append(dict(prompts=prompts, prefixes=prefixes, max_new_tokens=max_new_tokens, temperature=temperature,
                           seed=seed))
         return replies[:len(prompts)]
-    monkeypatch.setattr(M, "generate", fake_generate)
+    monkeypatch.setattr(policy, "generate", fake_generate)
     replies = ["There are 3 red shapes.\nThere are 4 blue shapes.\n3 + 4 = 7.\nThe answer is 7.", "x = 2.5", ""]
-    out = M.solve(None, None, ["i1", "i2", "i3"], ["q1", "q2", "q3"], max_new_tokens=5, temperature=0.5, seed=3)
+    out = policy.solve(None, None, ["i1", "i2", "i3"], ["q1", "q2", "q3"], max_new_tokens=5, temperature=0.5, seed=3)
     assert calls[-1] == dict(prompts=["q1", "q2", "q3"], prefixes=None, max_new_tokens=5, temperature=0.5, seed=3)
     assert out == [{"text": replies[0], "steps": ["There are 3 red shapes.", "There are 4 blue shapes.", "3 + 4 = 7.",
                                                   "The answer is 7."], "answer": "7"},
@@ -205,7 +207,7 @@ def test_solve_generates_cuts_into_steps_and_reads_the_answer(monkeypatch):
     # with a prefix: the model continues "Step k+1: " after the given steps, which are kept verbatim
     replies = ["3 + 4 = 8.\nStep 4: The answer is 8.", "There are 2 red shapes."]
     prefix = [["There are 3 red shapes.", "There are 4."], []]
-    out = M.solve(None, None, ["i1", "i2"], ["q1", "q2"], prefix_steps=prefix)
+    out = policy.solve(None, None, ["i1", "i2"], ["q1", "q2"], prefix_steps=prefix)
     assert calls[-1]["prefixes"] == ["Step 1: There are 3 red shapes.\nStep 2: There are 4.\nStep 3: ", "Step 1: "]
     assert out == [{"text": replies[0], "steps": ["There are 3 red shapes.", "There are 4.", "3 + 4 = 8.",
                                                   "The answer is 8."], "answer": "8"},
@@ -215,11 +217,11 @@ def test_solve_generates_cuts_into_steps_and_reads_the_answer(monkeypatch):
 def test_one_max_len_default():
     import bon
     import train
-    assert M.MAX_LEN == 1024
-    for fn in (M.encode, prm.score_steps, prm.score_prefixes, orm.score_answers):
-        assert inspect.signature(fn).parameters["max_len"].default == M.MAX_LEN, fn.__qualname__
+    assert vlm.MAX_LEN == 1024
+    for fn in (vlm.encode, prm.score_steps, prm.score_prefixes, orm.score_answers):
+        assert inspect.signature(fn).parameters["max_len"].default == vlm.MAX_LEN, fn.__qualname__
     for mod in (prm, orm, bon, train):
-        assert mod.Args().max_len == M.MAX_LEN, mod.__name__
+        assert mod.Args().max_len == vlm.MAX_LEN, mod.__name__
 
 
 def test_parse_args_reads_typed_flags():
@@ -233,7 +235,8 @@ def test_parse_args_reads_typed_flags():
         cli.parse_args(train.Args, ["--max-steps", "seven"])
 
 
-@pytest.mark.parametrize("name", ["prm", "orm", "train", "bon", "bench", "speed", "tree_search"])
+@pytest.mark.parametrize("name", ["prm", "orm", "judge", "train", "bon", "bench", "lab.speed", "tree_search",
+                                  "omegaprm"])
 def test_every_setting_is_a_typed_flag_with_its_help(name, capsys, monkeypatch):
     """A script's --help lists every field of its Args with the field's doc; no flags means the defaults."""
     mod = importlib.import_module(name)
@@ -266,25 +269,25 @@ def test_a_missing_local_path_fails_at_once_naming_it(tmp_path, monkeypatch):
     (tmp_path / "out" / "empty").mkdir()
     for name in ("out/orm", "./orm", str(tmp_path / "orm"), "orm", "~/surely-not-a-model-here"):
         with pytest.raises(FileNotFoundError, match="no model folder"):
-            M.load(name, device="cpu")
+            vlm.load(name, device="cpu")
     with pytest.raises(FileNotFoundError, match="without config.json"):
-        M.resolve("out/empty")
-    assert M.resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"  # only a hub id goes to the hub
-    assert M.resolve("tiny-init") == "tiny-init" and M.resolve("tiny") == str(M.TINY_BASE)
-    M.save(*M.load("tiny-init", device="cpu"), tmp_path / "out" / "m")
-    assert M.resolve("out/m") == str(tmp_path / "out" / "m")  # absolute: a checkpoint naming it loads anywhere
+        vlm.resolve("out/empty")
+    assert vlm.resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"  # only a hub id goes to the hub
+    assert vlm.resolve("tiny-init") == "tiny-init" and vlm.resolve("tiny") == str(vlm.TINY_BASE)
+    vlm.save(*vlm.load("tiny-init", device="cpu"), tmp_path / "out" / "m")
+    assert vlm.resolve("out/m") == str(tmp_path / "out" / "m")  # absolute: a checkpoint naming it loads anywhere
 
 
 def test_a_saved_checkpoint_loads_with_auto_processor_or_fails_loudly(tmp_path):
     """AutoProcessor on a saved folder gives a processor that reads the image (the same pixels as ours), or, without
     torchvision (which Qwen2.5-VL's video part needs), an error: never a bare tokenizer that drops the image."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    m, p = M.load("tiny-init", device="cpu")
-    M.save(m, p, tmp_path / "ck")
+    m, p = vlm.load("tiny-init", device="cpu")
+    vlm.save(m, p, tmp_path / "ck")
     assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "ck")).__name__ == type(m).__name__
     pr = tasks.make_problem("x", 0, kind="count_add")
-    args = dict(text=[M.chat_prompt(p, pr["question"])], images=[tasks.render(pr)], return_tensors="pt")
-    for folder in (tmp_path / "ck", M.TINY_BASE):  # a saved one and the shipped base
+    args = dict(text=[vlm.chat_prompt(p, pr["question"])], images=[tasks.render(pr)], return_tensors="pt")
+    for folder in (tmp_path / "ck", vlm.TINY_BASE):  # a saved one and the shipped base
         if importlib.util.find_spec("torchvision") is None:
             with pytest.raises(ImportError, match="[Tt]orchvision"):
                 AutoProcessor.from_pretrained(folder)
@@ -292,4 +295,4 @@ def test_a_saved_checkpoint_loads_with_auto_processor_or_fails_loudly(tmp_path):
             got = AutoProcessor.from_pretrained(folder)(**args)
             assert torch.allclose(got["pixel_values"], p(**args)["pixel_values"], atol=1e-5)
             assert torch.equal(got["input_ids"], p(**args)["input_ids"])
-        assert torch.equal(M.load_processor(folder)(**args)["pixel_values"], p(**args)["pixel_values"])
+        assert torch.equal(vlm.load_processor(folder)(**args)["pixel_values"], p(**args)["pixel_values"])

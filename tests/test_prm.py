@@ -11,25 +11,28 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-import model as M
+import train
+from common import pictures
+import policy
+from common import data
+from common import model as vlm
 import orm
 import prm
-import tasks
+from common import tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return M.load("tiny-init", device="cpu")
+    return prm.load("tiny-init", device="cpu")
 
 
 def test_single_pass_equals_per_prefix(tiny):
     m, p = tiny
     probs = tasks.make_problems(4, seed=5)
     ims, qs = [tasks.render(x) for x in probs], [x["question"] for x in probs]
-    steps = [tasks.candidates(x, 1, seed=5)[0]["steps"] for x in probs]
+    steps = [policy.candidates(x, 1, seed=5)[0]["steps"] for x in probs]
     single, skipped = prm.score_steps(m, p, ims, qs, steps, batch_size=4)  # padded batch of 4
     assert skipped == []
     for i in range(4):
@@ -52,11 +55,11 @@ def test_tag_logits_use_two_rows_only(tiny):
     m, p = tiny
     pr = tasks.make_problem("z", 0)
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
-    ids = M.token_ids(p)
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps])
+    ids = vlm.token_ids(p)
     with torch.no_grad():
-        full = m(**{k: batch[k] for k in M.MODEL_KEYS if k in batch}).logits[0]
-        mine = prm.tag_logits(m, batch, ids)
+        full = m(**{k: batch[k] for k in vlm.MODEL_KEYS if k in batch}).logits[0]
+        mine = prm.step_logits(m, batch, ids)
     tags = (batch["input_ids"][0] == ids["tag"]).nonzero()[:, 0]
     assert len(tags) == len(steps)
     assert torch.allclose(mine, full[tags][:, [ids["pos"], ids["neg"]]], atol=1e-5)
@@ -65,9 +68,9 @@ def test_tag_logits_use_two_rows_only(tiny):
 def test_implicit_scores_are_the_sigmoid_of_the_cumulative_log_ratio():
     """score_steps with the implicit head = sigmoid(beta * sum over the answer's tokens so far of log pi - log
     pi_ref), computed here per answer from token_logprobs of the model and of its reference, read at the tags."""
-    m, p = M.load("tiny-init", device="cpu")
-    beta, ids = 0.5, M.token_ids(p)
-    M.make_implicit(m, "tiny-init", beta, "cpu")
+    m, p = prm.load("tiny-init", device="cpu")
+    beta, ids = 0.5, vlm.token_ids(p)
+    prm.make_implicit(m, "tiny-init", beta, "cpu")
     with torch.no_grad():
         m.model.language_model.layers[0].mlp.down_proj.weight.add_(0.05)  # move it away from its reference
     probs = [tasks.make_problem("a", 0, kind="shop_total"), tasks.make_problem("b", 0, kind="count_add")]
@@ -75,9 +78,9 @@ def test_implicit_scores_are_the_sigmoid_of_the_cumulative_log_ratio():
     steps = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
     got, _ = prm.score_steps(m, p, ims, qs, steps, batch_size=2)
     for i in range(2):
-        batch, _, _ = M.encode(p, ims[i:i + 1], qs[i:i + 1], steps=steps[i:i + 1])
+        batch, _, _ = prm.encode_steps(p, ims[i:i + 1], qs[i:i + 1], steps[i:i + 1])
         with torch.no_grad():
-            r = M.token_logprobs(m, batch, ids)[0] - M.token_logprobs(m.implicit[0], batch, ids)[0]
+            r = vlm.token_logprobs(m, batch, ids)[0] - vlm.token_logprobs(m.implicit[0], batch, ids)[0]
         tags = (batch["input_ids"][0] == ids["tag"]).nonzero()[:, 0].tolist()
         want = [torch.sigmoid(beta * r[:t + 1].sum()).item() for t in tags]
         assert got[i] == pytest.approx(want, abs=1e-5)
@@ -103,15 +106,16 @@ def run(*args):
 
 def test_train_prm_then_score_end_to_end(tmp_path):
     suite = tmp_path / "suite"
-    run("tasks.py", "--n", "8", "--out", suite)
+    run("policy.py", "--n", "8", "--out", suite)
     base = tmp_path / "base"
-    run("model.py", "--save", base)
+    run("-m", "common.model", "--save", base)
     ck = tmp_path / "prm"
     run("train.py", "--objective", "prm", "--head", "tag", "--model", base, "--data", suite / "labels.jsonl",
-        "--out", ck, "--max-steps", "3", "--batch-size", "4", "--eval-every", "3")
-    m, p = M.load(str(ck), device="cpu")
+        "--out", ck, "--max-steps", "3", "--batch-size", "4", "--eval-every", "3", "--eval-data",
+        suite / "labels.jsonl")
+    m, p = prm.load(str(ck), device="cpu")
     assert getattr(m, "implicit", None) is None and json.loads((ck / "train_config.json").read_text())["head"] == "tag"
-    assert M.token_ids(p)["tag"] == M.token_ids(M.load("tiny-init", device="cpu")[1])["tag"]
+    assert vlm.token_ids(p)["tag"] == vlm.token_ids(prm.load("tiny-init", device="cpu")[1])["tag"]
     files = ("--problems", suite / "problems.jsonl", "--candidates", suite / "candidates.jsonl")
     run("prm.py", "--model", ck, *files, "--out", tmp_path / "s.jsonl")
     recs = data.read_jsonl(tmp_path / "s.jsonl", "score")
@@ -141,25 +145,25 @@ def test_train_prm_then_score_end_to_end(tmp_path):
 
 def test_show_caption_names_the_lucky_answer_and_the_first_wrong_step():
     cand = lambda ok, fe: {"id": "c", "steps": ["a", "b", "c", "d"], "correct": ok, "first_error": fe}  # noqa: E731
-    assert prm.caption(cand(True, 1)) == "final answer right, but step 2 wrong (lucky)"
-    assert prm.caption(cand(False, 2)) == "final answer wrong: step 3 is the first wrong step"
-    assert prm.caption(cand(True, -1)) == "final answer right, every step right"
-    assert prm.caption({"steps": ["a"], "correct": False}) == "final answer wrong; no oracle labels"
+    assert pictures.caption(cand(True, 1)) == "final answer right, but step 2 wrong (lucky)"
+    assert pictures.caption(cand(False, 2)) == "final answer wrong: step 3 is the first wrong step"
+    assert pictures.caption(cand(True, -1)) == "final answer right, every step right"
+    assert pictures.caption({"steps": ["a"], "correct": False}) == "final answer wrong; no oracle labels"
     # the default example teaches: lucky with a mid-way error first, then a mid-way error, then lucky, then any error
     pool = [cand(True, -1), cand(False, 0), cand(True, 0), cand(False, 3), cand(False, 2), cand(True, 1)]
     for i, c in enumerate(pool):
         c["id"] = str(i)
-    assert prm.pick_example(pool)["id"] == "5"
-    assert prm.pick_example(pool[:5])["id"] == "4"  # first wrong step mid-way (not the first, not the last)
-    assert prm.pick_example(pool[:4])["id"] == "2"  # lucky
-    assert prm.pick_example(pool[:2])["id"] == "1"  # any wrong step
-    assert prm.pick_example(pool[:1])["id"] == "0"  # nothing wrong: the first
+    assert pictures.pick_example(pool)["id"] == "5"
+    assert pictures.pick_example(pool[:5])["id"] == "4"  # first wrong step mid-way (not the first, not the last)
+    assert pictures.pick_example(pool[:4])["id"] == "2"  # lucky
+    assert pictures.pick_example(pool[:2])["id"] == "1"  # any wrong step
+    assert pictures.pick_example(pool[:1])["id"] == "0"  # nothing wrong: the first
 
 
 def test_show_draws_each_score_beside_the_oracle_label(tmp_path):
     pr = tasks.make_problem("z", 0, kind="count_add")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    rows = prm.show(tasks.render(pr), pr["question"], steps, [0.9, 0.1, None, 0.2], tmp_path / "s.png",
+    rows = pictures.show(tasks.render(pr), pr["question"], steps, [0.9, 0.1, None, 0.2], tmp_path / "s.png",
                     "z: final answer right, but step 2 wrong (lucky)\nmodel m", first_error=1)
     assert [(r["step"], r["score"], r["oracle"]) for r in rows] == [
         (1, 0.9, "1 right"), (2, 0.1, "0 first wrong"), (3, None, "0 after the first"), (4, 0.2, "0 after the first")]
@@ -170,5 +174,5 @@ def test_show_draws_each_score_beside_the_oracle_label(tmp_path):
     prm_cell, oracle_cell = img.getpixel((75, y)), img.getpixel((225, y))
     assert prm_cell[0] > prm_cell[1] and oracle_cell[0] > oracle_cell[1]
     assert prm_cell != oracle_cell  # two columns: the PRM's score and the oracle's label
-    rows = prm.show(tasks.render(pr), pr["question"], steps, [0.5] * 4, tmp_path / "n.png", "no labels")
+    rows = pictures.show(tasks.render(pr), pr["question"], steps, [0.5] * 4, tmp_path / "n.png", "no labels")
     assert {r["oracle"] for r in rows} == {"no oracle labels"}

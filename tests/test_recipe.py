@@ -6,10 +6,11 @@ import io
 import pytest
 import torch
 
-import model as M
-import recipe
-import speed
-import tasks
+import prm
+from common import model as vlm
+from common import recipe
+from lab import speed
+from common import tasks
 import train
 
 
@@ -38,7 +39,7 @@ def test_batched_windows_equal_stock_attention(image):
         m.zero_grad()
         loss = train.loss_on(m, batch, ids, "prm", y)
         loss.backward()
-        h = M.hidden_states(m, batch)
+        h = vlm.hidden_states(m, batch)
         out[impl] = (h.detach(), m.model.visual.blocks[0].attn.qkv.weight.grad.clone())
     assert torch.allclose(out["sdpa"][0], out["windows"][0], atol=1e-5)
     assert torch.allclose(out["sdpa"][1], out["windows"][1], atol=1e-6, rtol=1e-4)
@@ -69,10 +70,10 @@ def test_selective_checkpointing_keeps_fewer_activations():
 def _train_tiny(mode, lr, steps):
     """`steps` PRM steps on one fixed batch of the tiny model: fp32, bf16 weights + fp32 master (MasterAdamW), or
     bf16 weights with plain AdamW (no master). -> (losses, cumulative update of the weights the optimizer steps)."""
-    m, p = M.load("tiny-init", device="cpu", dtype=torch.float32 if mode == "fp32" else torch.bfloat16)
+    m, p = prm.load("tiny-init", device="cpu", dtype=torch.float32 if mode == "fp32" else torch.bfloat16)
     probs = tasks.make_problems(4, seed=3)
     steps_ = [[s for s, _, _ in tasks.gold_steps(x)] for x in probs]
-    batch, _, _ = M.encode(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps=steps_)
+    batch, _, _ = prm.encode_steps(p, [tasks.render(x) for x in probs], [x["question"] for x in probs], steps_)
     y = torch.rand(sum(map(len, steps_)), generator=torch.Generator().manual_seed(0))
     a = train.Args(objective="prm", head="tag", lr=lr, bf16_weights=mode == "master", device="cpu")
     recipe.prepare(m, a)
@@ -80,7 +81,7 @@ def _train_tiny(mode, lr, steps):
     flat = lambda ps: torch.cat([q.detach().float().flatten() for q in ps])  # noqa: E731
     w0, losses = flat(m.parameters()), []
     for _ in range(steps):
-        loss = train.loss_on(m, batch, M.token_ids(p), "prm", y)
+        loss = train.loss_on(m, batch, vlm.token_ids(p), "prm", y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), a.clip)
         opt.step()

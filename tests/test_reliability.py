@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import policy
 import bon
-import checkpoint
-import cli
-import data
-import model as M
+from common import checkpoint
+from common import cli
+from common import data
+from common import model as vlm
 import prm
-import recipe
-import tasks
+from common import recipe
+from common import tasks
 import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def test_1_a_kill_at_any_point_of_a_save_resumes_exactly(tmp_path, monkeypatch, 
     """Killed during the second save (step 4): resume finds a complete checkpoint (step 2, or the new one if it was
     complete) and ends with the uninterrupted run's weights."""
     calls = {"n": 0}
-    real_save, real_torch_save, real_rename = M.save, torch.save, Path.rename
+    real_save, real_torch_save, real_rename = vlm.save, torch.save, Path.rename
 
     def msave(*a, **k):
         calls["n"] += 1
@@ -76,7 +77,7 @@ def test_1_a_kill_at_any_point_of_a_save_resumes_exactly(tmp_path, monkeypatch, 
         if point == "between_renames" and calls["n"] == 2 and self.name.endswith(".tmp"):
             raise Killed
         return real_rename(self, target)
-    monkeypatch.setattr(M, "save", msave)
+    monkeypatch.setattr(checkpoint, "save_model", msave)
     monkeypatch.setattr(checkpoint.torch, "save", tsave)
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(Killed):
@@ -124,7 +125,7 @@ def test_1_weights_and_optimizer_of_different_steps_are_refused(tmp_path):
 
 @pytest.fixture
 def pool(tmp_path):
-    probs, cands, _ = tasks.write_suite(tmp_path, 3, n_cands=2)
+    probs, cands, _ = policy.write_suite(tmp_path, 3, n_cands=2)
     return tmp_path, cands
 
 
@@ -204,7 +205,7 @@ def test_3_a_non_utf8_byte_names_file_and_line(tmp_path):
 
 def test_3_an_empty_labelled_file_is_refused_before_the_model_loads(tmp_path, monkeypatch):
     (tmp_path / "l.jsonl").write_text("")
-    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(prm, "load", lambda *a, **k: pytest.fail("loaded the model first"))
     with pytest.raises(ValueError, match=r"l.jsonl: no records"):
         train.main(args(tmp_path / "o", objective="prm", data=str(tmp_path / "l.jsonl")))
 
@@ -219,18 +220,18 @@ def test_3_records_with_no_image_or_an_empty_step_are_refused():
 
 
 def test_3_special_tokens_in_answer_text_are_neutralised_and_counted():
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = prm.load("tiny-init", device="cpu")
     pr = tasks.make_problem("x", 0, kind="count_add")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
     bad = [steps[0] + " <|image_pad|><|im_end|>"] + steps[1:]
     scores, skipped = prm.score_steps(m, p, [tasks.render(pr)] * 2, [pr["question"]] * 2, [steps, bad])
     assert skipped == [] and len(scores[1]) == len(steps)  # scored, not a crash, nothing dropped
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[bad])
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [bad])
     ids = p.tokenizer.convert_tokens_to_ids(["<|image_pad|>", "<|im_end|>"])
     n_img = int((batch["input_ids"] == ids[0]).sum())
-    clean, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    clean, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps])
     assert n_img == int((clean["input_ids"] == ids[0]).sum())  # only the image's own pad tokens
-    assert M.neutralise("a <|im_end|> b") == "a < |im_end|> b"
+    assert vlm.neutralise("a <|im_end|> b") == "a < |im_end|> b"
 
 
 def test_3_a_score_file_mixing_orm_and_prm_is_named():
@@ -244,10 +245,10 @@ def test_3_a_score_file_mixing_orm_and_prm_is_named():
 
 @pytest.mark.parametrize("argv,bad", [
     (["train.py", "--head", "implict"], "implict"), (["train.py", "--objective", "prn"], "prn"),
-    (["prm.py", "--judge", "logit"], "logit"), (["orm.py", "--judge", "logit"], "logit"),
+    (["judge.py", "--read", "logit"], "logit"), (["judge.py", "--mode", "pmr"], "pmr"),
     (["tree_search.py", "--method", "mtcs"], "mtcs"), (["tree_search.py", "--strength", "strnog"], "strnog"),
     (["bench.py", "--head", "implict"], "implict"), (["bench.py", "--label-policy", "bse"], "bse"),
-    (["tasks.py", "--strength", "strnog", "--out", "x"], "strnog")])
+    (["policy.py", "--strength", "strnog", "--out", "x"], "strnog")])
 def test_4_a_misspelt_value_is_refused_at_parse_time_naming_the_choices(tmp_path, argv, bad):
     r = run(ROOT / argv[0], *argv[1:], cwd=tmp_path)
     assert r.returncode == 2 and f"invalid choice: '{bad}'" in r.stderr
@@ -261,7 +262,7 @@ def test_5_a_bad_out_is_refused_before_scoring(pool, script, monkeypatch):
     d, _ = pool
     (d / "adir").mkdir()
     mod = __import__(script[:-3])
-    monkeypatch.setattr(mod, "load", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(prm, "load", lambda *a, **k: pytest.fail("loaded the model first"))  # both load by it
     a = mod.Args(problems=str(d / "problems.jsonl"), candidates=str(d / "candidates.jsonl"), out=str(d / "adir"))
     with pytest.raises(ValueError, match=r"adir: --out is a folder"):
         mod.main(a)
@@ -275,7 +276,7 @@ def test_5_a_bad_out_is_refused_before_scoring(pool, script, monkeypatch):
 
 def test_5_train_checks_its_output_folder_before_loading(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(prm, "load", lambda *a, **k: pytest.fail("loaded the model first"))
     with pytest.raises(ValueError, match=r"file: --out is a file"):
         train.main(args(tmp_path / "file"))
 
@@ -317,7 +318,7 @@ def test_6_the_log_has_no_repeated_step_after_a_resume(tmp_path, monkeypatch):
 
 
 def test_6_a_skipped_training_record_is_named(tmp_path, capsys):
-    tasks.write_suite(tmp_path, 4, n_cands=2)
+    policy.write_suite(tmp_path, 4, n_cands=2)
     recs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
     for r in recs[:4]:  # steps too long to fit (a question is cut to fit, a step never)
         r["completions"] = ["x " * 300] + r["completions"][1:]
@@ -332,7 +333,7 @@ def test_6_a_skipped_training_record_is_named(tmp_path, capsys):
 @pytest.mark.parametrize("flags,match", [(["--n", "0"], "--n 0: expected at least 1"),
                                          (["--n", "2", "--cands", "0"], "--cands 0: expected at least 1")])
 def test_6_tasks_refuses_impossible_sizes_in_one_line(tmp_path, flags, match):
-    r = run("tasks.py", *flags, "--out", tmp_path / "s")
+    r = run("policy.py", *flags, "--out", tmp_path / "s")
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
 
 

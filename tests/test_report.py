@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import bench
-import evidence as E
-import report
+from lab import evidence
+from lab import report
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -38,7 +38,7 @@ def diff(mean, lo, hi, n=160):
 
 
 def literal_results():
-    syn = list(E.method_sets("mean")["synthetic"])
+    syn = list(evidence.method_sets("mean")["synthetic"])
     iv = {"synthetic": {p: {m: cells(i, dp) for i, m in enumerate(syn)} for p, dp in PARTS.items()},
           "judged": {p: {m: cells(i, dp) for i, m in enumerate(("random", "prm_head", "judge_prm"))}
                      for p, dp in PARTS.items()},

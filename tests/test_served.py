@@ -2,18 +2,21 @@
 base on a free local port; labels from --policy URL equal the in-process policy's at temperature 0; judge scores
 equal the in-process judge's; a server that dies mid-run loses nothing on --resume; a server that answers errors or
 garbage gets a bounded number of retries and a clear error; the candidate pools; the throughput benchmark."""
+import dataclasses
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import api
-import data
+import prm
+import policy
+from lab import api
+from common import data
 import judge
-import model as M
-import serve
-import tasks
+from common import model as vlm
+from lab import serve
+from common import tasks
 import tree_search
 
 
@@ -27,7 +30,12 @@ def server():
 def labels(tmp_path, name, policy, **kw):
     a = tree_search.Args(policy=policy, method="mcts", n_problems=4, rollouts=3, samples=2, temperature=0.0,
                          max_new_tokens=64, out=str(tmp_path / name / "labels.jsonl"), **kw)
-    tree_search.main(a)
+    if policy.startswith("http"):  # the served path's command line: python -m lab.api label --policy URL ...
+        argv = [f"--{k.replace('_', '-')}" if v is True else f"--no-{k.replace('_', '-')}" if v is False
+                else f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(a).items()]
+        api.main(["label", *argv])
+    else:
+        tree_search.main(a)
     return [(r["id"], r["completions"], r["labels"], r["first_error"])
             for r in data.read_jsonl(a.out, "labelled")]
 
@@ -41,7 +49,7 @@ def test_a_rollout_continues_the_prefix_through_the_api(server):
     p = tasks.make_problems(2, 0, "train")[0]
     pre = ["There are 3 red shapes."]
     got = api.ServedPolicy(server.url, 0.0, 64).rollout(p, pre, 2, 0)
-    want = tree_search.VLMPolicy("tiny", 0.0, 64).rollout(p, pre, 2, 0)
+    want = policy.VLMPolicy("tiny", 0.0, 64).rollout(p, pre, 2, 0)
     assert [r["steps"] for r in got] == [r["steps"] for r in want] and got[0]["steps"][0] == pre[0]
 
 
@@ -53,9 +61,9 @@ def test_served_judge_scores_equal_the_in_process_judge(server, mode):
     probs = tasks.make_problems(6, 0, "test")
     ims, qs = [tasks.render(p) for p in probs], [p["question"] for p in probs]
     st = [[s for s, _, _ in tasks.gold_steps(p)] for p in probs]
-    m, proc = M.load("tiny", device="cpu")
-    local, lf = judge.judge_answers(m, proc, ims, qs, st, mode)
-    served, sf = judge.judge_answers(api.Client(server.url), None, ims, qs, st, mode)
+    m, proc = prm.load("tiny", device="cpu")
+    local, lf = judge.judge_answers(judge.Judge(m, proc, mode), ims, qs, st)
+    served, sf = judge.judge_answers(api.ServedJudge(server.url, mode), ims, qs, st)
     assert lf == sf
     if mode == "generate":
         assert served == local
@@ -115,7 +123,7 @@ def test_the_server_refuses_a_continuation_without_the_flags(server):
 
 
 def test_pools_from_a_served_policy(tmp_path, server):
-    cands = api.main(["--url", server.url, "--out", str(tmp_path / "pool"), "--n-problems", "3", "--n", "4",
+    cands = api.main(["pool", "--url", server.url, "--out", str(tmp_path / "pool"), "--n-problems", "3", "--n", "4",
                       "--temperature", "0", "--max-new-tokens", "64"])
     recs = data.read_jsonl(tmp_path / "pool" / "candidates.jsonl", "candidate", nonempty=True)
     probs = data.read_jsonl(tmp_path / "pool" / "problems.jsonl", "problem")
@@ -138,5 +146,7 @@ def test_a_server_without_logprobs_is_judged_by_generate_and_parse(server):
     probs = tasks.make_problems(2, 0, "test")
     args = ([tasks.render(p) for p in probs], [p["question"] for p in probs],
             [[s for s, _, _ in tasks.gold_steps(p)] for p in probs])
-    got = judge.judge_answers(NoLogprobs(server.url), None, *args, "logits")
-    assert got == judge.judge_answers(api.Client(server.url), None, *args, "generate")
+    no_logprobs = api.ServedJudge(server.url, "logits")
+    no_logprobs.client = NoLogprobs(server.url)
+    got = judge.judge_answers(no_logprobs, *args)
+    assert got == judge.judge_answers(api.ServedJudge(server.url, "generate"), *args)

@@ -3,7 +3,7 @@ the same batch and weights, the anchor's full-logits loss equals train.loss_on, 
 import pytest
 import torch
 
-import speed
+from lab import speed
 import train
 
 

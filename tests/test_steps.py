@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from data import MATHV  # noqa: E402
+from common.mathv import MATHV  # noqa: E402
 import steps  # noqa: E402
 from steps import lost_chars, split_steps  # noqa: E402
 

@@ -7,8 +7,10 @@ import re
 
 import pytest
 
-import answers
-import tasks
+from common import pictures
+import policy
+from common import answers
+from common import tasks
 from steps import split_steps
 
 
@@ -16,8 +18,8 @@ def test_same_seed_same_problems_and_candidates():
     a, b = tasks.make_problems(12, seed=3), tasks.make_problems(12, seed=3)
     assert a == b
     assert tasks.make_problems(12, seed=4) != a
-    ca = [tasks.candidates(p, 4, seed=3) for p in a]
-    cb = [tasks.candidates(p, 4, seed=3) for p in b]
+    ca = [policy.candidates(p, 4, seed=3) for p in a]
+    cb = [policy.candidates(p, 4, seed=3) for p in b]
     assert ca == cb
     assert tasks.render(a[0]).tobytes() == tasks.render(b[0]).tobytes()
 
@@ -112,7 +114,7 @@ def test_the_paragraph_format_opens_some_steps_with_a_sentence_of_reasoning():
     lead = re.compile("|".join(re.escape(v).replace(re.escape("{}"), r"\w+") + " " for v in tasks.LEADS.values()))
     right = collections.Counter()
     for p in tasks.make_problems(100, seed=0, split="test"):
-        for c in tasks.candidates(p, 8, seed=0):
+        for c in policy.candidates(p, 8, seed=0):
             para = "\n" not in c["text"]
             assert lead.sub("", c["text"]) == " ".join(c["steps"]) if para else split_steps(c["text"]) == c["steps"]
             right[para, len(split_steps(c["text"])) == len(c["steps"])] += 1
@@ -122,7 +124,7 @@ def test_the_paragraph_format_opens_some_steps_with_a_sentence_of_reasoning():
 
 def test_sampler_continues_a_prefix_and_errors_propagate():
     p = hand_problem()
-    outs = tasks.sample(p, 50, prefix=["There are 5 red shapes."], rng=random.Random(0))
+    outs = policy.sample(p, 50, prefix=["There are 5 red shapes."], rng=random.Random(0))
     assert all(o["steps"][0] == "There are 5 red shapes." for o in outs)
     # the wrong count is carried into the sum (a step that reads "5 + b = ..." before any slip)
     assert sum(o["steps"][2].startswith("5 + ") for o in outs) == 50
@@ -135,7 +137,7 @@ def test_wrong_values_come_from_the_same_range():
     for p in tasks.make_problems(400, seed=1):
         if p["kind"] != "count_add":
             continue
-        for c in tasks.candidates(p, 8, seed=1):
+        for c in policy.candidates(p, 8, seed=1):
             v = int(answers.numbers(c["steps"][0])[0])
             (right if c["first_error"] != 0 else wrong)[v] += 1
     assert set(right) == set(wrong) == set(range(1, 8))
@@ -143,22 +145,22 @@ def test_wrong_values_come_from_the_same_range():
 
 def test_strength_orders_accuracy_and_traps_hurt_majority():
     ps = tasks.make_problems(200, seed=2)
-    acc = {s: sum(c["correct"] for p in ps for c in tasks.candidates(p, 8, 2, s)) / (8 * len(ps))
+    acc = {s: sum(c["correct"] for p in ps for c in policy.candidates(p, 8, 2, s)) / (8 * len(ps))
            for s in ("weak", "default", "strong")}
     assert acc["weak"] < acc["default"] < acc["strong"]
     trapped = [p for p in ps if "trap" in p]
     assert 0.15 < len(trapped) / len(ps) < 0.45
     maj = []
     for p in trapped:
-        cs = tasks.candidates(p, 16, 2)
+        cs = policy.candidates(p, 16, 2)
         top = collections.Counter(c["answer"] for c in cs).most_common(1)[0][0]
         maj.append(answers.match_answer(top, p["answer"]))
     assert sum(maj) / len(maj) < 0.6  # majority voting often follows the shared mistake
 
 
 def test_write_suite_outputs(tmp_path):
-    import data
-    tasks.main(["--n", "4", "--out", str(tmp_path)])
+    from common import data
+    policy.main(["--n", "4", "--out", str(tmp_path)])
     for name in ("problems.jsonl", "candidates.jsonl", "labels.jsonl", "sheet.png"):
         assert (tmp_path / name).exists()
     assert len(list((tmp_path / "images").iterdir())) == 4
@@ -171,7 +173,7 @@ def test_write_suite_outputs(tmp_path):
 
 
 def test_the_walkthrough_writes_held_out_problems(tmp_path, capsys):
-    tasks.main(["--n", "4", "--out", str(tmp_path)])  # README: python tasks.py --n 8 --out out/suite
+    policy.main(["--n", "4", "--out", str(tmp_path)])  # README: python tasks.py --n 8 --out out/suite
     probs = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
     assert len(probs) == 4 and all(p["split"] == "test" == tasks.split_of(p) for p in probs)
     assert (tmp_path / "sheet.png").exists() and "wrote 4 problems" in capsys.readouterr().out
@@ -179,9 +181,9 @@ def test_the_walkthrough_writes_held_out_problems(tmp_path, capsys):
 
 def test_the_sheet_has_a_legend_of_its_colours_and_of_trapped(tmp_path):
     from PIL import Image
-    probs, cands, _ = tasks.write_suite(tmp_path, 4, seed=3)  # seed 3: problem 2 is trapped at its first step
+    probs, cands, _ = policy.write_suite(tmp_path, 4, seed=3)  # seed 3: problem 2 is trapped at its first step
     assert [p.get("trap", {}).get("step") for p in probs] == [None, None, 0, None]
-    legend = tasks.contact_sheet(probs, cands, tmp_path / "images", tmp_path / "s.png")
+    legend = pictures.contact_sheet(probs, cands, tmp_path / "images", tmp_path / "s.png")
     assert [t for t, _ in legend] == [
         "4 of 4 problems, 2 candidates each. Steps by the oracle:", "right",
         "the first wrong step and every step after it",

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import policy
 import bench
-import model as M
+from common import model as vlm
 import prm
-import tasks
+from common import tasks
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def args(out, **kw):
 
 def test_defaults_are_the_shared_ones():
     a, b = train.Args(), bench.Args()
-    assert (a.head, a.beta, a.max_len) == (prm.HEAD, prm.BETA, M.MAX_LEN) == ("likelihood", 0.1, 1024)
+    assert (a.head, a.beta, a.max_len) == (prm.HEAD, prm.BETA, vlm.MAX_LEN) == ("likelihood", 0.1, 1024)
     assert (b.head, b.beta) == (prm.HEAD, prm.BETA)  # bench trains what train.py trains by default
 
 
@@ -54,18 +55,18 @@ def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
 
 
 def test_soft_labels_stay_floats():
-    m, p = M.load("tiny-init", device="cpu")
+    m, p = prm.load("tiny-init", device="cpu")
     pr = tasks.make_problem("x", 0, kind="count_add")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps])
     batch["n_steps"] = torch.tensor([len(steps)])
-    ids = M.token_ids(p)
+    ids = vlm.token_ids(p)
     l1 = train.loss_on(m, batch, ids, "prm", torch.tensor([1.0, 1.0, 0.7, 1.0]))
     l2 = train.loss_on(m, batch, ids, "prm", torch.tensor([1.0, 1.0, 1.0, 1.0]))
     assert abs(l1.item() - l2.item()) > 1e-4
     # hand computation of the soft cross-entropy at every tag
     with torch.no_grad():
-        lp = torch.log_softmax(prm.tag_logits(m, batch, ids).float(), -1)
+        lp = torch.log_softmax(prm.step_logits(m, batch, ids).float(), -1)
         y = torch.tensor([1.0, 1.0, 0.7, 1.0])
         ref = -(y * lp[:, 0] + (1 - y) * lp[:, 1]).mean()
     assert torch.allclose(l1, ref, atol=1e-6)
@@ -91,9 +92,9 @@ def test_torchrun_follows_the_single_process_curve(tmp_path):
 
 
 def test_labelled_file_with_a_missing_image_names_the_record(tmp_path):
-    import data
+    from common import data
     import pytest
-    tasks.write_suite(tmp_path, 2, n_cands=1)
+    policy.write_suite(tmp_path, 2, n_cands=1)
     recs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
     recs[1]["images"] = ["images/nope.png"]
     recs.append({**recs[0], "id": "empty", "completions": [], "labels": [], "first_error": -1})
@@ -106,18 +107,18 @@ def test_labelled_file_with_a_missing_image_names_the_record(tmp_path):
 
 
 def test_implicit_head_is_the_log_likelihood_ratio_read_at_the_tags():
-    m, p = M.load("tiny-init", device="cpu")
-    ids = M.token_ids(p)
+    m, p = prm.load("tiny-init", device="cpu")
+    ids = vlm.token_ids(p)
     pr = tasks.make_problem("x", 0, kind="shop_total")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps])
-    M.make_implicit(m, "tiny-init", 0.5, "cpu")
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps])
+    prm.make_implicit(m, "tiny-init", 0.5, "cpu")
     with torch.no_grad():
-        assert torch.equal(prm.tag_logits(m, batch, ids), torch.zeros(len(steps), 2))  # starts as the reference
+        assert torch.equal(prm.step_logits(m, batch, ids), torch.zeros(len(steps), 2))  # starts as the reference
         m.model.language_model.layers[0].mlp.down_proj.weight.add_(0.05)
-        got = prm.tag_logits(m, batch, ids)[:, 0]
+        got = prm.step_logits(m, batch, ids)[:, 0]
         # by hand, from the full logits of both models
-        inp = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
+        inp = {k: batch[k] for k in vlm.MODEL_KEYS if k in batch}
         x = batch["input_ids"][0]
         lps = [torch.log_softmax(mm(**inp).logits[0, :-1].float(), -1).gather(1, x[1:, None])[:, 0]
                for mm in (m, m.implicit[0])]
@@ -131,9 +132,9 @@ def test_implicit_head_is_the_log_likelihood_ratio_read_at_the_tags():
 def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path, monkeypatch):
     """Started from a relative path, the checkpoint still loads from another folder (the start model is stored
     resolved), and transformers refuses it alone (its scores need the reference) instead of scoring wrongly."""
-    tasks.write_suite(tmp_path, 6, n_cands=2)
-    start, _ = M.load("tiny-init", device="cpu")
-    M.save(start, _, tmp_path / "start")
+    policy.write_suite(tmp_path, 6, n_cands=2)
+    start, _ = prm.load("tiny-init", device="cpu")
+    vlm.save(start, _, tmp_path / "start")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "iprm"
     m = train.main(args(out, objective="prm", data=str(tmp_path / "labels.jsonl"), head="implicit", beta=0.1,
@@ -141,7 +142,7 @@ def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path, monk
     assert sum(x.numel() for x in m.parameters()) == sum(x.numel() for x in m.implicit[0].parameters())
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    r, p = M.load(str(out), device="cpu")
+    r, p = prm.load(str(out), device="cpu")
     assert r.implicit is not None and r.implicit[1] == 0.1  # the reference comes back from train_config.json
     assert json.loads((out / "train_config.json").read_text())["model"] == str((tmp_path / "start").resolve())
     pr = tasks.make_problem("y", 1, kind="count_add")
@@ -150,18 +151,18 @@ def test_implicit_prm_trains_saves_and_reloads_with_its_reference(tmp_path, monk
     assert all(abs(a - b) < 1e-6 for a, b in zip(scores, prm.score_steps(m, p, im, q, st)[0][0]))
     assert any(abs(s - 0.5) > 1e-3 for s in scores)  # trained away from the reference
     from transformers import AutoModelForImageTextToText
-    with pytest.raises((ValueError, KeyError), match=M.IMPLICIT_TYPE):
+    with pytest.raises((ValueError, KeyError), match=vlm.IMPLICIT_TYPE):
         AutoModelForImageTextToText.from_pretrained(str(out))
 
 
 def test_each_rank_gets_its_share_of_the_same_global_batch(tmp_path):
     """micro_batches: the ranks of a world of 2 (and 2 micro-batches each) together see step k's global batch of a
     world of 1, in the same order."""
-    tasks.write_suite(tmp_path, 6, n_cands=2)
-    _, p = M.load("tiny-init", device="cpu")
+    policy.write_suite(tmp_path, 6, n_cands=2)
+    _, p = prm.load("tiny-init", device="cpu")
     a = args(tmp_path / "o", objective="prm", head="tag", data=str(tmp_path / "labels.jsonl"), batch_size=4)
     rows, _ = train.load_rows(a, p)
-    ids = M.token_ids(p)
+    ids = vlm.token_ids(p)
     state = lambda: {"enc": {}, "ref": {}, "skipped_ids": set(), "skipped": 0}  # noqa: E731
 
     def seqs(micro):  # each sequence without its padding, and its labels
@@ -185,16 +186,16 @@ def test_each_rank_gets_its_share_of_the_same_global_batch(tmp_path):
 def test_likelihood_head_is_each_steps_mean_log_prob_as_the_base_writes_it():
     """The likelihood head by hand: the steps as "Step k: ..." lines (no tag), a step's value a * (mean log-prob of
     its own tokens, its "Step k: " header included, the newline before it not) + b, from the full logits."""
-    m, p = M.load("tiny", device="cpu")
-    ids = M.token_ids(p)
+    m, p = prm.load("tiny", device="cpu")
+    ids = vlm.token_ids(p)
     pr = tasks.make_problem("x", 0, kind="count_diff")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps], native=True)
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps], native=True)
     assert ids["tag"] not in batch["input_ids"][0].tolist()
     m.likelihood = (2.0, -0.5)
     with torch.no_grad():
-        got = prm.tag_logits(m, batch, ids)
-        inp = {k: batch[k] for k in M.MODEL_KEYS if k in batch}
+        got = prm.step_logits(m, batch, ids)
+        inp = {k: batch[k] for k in vlm.MODEL_KEYS if k in batch}
         x = batch["input_ids"][0]
         lp = torch.log_softmax(m(**inp).logits[0, :-1].float(), -1).gather(1, x[1:, None])[:, 0]
     text = p.tokenizer.decode(x[int(batch["prompt_lens"][0]):])
@@ -208,32 +209,32 @@ def test_likelihood_head_is_each_steps_mean_log_prob_as_the_base_writes_it():
 
 
 def test_likelihood_prm_calibrates_trains_saves_and_reloads(tmp_path):
-    tasks.write_suite(tmp_path, 6, n_cands=2)
+    policy.write_suite(tmp_path, 6, n_cands=2)
     out = tmp_path / "lprm"
     a = args(out, objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"), head="likelihood", lr=1e-3,
              save_every=10**6)
-    base, p = M.load("tiny", device="cpu")
+    base, p = prm.load("tiny", device="cpu")
     rows = train.load_labelled(a.data)
-    ab = prm.calibrate(base, p, rows, a)
+    ab = train.calibrate(base, p, rows, a)
     # the fit: no other (a, b) on the same step log-likelihoods has a lower loss
-    batch, _, _ = M.encode(p, [r[0] for r in rows], [r[1] for r in rows], steps=[r[2] for r in rows], native=True)
+    batch, _, _ = prm.encode_steps(p, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], native=True)
     with torch.no_grad():
-        x = M.step_logprobs(base, batch)
+        x = prm.step_logprobs(base, batch)
     y = torch.tensor([v for r in rows for v in r[3]])
     loss = lambda u, v: float(torch.nn.functional.binary_cross_entropy_with_logits(u * x + v, y))  # noqa: E731
     assert ab[2] is False  # a PRM: each step's own likelihood
     assert all(loss(*ab[:2]) <= loss(ab[0] + du, ab[1] + dv) + 1e-6 for du in (-0.3, 0, 0.3) for dv in (-0.3, 0, 0.3))
     # an ORM: the outcome on the whole answer's mean log-prob (the last step's cumulative value)
-    ab_orm = prm.calibrate(base, p, rows, train.Args(**{**a.__dict__, "objective": "orm"}))
+    ab_orm = train.calibrate(base, p, rows, train.Args(**{**a.__dict__, "objective": "orm"}))
     with torch.no_grad():
-        whole = M.step_logprobs(base, batch, cumulative=True)[torch.cumsum(batch["step_of"].max(1).values, 0) - 1]
+        whole = prm.step_logprobs(base, batch, cumulative=True)[torch.cumsum(batch["step_of"].max(1).values, 0) - 1]
     out_y = torch.tensor([r[4] for r in rows])
     lo = lambda u, v: float(torch.nn.functional.binary_cross_entropy_with_logits(u * whole + v, out_y))  # noqa: E731
     assert ab_orm[2] is True and all(lo(*ab_orm[:2]) <= lo(ab_orm[0] + du, ab_orm[1] + dv) + 1e-6
                                      for du in (-0.3, 0, 0.3) for dv in (-0.3, 0, 0.3))
     m = train.main(a)
     assert m.likelihood == ab and json.loads((out / "train_config.json").read_text())["calibration"] == list(ab)
-    r, p = M.load(str(out), device="cpu")
+    r, p = prm.load(str(out), device="cpu")
     assert r.likelihood == ab
     pr = tasks.make_problem("y", 1, kind="count_add")
     im, q, st = [tasks.render(pr)], [pr["question"]], [[s for s, _, _ in tasks.gold_steps(pr)]]
@@ -250,18 +251,18 @@ def _with(model, ab):
 
 def test_likelihood_loss_leaves_out_the_steps_after_the_first_error():
     y = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.7, 0.2, 1.0, 0.0])
-    assert prm.after_first_error(y, torch.tensor([3, 2, 4])).tolist() == [
+    assert train.after_first_error(y, torch.tensor([3, 2, 4])).tolist() == [
         False, False, True, False, False, False, False, True, True]
-    m, p = M.load("tiny", device="cpu")
+    m, p = prm.load("tiny", device="cpu")
     m.likelihood = (1.0, 0.0)
-    ids = M.token_ids(p)
+    ids = vlm.token_ids(p)
     pr = tasks.make_problem("x", 0, kind="count_add")
     steps = [s for s, _, _ in tasks.gold_steps(pr)]
-    batch, _, _ = M.encode(p, [tasks.render(pr)], [pr["question"]], steps=[steps], native=True)
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps], native=True)
     batch["n_steps"] = torch.tensor([len(steps)])
     lab = torch.tensor([1.0, 0.0, 0.0, 0.0])
     with torch.no_grad():
-        v = prm.tag_logits(m, batch, ids)[:, 0]
+        v = prm.step_logits(m, batch, ids)[:, 0]
         nll = torch.nn.functional.binary_cross_entropy_with_logits(v, lab, reduction="none")
         assert torch.allclose(train.loss_on(m, batch, ids, "prm", lab), nll[:2].mean())
 

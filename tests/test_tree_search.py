@@ -11,9 +11,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402
-import tasks  # noqa: E402
-import tree_search as ts  # noqa: E402
+import policy  # noqa: E402
+from common import data  # noqa: E402
+from common import tasks  # noqa: E402
+import tree_search  # noqa: E402
 
 GOLD = [f"right {i}" for i in range(6)]  # the gold chain of the hand-made problem; its answer is "42"
 PROB = {"id": "hand", "question": "q", "answer": "42"}
@@ -46,7 +47,7 @@ def oracle(steps):
 def test_mc_values_exact_on_a_policy_that_never_recovers():
     pol = NeverRecovers()
     for e in range(len(GOLD) + 1):
-        labels, fe, spent = ts.label_mc(PROB, pol, wrong_from(e), k=3, seed=0)
+        labels, fe, spent = tree_search.label_mc(PROB, pol, wrong_from(e), k=3, seed=0)
         assert labels == [1.0] * e + [0.0] * (len(GOLD) - e)
         assert fe == (-1 if e == len(GOLD) else e)
         assert spent == 3 * (len(GOLD) - 1)  # every prefix but the whole solution
@@ -61,7 +62,7 @@ def test_binary_search_finds_the_first_error_in_log2_n_estimates(n):
         def value(prefix):
             asked.append(len(prefix))
             return 0.0 if "bad" in prefix else 1.0
-        assert ts.first_error_search(steps, value) == e
+        assert tree_search.first_error_search(steps, value) == e
         assert len(asked) <= math.ceil(math.log2(n)), (n, e, asked)
         assert len(asked) <= math.ceil(math.log2(n)) + 1
 
@@ -70,7 +71,7 @@ def test_mc_and_mcts_match_the_oracle_and_mcts_spends_less():
     out = {}
     for method in ("mc", "mcts"):
         pol = NeverRecovers(errors=(2, 6, 0, 5, 3, 6))
-        recs, spent, n = ts.label_problem(PROB, pol, method, k=4, budget=1000, seed=0, samples=6)
+        recs, spent, n = tree_search.label_problem(PROB, pol, method, k=4, budget=1000, seed=0, samples=6)
         assert n == 6 and len(recs) == 6
         for r in recs:
             fe = oracle(r["completions"])
@@ -88,7 +89,7 @@ def test_mc_and_mcts_match_the_oracle_and_mcts_spends_less():
 
 def test_mcts_respects_the_budget():
     pol = NeverRecovers(errors=(2, 0, 5, 3))
-    res, spent = ts.label_mcts(PROB, pol, [wrong_from(e) for e in pol.errors], k=4, budget=12, seed=0)
+    res, spent = tree_search.label_mcts(PROB, pol, [wrong_from(e) for e in pol.errors], k=4, budget=12, seed=0)
     assert spent <= 12 and sum(pol.calls.values()) == spent // 4
     assert 0 < len(res) < 4  # some searches fit, the rest are left unlabelled, not guessed
     for j, (_, fe, _) in res.items():
@@ -97,23 +98,23 @@ def test_mcts_respects_the_budget():
 
 def test_select_score_literal():
     cache, visits = {(): 0.5}, Counter()
-    key, state = ts.select_score(["a", "b"], cache, visits)
+    key, state = tree_search.select_score(["a", "b"], cache, visits)
     assert state == () and key == (True, pytest.approx(0.5 ** 0.5 * 0.9 ** (2 / 8)))
-    short, _ = ts.select_score(["a", "b"], cache, visits)
-    long, _ = ts.select_score(["a", "b", "c", "d"], cache, visits)
+    short, _ = tree_search.select_score(["a", "b"], cache, visits)
+    long, _ = tree_search.select_score(["a", "b", "c", "d"], cache, visits)
     assert short > long  # beta < 1: a shorter rollout is searched first
     cache[("a",)] = 0.75  # "a" is known right: the state moves down to it
     visits[()] = 3
-    key, state = ts.select_score(["a", "b", "c"], cache, visits)
+    key, state = tree_search.select_score(["a", "b", "c"], cache, visits)
     assert state == ("a",)
     assert key[1] == pytest.approx(0.5 ** 0.25 * 0.9 ** (2 / 8) + 0.125 * math.sqrt(3) / 1)
     cache2 = {(): 0.0}  # a root where every sample failed: after every pair with 0 < MC < 1
-    assert ts.select_score(["a", "b"], cache2, Counter())[0] < (True, 0.0)
+    assert tree_search.select_score(["a", "b"], cache2, Counter())[0] < (True, 0.0)
 
 
 def test_synthetic_policy_is_deterministic():
     p = tasks.make_problems(1, 0)[0]
-    pol = ts.SyntheticPolicy()
+    pol = policy.SyntheticPolicy()
     a, b = pol.rollout(p, [], 5, 7), pol.rollout(p, [], 5, 7)
     assert a == b and a != pol.rollout(p, [], 5, 8)
     cont = pol.rollout(p, a[0]["steps"][:1], 3, 7)
@@ -121,16 +122,16 @@ def test_synthetic_policy_is_deterministic():
 
 
 def test_eval_meets_the_target_and_tau_zero_does_not():
-    res = ts.evaluate(n_problems=300, seed=0)
+    res = tree_search.evaluate(n_problems=300, seed=0)
     assert res["mcts"]["first_error_agreement"] >= 0.90
     assert res["mcts"]["rollouts_per_solution"] <= res["mc"]["rollouts_per_solution"] / 3
     assert 0.9 <= res["mc"]["step_label_accuracy"] <= 1 and 0.9 <= res["mcts"]["step_label_accuracy"] <= 1
-    luck = ts.evaluate(n_problems=300, seed=0, tau=0.0)  # Math-Shepherd's > 0: lucky rollouts mark wrong steps right
+    luck = tree_search.evaluate(n_problems=300, seed=0, tau=0.0)  # Math-Shepherd's > 0: lucky rollouts mark wrong steps right
     assert luck["mcts"]["first_error_agreement"] < res["mcts"]["first_error_agreement"] - 0.1
 
 
 def run_main(out, **kw):
-    return ts.main(ts.Args(**{"policy": "synthetic", "method": "mcts", "n_problems": 6, "rollouts": 4,
+    return tree_search.main(tree_search.Args(**{"policy": "synthetic", "method": "mcts", "n_problems": 6, "rollouts": 4,
                               "out": str(out), **kw}))
 
 
@@ -217,7 +218,7 @@ def test_cli_writes_valid_records(tmp_path):
 
 def vlm_run(tmp_path, policy, method):
     out = tmp_path / policy / "l.jsonl"
-    res = ts.main(ts.Args(policy=policy, method=method, n_problems=1, rollouts=2, budget=4, samples=2,
+    res = tree_search.main(tree_search.Args(policy=policy, method=method, n_problems=1, rollouts=2, budget=4, samples=2,
                           max_new_tokens=24, out=str(out)))
     recs = data.read_jsonl(out, "labelled")
     data.check_images(out, recs)
@@ -227,7 +228,7 @@ def vlm_run(tmp_path, policy, method):
 
 
 def test_vlm_policy_tiny_init_writes_valid_records(tmp_path):
-    pol = ts.VLMPolicy("tiny-init", max_new_tokens=24, batch_size=2, device="cpu")
+    pol = policy.VLMPolicy("tiny-init", max_new_tokens=24, batch_size=2, device="cpu")
     p = tasks.make_problems(1, 0)[0]
     rs = pol.rollout(p, ["There are 3 red shapes."], 3, seed=1)
     assert len(rs) == 3 and all(r["steps"][0] == "There are 3 red shapes." for r in rs)
@@ -246,20 +247,20 @@ def test_label_rounds_gives_label_mcts_records_batched():
     """The batched rounds (bench's on-policy labelling) are the per-problem binary search, record for record: the
     same prefixes estimated with the same rollouts (synthetic policy: deterministic per prefix), the same labels."""
     probs = tasks.make_problems(80, 3, "train")
-    pol = ts.SyntheticPolicy()
+    pol = policy.SyntheticPolicy()
     calls = []
     many = pol.rollout_many
     pol.rollout_many = lambda reqs: calls.append(len(reqs)) or many(reqs)
     for tau in (0.0, 0.2):
-        ref, st_ref = ts.label(probs, ts.SyntheticPolicy(), "mcts", 8, 0, 3, 4, tau)
-        got, st = ts.label_rounds(probs, pol, 8, 3, 4, tau)
+        ref, st_ref = tree_search.label(probs, policy.SyntheticPolicy(), "mcts", 8, 0, 3, 4, tau)
+        got, st = tree_search.label_rounds(probs, pol, 8, 3, 4, tau)
         assert got == ref and st["rollouts"] == st_ref["rollouts"] and st["solutions"] == 320
         assert any(r["first_error"] != -1 for r in got) and any(r["first_error"] == -1 for r in got)
     assert max(calls) > 20 and len(calls) <= 2 * 5  # many prefixes per call; a few rounds (log2 of the steps) each
 
 
 def test_vlm_rollout_many_groups_and_keeps_each_prefix():
-    pol = ts.VLMPolicy("tiny-init", max_new_tokens=16, device="cpu")
+    pol = policy.VLMPolicy("tiny-init", max_new_tokens=16, device="cpu")
     p, q = tasks.make_problems(2, 0)
     reqs = [(p, [], 2, 5), (q, ["There are 3 red shapes."], 3, 5), (p, ["x"], 1, 6)]
     out = pol.rollout_many(reqs, rows=4)  # two generate calls, a request split across them

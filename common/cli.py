@@ -1,0 +1,58 @@
+"""Every script's command line: a settings dataclass becomes its flags (help and allowed values from each field's
+metadata), and an expected error (a bad file, line, field or value) ends the run with one "error: ..." line.
+
+    if __name__ == "__main__":
+        cli.run(main, Args, __doc__)          # VILPRM_DEBUG=1 shows the traceback instead
+"""
+import argparse
+import dataclasses
+import os
+import sys
+
+
+def parse_args(cls, argv=None, doc=None):
+    """argparse from a settings dataclass: one --flag per field, its help (and `choices`) from the field's metadata."""
+    # allow_abbrev=False: "--max-step" is an error, not a silent "--max-steps"
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    for f in dataclasses.fields(cls):
+        flag, helptext = "--" + f.name.replace("_", "-"), f.metadata.get("help", "")
+        if f.type in (bool, "bool"):
+            # BooleanOptionalAction states the default itself
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helptext)
+            continue
+        if f.type in ("list", list):
+            kw = {"nargs": "+"}
+        else:
+            kw = {"type": str if f.default is None else type(f.default)}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if "(default" not in helptext:
+            helptext = f"{helptext} (default: {f.default})"
+        ap.add_argument(flag, default=f.default, help=helptext, **kw)
+    return cls(**vars(ap.parse_args(argv)))
+
+
+def choice(value, allowed, name):
+    """`value` if it is one of `allowed`, else a ValueError naming the setting and what it can be."""
+    if value not in allowed:
+        raise ValueError(f"{name} {value!r}: expected one of {', '.join(map(str, allowed))}")
+    return value
+
+
+# What a user can cause: a bad file or record (data.RecordError is a ValueError), a missing path, a full disk.
+EXPECTED = (ValueError, OSError)
+
+
+def run(main, cls=None, doc=None, argv=None):
+    """main(settings parsed from argv); an expected error prints "error: MESSAGE" on stderr and exits 2."""
+    try:
+        return main(parse_args(cls, argv, doc) if cls else argv)
+    except BrokenPipeError:  # `python bon.py ... | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except EXPECTED as e:
+        if os.environ.get("VILPRM_DEBUG"):
+            raise
+        print(f"error: {e or type(e).__name__} (VILPRM_DEBUG=1 shows where)", file=sys.stderr)
+        sys.exit(2)

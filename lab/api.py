@@ -1,0 +1,255 @@
+"""Policies and judges served by an inference engine: a client of the OpenAI-compatible chat-completions API that
+`vllm serve` and SGLang expose (lab/serve.py serves any checkpoint the loader reads the same way, for tests and
+trials). ServedPolicy and ServedJudge have the methods of the local ones (policy.py, judge.py), so the tree search
+and the judges run on them unchanged:
+
+    python -m lab.api pool --url http://localhost:8000/v1 --n-problems 200 --n 16 --out out/v/pool   # candidates
+    python -m lab.api label --policy http://localhost:8000/v1 --method mcts --n-problems 500 --out out/v/labels.jsonl
+    python -m lab.api judge --model http://localhost:8000/v1 --mode prm --problems P --candidates C --out j.jsonl
+
+Requests carry the image as a base64 data URL. A rollout continues a partial solution: the request ends with an
+assistant message ("Step 1: ... Step k+1: ") and sets continue_final_message: true, add_generation_prompt: false
+(vLLM's and SGLang's request fields; the chat template then leaves the last turn open). The judge's logit score reads
+top_logprobs of the token after "Overall Score: ". Many requests are in flight at once (threads), so the server can
+batch them; a failed request is retried a bounded number of times, then the run stops with the URL and the reason
+(tree_search's --resume loses nothing). The standard library does it all (urllib, json, threads): the openai package
+would be one more dependency, and vLLM's continuation fields would still go in by hand (its extra_body).
+"""
+import argparse
+import base64
+import io
+import json
+import math
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from tqdm import tqdm
+
+import judge
+import tree_search
+from common import cli, data, tasks
+from common.tasks import image_of
+from lab import serve
+from policy import candidate, continuation_head, read_solution
+
+
+def is_url(name):
+    return str(name).startswith(("http://", "https://"))
+
+
+def data_url(image):
+    """A PIL image as a PNG data URL (how the OpenAI vision API takes an image inline)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def messages(image, question, prefix=None):
+    """The chat: the user's image and question, and (to continue) the assistant's text so far."""
+    user = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}},
+                                        {"type": "text", "text": question}]}
+    return [user] + ([{"role": "assistant", "content": prefix}] if prefix else [])
+
+
+class Client:
+    """POST /chat/completions with retries; chat(bodies) sends up to `in_flight` of them at once, answers in order."""
+
+    def __init__(self, url, model="", in_flight=16, retries=3, timeout=300.0, backoff=0.5):
+        self.url, self.model, self.in_flight = url.rstrip("/"), model, in_flight
+        self.retries, self.timeout, self.backoff = retries, timeout, backoff
+
+    def body(self, msgs, n=1, temperature=0.0, max_tokens=96, seed=None, prefix=False, **extra):
+        """A request; prefix=True: continue the final (assistant) message instead of starting a new turn."""
+        b = {"model": self.model, "messages": msgs, "n": n, "temperature": temperature, "max_tokens": max_tokens}
+        if seed is not None:
+            b["seed"] = int(seed) % 2**31
+        if prefix:
+            b.update(continue_final_message=True, add_generation_prompt=False)
+        return {**b, **extra}
+
+    def post(self, body):
+        """One request -> its parsed response; connection failures, 5xx, 429 and malformed answers are retried with
+        backoff, a 4xx is not; after the last attempt a ConnectionError (or ValueError) says what went wrong."""
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            req = urllib.request.Request(self.url + "/chat/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    out = json.loads(r.read())
+                if not (isinstance(out, dict) and isinstance(out.get("choices"), list) and out["choices"]
+                        and all(isinstance((c.get("message") or {}).get("content"), str) for c in out["choices"])):
+                    raise ValueError(f"not a chat completion: {json.dumps(out)[:200]}")
+                return out
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
+                if 400 <= e.code < 500 and e.code != 429:  # the request itself is wrong: retrying cannot help
+                    raise ValueError(f"{self.url}: {last}") from None
+            except (urllib.error.URLError, OSError) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except ValueError as e:  # not JSON, or not a chat completion
+                last = str(e)[:300]
+        raise ConnectionError(f"{self.url}: no answer after {self.retries + 1} attempts; last: {last}")
+
+    def chat(self, bodies):
+        if len(bodies) <= 1 or self.in_flight <= 1:
+            return [self.post(b) for b in bodies]
+        with ThreadPoolExecutor(self.in_flight) as ex:
+            return list(ex.map(self.post, bodies))
+
+
+def texts(response, n):
+    """The n generated texts of a response, in choice order; a server that gives another number is an error."""
+    choices = sorted(response["choices"], key=lambda c: c.get("index", 0))
+    if len(choices) != n:
+        raise ValueError(f"asked for {n} completions, the server gave {len(choices)}")
+    return [c["message"]["content"] for c in choices]
+
+
+class ServedPolicy:
+    """tree_search's policy from a server: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer", "text"}],
+    one request of n samples per prefix; rollout_many sends many prefixes at once."""
+
+    def __init__(self, url, temperature=1.0, max_new_tokens=96, in_flight=16, model=""):
+        self.client = Client(url, model, in_flight)
+        self.temperature, self.max_new_tokens, self.images = temperature, max_new_tokens, {}
+        self.problems_in_flight = in_flight  # tree_search labels this many problems at once
+
+    def body(self, problem, prefix_steps, n, seed):
+        if problem["id"] not in self.images:
+            self.images[problem["id"]] = image_of(problem)
+        head = continuation_head(prefix_steps)
+        return self.client.body(messages(self.images[problem["id"]], problem["question"], head), n, self.temperature,
+                                self.max_new_tokens, tasks.seed_of(seed, problem["id"], *prefix_steps), prefix=True)
+
+    def rollout(self, problem, prefix_steps, n, seed):
+        return self.rollout_many([(problem, prefix_steps, n, seed)])[0]
+
+    def rollout_many(self, requests):
+        outs = self.client.chat([self.body(*r) for r in requests])
+        return [[read_solution(t, list(pre)) for t in texts(o, n)] for (p, pre, n, _), o in zip(requests, outs)]
+
+
+class ServedJudge:
+    """A judge behind a server, with judge.Judge's rate(images, prompts) -> (scores in [0, 1], parse failures).
+    generate: greedy text, parsed. logits: the expected score over "1".."5" from the top_logprobs (20, vLLM's most)
+    of the token after "Overall Score: " (a digit the server does not list counts 0; none listed: a failure); a
+    reply without logprobs (a server that does not give them) is judged by generate."""
+
+    def __init__(self, url, mode="logits", max_new_tokens=256, in_flight=16, model=""):
+        cli.choice(mode, judge.MODES, "judge mode")
+        self.client, self.mode, self.max_new_tokens = Client(url, model, in_flight), mode, max_new_tokens
+
+    def rate(self, images, prompts):
+        return self.rate_as(self.mode, images, prompts)
+
+    def rate_as(self, mode, images, prompts):
+        client = self.client
+        if mode == "generate":
+            outs = client.chat([client.body(messages(im, p), 1, 0.0, self.max_new_tokens)
+                                for im, p in zip(images, prompts)])
+            scores = [judge.parse_score(texts(o, 1)[0]) for o in outs]
+            return scores, sum(s is None for s in scores)
+        outs = client.chat([client.body(messages(im, p, "Overall Score: "), 1, 0.0, 1, prefix=True, logprobs=True,
+                                        top_logprobs=20) for im, p in zip(images, prompts)])
+        scores, plain = [], []
+        for i, o in enumerate(outs):
+            lp = o["choices"][0].get("logprobs")
+            top = ((lp or {}).get("content") or [{}])[0].get("top_logprobs") or []
+            p = {int(t["token"].strip()): math.exp(t["logprob"]) for t in top if t["token"].strip() in list("12345")}
+            scores.append((sum(d * v for d, v in p.items()) / sum(p.values()) - 1) / 4 if p else None)
+            if lp is None:
+                plain.append(i)
+        if plain:
+            redo, _ = self.rate_as("generate", [images[i] for i in plain], [prompts[i] for i in plain])
+            for i, s in zip(plain, redo):
+                scores[i] = s
+        return scores, sum(s is None for s in scores)
+
+
+def throughput(url, problems, in_flights=(1, 4, 16), requests=16, max_new_tokens=48):
+    """Rollouts per second against a server at each number of requests in flight (one sample a request, T = 1)."""
+    out = {}
+    for k in in_flights:
+        policy = ServedPolicy(url, 1.0, max_new_tokens, k)
+        reqs = [(problems[i % len(problems)], [], 1, i) for i in range(requests)]
+        policy.rollout_many(reqs[:1])  # warm-up (and the images encoded)
+        t0 = time.perf_counter()
+        policy.rollout_many(reqs)
+        out[str(k)] = round(requests / (time.perf_counter() - t0), 2)
+    return out
+
+
+def benchmark(model_name, problems, in_flights=(1, 4, 16), requests=32):
+    """throughput() against serve.py's server for `model_name` (started here on a free port, then stopped)."""
+    server = serve.start(model_name)
+    try:
+        return throughput(server.url, problems, in_flights, requests)
+    finally:
+        server.shutdown()
+
+
+def pool_main(argv):
+    """python -m lab.api pool: candidate pools from a served policy, in the suite's record formats."""
+    ap = argparse.ArgumentParser(prog="python -m lab.api pool", description=pool_main.__doc__, allow_abbrev=False)
+    ap.add_argument("--url", required=True, help="the server's base URL, e.g. http://localhost:8000/v1")
+    ap.add_argument("--out", required=True, help="output folder: problems.jsonl, images/, candidates.jsonl")
+    ap.add_argument("--n-problems", type=int, default=20, help="synthetic problems, test split (default 20)")
+    ap.add_argument("--n", type=int, default=16, help="answers per problem, one request of n samples (default 16)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    ap.add_argument("--max-new-tokens", type=int, default=96, help="tokens per answer (default 96)")
+    ap.add_argument("--in-flight", type=int, default=16, help="requests sent at once (default 16)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the problems and of each request (default 0)")
+    ap.add_argument("--model", default="", help="the served model's name (vLLM: the name it was served under)")
+    a = ap.parse_args(argv)
+    if min(a.n_problems, a.n) < 1:
+        raise ValueError("--n-problems and --n: expected at least 1")
+    data.check_out(a.out, folder=True)
+    probs = tasks.make_problems(a.n_problems, a.seed, "test")
+    policy = ServedPolicy(a.url, a.temperature, a.max_new_tokens, a.in_flight, a.model)
+    outs = policy.rollout_many([(p, [], a.n, a.seed) for p in tqdm(probs, desc="requests")])
+    tasks.write_problems(a.out, probs)
+    cands = [candidate(p, f"{p['id']}-api{j:02d}", s, a.url) for p, sols in zip(probs, outs)
+             for j, s in enumerate(sols) if s["steps"]]
+    data.write_jsonl(f"{a.out}/candidates.jsonl", cands, "candidate")
+    accuracy = sum(c["correct"] for c in cands) / max(len(cands), 1)
+    print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy {accuracy:.2f}; "
+          f"{len(probs) * a.n - len(cands)} answers with no step left out) from {a.url} to {a.out}")
+    return cands
+
+
+def label_main(argv):
+    """python -m lab.api label: tree_search.py's labelling with a served policy (--policy URL), same flags."""
+    a = cli.parse_args(tree_search.Args, argv, tree_search.__doc__)
+    if not a.policy.startswith(("http://", "https://")):
+        raise ValueError(f"--policy {a.policy}: expected the server's URL (python tree_search.py for the others)")
+    return tree_search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size))
+
+
+def judge_main(argv):
+    """python -m lab.api judge: judge.py with a served judge (--model URL), same flags."""
+    a = cli.parse_args(judge.Args, argv, judge.__doc__)
+    return judge.main(a, ServedJudge(a.model, a.read))
+
+
+COMMANDS = {"pool": pool_main, "label": label_main, "judge": judge_main}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__ + "\n".join(f"  {name}: {fn.__doc__}" for name, fn in COMMANDS.items()))
+        return None
+    if not argv or argv[0] not in COMMANDS:
+        raise ValueError("give a command: " + "; ".join(f"{name}: {fn.__doc__.split(': ', 1)[1]}"
+                                                        for name, fn in COMMANDS.items()))
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,388 @@
+"""The evidence: per-problem Best-of-N results -> tables with 95% intervals, paired comparisons, and a verdict for
+each finding of the paper. Pure Python + numpy; bench.py calls it, and it can redo any comparison from the rows
+bench.py keeps (OUT/per_problem.jsonl):
+
+    python -m lab.evidence out/bench/per_problem.jsonl            # every comparison and verdict again
+    python -m lab.evidence out/bench/per_problem.jsonl --a prm_mean --b orm --pool synthetic --n 16 --part visual
+
+A row: {"problem", "content" (the cluster key: problems that share content are resampled together), "family",
+"pool", "method", "acc": {"N": expected accuracy of the method's pick from a random N-subset of the pool}}.
+A finding "holds" when its paired interval excludes 0 in the paper's direction, is "opposite" when it excludes 0
+the other way, and is "not resolved" otherwise (docs/DESIGN.md "Evidence").
+"""
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import bon
+from common import cli, metrics, tasks
+from lab.controls import fresh_items, key_weighted
+from steps import CUTS
+
+PARTS = ("all", "visual", "text")
+
+
+def index(rows):
+    """{(pool, method): {problem: row}}: the lookup every comparison reads."""
+    out = defaultdict(dict)
+    for r in rows:
+        out[(r["pool"], r["method"])][r["problem"]] = r
+    return out
+
+
+def _select(ix, pool, method, part, problems=None):
+    rs = ix.get((pool, method), {})
+    keep = [p for p in sorted(rs) if (part == "all" or rs[p]["family"] == part) and (problems is None or p in problems)]
+    return [rs[p] for p in keep]
+
+
+def cell(ix, pool, method, n, part="all", seed=0):
+    """One table cell: mean accuracy@n over the part's problems with its bootstrap interval (clusters: content)."""
+    rs = [r for r in _select(ix, pool, method, part) if str(n) in r["acc"]]
+    ci = metrics.bootstrap([r["acc"][str(n)] for r in rs], [r["content"] for r in rs], seed=seed)
+    mc = [r.get("mc_var", {}).get(str(n), 0.0) for r in rs]
+    ci["mc_se"] = float(np.sqrt(sum(mc)) / len(rs)) if rs else None  # Monte-Carlo error of a sampled cell
+    return ci
+
+
+def table(ix, pool, methods, ns, parts=PARTS, seed=0):
+    """{part: {method: {"N": cell}}} for the methods present in the pool."""
+    return {part: {m: {str(n): cell(ix, pool, m, n, part, seed) for n in ns} for m in methods if (pool, m) in ix}
+            for part in parts}
+
+
+def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None):
+    """Paired a - b at N=n over the problems both have (pool_b: b read from another pool)."""
+    ra = {r["problem"]: r for r in _select(ix, pool, a, part, problems)}
+    rb = {r["problem"]: r for r in _select(ix, pool_b or pool, b, part, problems)}
+    both = [p for p in ra if p in rb and str(n) in ra[p]["acc"] and str(n) in rb[p]["acc"]]
+    ci = metrics.paired([ra[p]["acc"][str(n)] for p in both], [rb[p]["acc"][str(n)] for p in both],
+                        [ra[p]["content"] for p in both], seed=seed)
+    return {**ci, "a": a, "b": b, "pool": pool, "n_best": n, "part": part}
+
+
+def gain(ix, pool, method, n, part):
+    """Per-problem gain of `method` at N=n over one random sample (N=1): (gains, clusters)."""
+    rs = [r for r in _select(ix, pool, method, part) if str(n) in r["acc"]]
+    return [r["acc"][str(n)] - r["acc"]["1"] for r in rs], [r["content"] for r in rs]
+
+
+def compare_gain(ix, pool, method, n=16, seed=0):
+    """Text gain minus visual gain of `method` (different problems: resampled apart)."""
+    (gt, ct), (gv, cv) = gain(ix, pool, method, n, "text"), gain(ix, pool, method, n, "visual")
+    return {**metrics.unpaired(gt, gv, ct, cv, seed=seed), "a": f"{method} gain (text)",
+            "b": f"{method} gain (visual)", "pool": pool, "n_best": n, "part": "text - visual"}
+
+
+def compare_diff(ix, pool, a, b, n=16, seed=0):
+    """(a - b on visual) minus (a - b on text): does a difference matter more on visual items?"""
+    d = {}
+    for part in ("visual", "text"):
+        ra = {r["problem"]: r for r in _select(ix, pool, a, part)}
+        rb = {r["problem"]: r for r in _select(ix, pool, b, part)}
+        both = [p for p in ra if p in rb]
+        d[part] = ([ra[p]["acc"][str(n)] - rb[p]["acc"][str(n)] for p in both], [ra[p]["content"] for p in both])
+    (dv, cv), (dt, ct) = d["visual"], d["text"]
+    return {**metrics.unpaired(dv, dt, cv, ct, seed=seed),
+            "a": f"{a} - {b} (visual)", "b": f"{a} - {b} (text)", "pool": pool, "n_best": n, "part": "visual - text"}
+
+
+def other_cuts():
+    """The segmentation ablation's cuts besides the writer's steps: steps.CUTS, then "split" (split_steps of the
+    answer's text, as a reader would cut it)."""
+    return [cut for cut in CUTS if cut != "steps"] + ["split"]
+
+
+def comparisons(ix, n=16, kept=None, seed=0):
+    """Every paired comparison the README makes. Methods ending in _head use the aggregation chosen on tune."""
+    PRM, SYN, BASE = "prm_head", "synthetic", "base"  # the tuned PRM; the two pools
+    c = {
+        # the headline: the tiny base's own answers (a policy as strong as the reward models' base)
+        "headline_prm_vs_majority": compare(ix, BASE, PRM, "majority", n, seed=seed),
+        "headline_prm_vs_orm": compare(ix, BASE, PRM, "orm", n, seed=seed),
+        "headline_prm_vs_base_likelihood": compare(ix, BASE, PRM, "base_likelihood_min", n, seed=seed),
+        "headline_weighted_vs_majority": compare(ix, BASE, "weighted_prm", "majority", n, seed=seed),
+        "prm_vs_orm": compare(ix, SYN, PRM, "orm", n, seed=seed),
+        "prm_vs_orm_visual": compare(ix, SYN, PRM, "orm", n, "visual", seed=seed),
+        "prm_vs_orm_text": compare(ix, SYN, PRM, "orm", n, "text", seed=seed),
+        "prm_vs_majority": compare(ix, SYN, PRM, "majority", n, seed=seed),
+        # the base's likelihood with its own fixed aggregation (min): the PRM's tuned one can be unfair to it (last2
+        # reads restatements the base always finds likely)
+        "prm_vs_base_likelihood": compare(ix, SYN, PRM, "base_likelihood_min", n, seed=seed),
+        "weighted_vs_majority": compare(ix, SYN, "weighted_prm", "majority", n, seed=seed),
+        "last2_vs_min": compare(ix, SYN, "prm_last2", "prm_min", n, seed=seed),
+        "last2_vs_mean": compare(ix, SYN, "prm_last2", "prm_mean", n, seed=seed),
+        "last2_vs_orm": compare(ix, SYN, "prm_last2", "orm", n, seed=seed),
+        "text_gain_vs_visual_gain": compare_gain(ix, SYN, PRM, n, seed),
+        **{f"steps_vs_{cut}": compare(ix, SYN, PRM, f"{cut}_head", n, seed=seed) for cut in other_cuts()},
+        "chunks_hurt_visual_more": compare_diff(ix, SYN, PRM, "chunks_head", n, seed),
+        "key_vs_equal": compare(ix, SYN, "key_weighted", "equal_weights", n, seed=seed),
+        "prm_vs_judge_prm": compare(ix, "judged", PRM, "judge_prm", n, seed=seed),
+        "mixed_vs_visual_only_on_text": compare(ix, SYN, PRM, "prm_visual_head", n, "text", seed=seed),
+        "mixed_vs_text_only_on_visual": compare(ix, SYN, PRM, "prm_text_head", n, "visual", seed=seed),
+        "visual_only_vs_text_only_on_visual": compare(ix, SYN, "prm_visual_head", "prm_text_head", n, "visual",
+                                                      seed=seed),
+        "text_only_vs_visual_only_on_text": compare(ix, SYN, "prm_text_head", "prm_visual_head", n, "text",
+                                                    seed=seed),
+    }
+    if kept is not None:  # the ViLBench filter: kept on half A of each pool, measured on half BASE (other candidates)
+        half = n
+        if ("half_b", PRM) in ix:  # the largest N a half-pool has
+            half = max(int(k) for r in ix[("half_b", PRM)].values() for k in r["acc"])
+        c["filtered_prm_vs_orm"] = compare(ix, "half_b", PRM, "orm", half, problems=set(kept), seed=seed)
+        rest = {p for p in ix.get(("half_b", PRM), {})} - set(kept)
+        c["unfiltered_prm_vs_orm"] = compare(ix, "half_b", PRM, "orm", half, problems=rest, seed=seed)
+    return {k: v for k, v in c.items() if v["n"]}
+
+
+# The paper's findings (ViLBench's abstract, Sec. 3-5 and conclusion), each read off one or two comparisons.
+FINDINGS = [
+    ("a trained PRM picks better than what one gets for free: majority vote, an ORM, the base's own likelihood "
+     "(the base's own answers)", ("headline_prm_vs_majority", "headline_prm_vs_orm",
+                                  "headline_prm_vs_base_likelihood"), "all"),
+    ("... and finds the first wrong step better than the ORM and the base's likelihood (first-error F1)",
+     ("headline_f1_prm_vs_orm", "headline_f1_prm_vs_base_likelihood"), "all"),
+    ("neither ORM nor PRM wins everywhere", ("prm_vs_orm_visual", "prm_vs_orm_text"), "split"),
+    ("the hybrid (score the last 2 steps) >= full PRM (mean) and ORM", ("last2_vs_mean", "last2_vs_orm"), "all"),
+    ("text-dominant items gain more from Best-of-N than vision-dominant ones", ("text_gain_vs_visual_gain",), "all"),
+    ("PRM > ORM on the ViLBench-filtered items", ("filtered_prm_vs_orm",), "all"),
+    ("unclear step divisions hurt a PRM (writer's steps > 24-character chunks)", ("steps_vs_chunks",), "all"),
+    ("... and hurt most on visual items", ("chunks_hurt_visual_more",), "all"),
+    ("weighting key steps beats equal weights", ("key_vs_equal",), "all"),
+    ("a PRM trained on one domain generalises poorly; mixed data helps",
+     ("mixed_vs_visual_only_on_text", "mixed_vs_text_only_on_visual"), "all"),
+]
+
+
+def verdicts(comps):
+    """[{finding, verdict, comparisons}]: "all" needs every comparison to hold (any opposite: opposite); "split"
+    (neither wins everywhere) holds when the two families resolve in opposite directions, is opposite when one
+    side is resolved ahead in both."""
+    out = []
+    for name, keys, how in FINDINGS:
+        cs = [comps[k] for k in keys if k in comps]
+        if len(cs) < len(keys):
+            out.append({"finding": name, "verdict": "not run", "comparisons": list(keys)})
+            continue
+        v = [metrics.verdict(c) for c in cs]
+        if how == "split":
+            signs = {c["lo"] > 0 for c in cs if c["lo"] > 0 or c["hi"] < 0}
+            resolved = sum(c["lo"] > 0 or c["hi"] < 0 for c in cs)
+            verdict = ("opposite" if resolved == len(cs) and len(signs) == 1 else
+                       "holds" if len(signs) == 2 else "not resolved")
+        else:
+            verdict = "opposite" if "opposite" in v else "holds" if all(x == "holds" for x in v) else "not resolved"
+        out.append({"finding": name, "verdict": verdict, "comparisons": list(keys)})
+    return out
+
+
+def resolvable(comps):
+    """The smallest paired difference this run can resolve: the median half-width of the paired intervals."""
+    widths = sorted((c["hi"] - c["lo"]) / 2 for c in comps.values() if c.get("lo") is not None)
+    return round(widths[len(widths) // 2], 4) if widths else None
+
+
+def judged_ids(problems, n):
+    """The problems the (slow) judges score: the first n/2 of each family, so both families have judge numbers."""
+    fams = sorted({p["family"] for p in problems})
+    per = -(-n // len(fams))
+    return {p["id"] for f in fams for p in [q for q in problems if q["family"] == f][:per]}
+
+
+def content(p):
+    return "|".join(map(str, tasks.content_of(p)))
+
+
+def segmentation_rules(head):
+    """CUT_min, CUT_mean, CUT_head for the writer's steps and every other cut (scores "prm_CUT")."""
+    rules = {}
+    for cut in ["steps"] + other_cuts():
+        key = "prm" if cut == "steps" else f"prm_{cut}"
+        for agg in ("min", "mean", "head"):
+            rules[f"{cut}_{agg}"] = f"max:{key}:{head if agg == 'head' else agg}"
+    return rules
+
+
+def method_sets(head):
+    """The rules of each pool; names ending in _head use the aggregation chosen on tune (so seeds pool)."""
+    def tuned_and_min(key):  # a step-score key read with the tuned aggregation and with min
+        return {f"{key}_head": f"max:{key}:{head}", f"{key}_min": f"max:{key}:min"}
+    main = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
+    main.update({"prm_last3": "max:prm:last3", "prm_head": f"max:prm:{head}"})
+    syn = {**main, **tuned_and_min("base_likelihood"), **tuned_and_min("prm_blank"), **tuned_and_min("prior"), **tuned_and_min("orm_steps"),
+           **segmentation_rules(head),
+           "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean",
+           "prm_visual_head": f"max:prm_visual:{head}", "prm_text_head": f"max:prm_text:{head}"}
+    judged = {k: bon.METHODS.get(k, f"max:prm:{head}") for k in ("random", "majority", "orm", "prm_min", "prm_mean",
+                                                               "prm_head", "judge_orm", "judge_prm", "oracle")}
+    half = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
+    return {"synthetic": syn, "judged": judged, "base": {**main, **tuned_and_min("base_likelihood")}, "half_a": half,
+            "half_b": half}
+
+
+def halves(cands):
+    """Each pool cut in two halves of other candidates (even / odd index within each sampler): the ViLBench filter
+    keeps items on half A and is measured on half B, so the same noise cannot both select and confirm."""
+    return ([c for c in cands if int(c["id"][-2:]) % 2 == 0], [c for c in cands if int(c["id"][-2:]) % 2 == 1])
+
+
+def problem_rows(a, problems, pools, scores, head):
+    """Every Best-of-N number of the run, per test problem (exact accuracy@N): what tables and comparisons read."""
+    meta = {p["id"]: {"family": p["family"], "content": content(p)} for p in problems["test"]}
+    synthetic = dict(scores["test_synthetic"])
+    cands = pools[("test", "synthetic")]
+    synthetic["prm_key"] = {c["id"]: key_weighted(synthetic["prm"][c["id"]], c["steps"]) for c in cands if c["id"] in synthetic["prm"]}
+    judged = judged_ids(problems["test"], a.judge_n)
+    rules, rows = method_sets(head), []
+    parts = {"synthetic": (problems["test"], cands, synthetic), "base": (problems["test"], pools[("test", "base")], scores["test_base"]),
+             "judged": ([p for p in problems["test"] if p["id"] in judged], cands, synthetic)}
+    half_a, half_b = halves(cands)
+    parts.update(half_a=(problems["test"], half_a, synthetic), half_b=(problems["test"], half_b, synthetic))
+    for name, (probs, cs, sets) in parts.items():
+        pp = bon.make_pools(probs, cs, sets)
+        meta_p = {pid: {**meta[pid], "pool": name} for pid in pp}
+        rows += bon.problem_rows(pp, rules[name], bon.NS, a.seed, meta_p)
+    return rows
+
+
+def step_items(problems, pools, scores):
+    """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind, for each
+    pool; keys of the headline (base) pool end in "@base"."""
+    keys = {"synthetic": {"prm": "prm", "orm": "orm_steps", "prm_blank": "prm_blank", "prior": "prior",
+                          "base_likelihood": "base_likelihood", "judge_prm": "judge_prm"},
+            "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"}}
+    probs = {p["id"]: p for p in problems["test"]}
+    fe_items, auc_items = [], []
+    for pool, names in keys.items():
+        for name, key in names.items():
+            dv = scores[f"dev_{pool}"].get(key, {})
+            dev = [(dv[c["id"]], c["first_error"]) for c in pools[("dev", pool)] if c["id"] in dv]
+            t = metrics.choose_threshold(*zip(*dev)) if dev else 0.5
+            for c in pools[("test", pool)]:
+                s = scores[f"test_{pool}"][key].get(c["id"])
+                if s is None:
+                    continue
+                bon.check_same_steps(key, c["id"], s, len(c["steps"]))
+                p = probs[c["problem_id"]]
+                fe_items.append({"key": name, "candidate": c["id"], "problem": p["id"], "content": content(p),
+                                 "family": p["family"], "true": c["first_error"],
+                                 "pred": metrics.predicted_first_error(s, t), "threshold": t})
+                auc_items += [{"key": name, "problem": p["id"], "content": content(p), **x}
+                              for x in fresh_items(c, p, s)]
+    return fe_items, auc_items
+
+
+def with_f1(comps, fe_items, seed=0):
+    """comps plus the headline's first-error F1 comparisons: the PRM vs each free verifier, on the base's answers."""
+    for free in ("orm", "base_likelihood"):
+        comps[f"headline_f1_prm_vs_{free}"] = f1_difference(fe_items, "prm@base", f"{free}@base", seed)
+    return {k: v for k, v in comps.items() if v["n"]}
+
+
+def f1_difference(fe_items, a, b, seed=0):
+    """Paired first-error F1 difference of score keys a - b on the solutions both scored (clusters: content)."""
+    A = {i["candidate"]: i for i in fe_items if i["key"] == a}
+    B = {i["candidate"]: i for i in fe_items if i["key"] == b}
+    both = [c for c in A if c in B]
+    if not both:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    return metrics.first_error_f1_ci([A[c]["pred"] for c in both], [A[c]["true"] for c in both],
+                                     [A[c]["content"] for c in both], seed=seed, pred_b=[B[c]["pred"] for c in both])
+
+
+def step_tables(fe_items, auc_items, seed):
+    """First-error F1 and fresh-step AUC per score key, each with its bootstrap interval (clusters: content)."""
+    step, fresh = {}, {}
+    for key in dict.fromkeys(i["key"] for i in fe_items):
+        it = [i for i in fe_items if i["key"] == key]
+        r = metrics.first_error_f1_ci([i["pred"] for i in it], [i["true"] for i in it], [i["content"] for i in it],
+                                      seed=seed)
+        step[key] = {"first_error_f1": round(r["mean"], 4), "lo": r["lo"], "hi": r["hi"], "n": r["n"],
+                     "threshold": it[0]["threshold"], "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
+    for key in dict.fromkeys(i["key"] for i in auc_items):
+        fresh[key] = {}
+        for kind in sorted({i["kind"] for i in auc_items if i["key"] == key}):
+            it = [i for i in auc_items if i["key"] == key and i["kind"] == kind]
+            fresh[key][kind] = metrics.auc_ci([i["score"] for i in it], [i["label"] for i in it],
+                                              [i["content"] for i in it], seed=seed)
+    return step, fresh
+
+
+def results_from(a, rows, fe_items, auc_items, head, seed):
+    """Every table, comparison and verdict from the per-problem rows and step items (one seed, or pooled seeds)."""
+    ix, rules = index(rows), method_sets(head)
+    iv = {pool: table(ix, pool, list(rules[pool]), [n for n in bon.NS if pool[:4] != "half" or n <= a.pool // 2],
+                        seed=seed) for pool in rules}
+
+    def mean(pool, part, methods=None):  # the table's means alone: {method: {"N": mean}}
+        return {m: {n: c["mean"] for n, c in cells.items()} for m, cells in iv[pool][part].items()
+                if methods is None or m in methods}
+    b = {part: {**mean("synthetic", part), **mean("judged", part, ("judge_orm", "judge_prm"))} for part in PARTS}
+    half = {r["problem"]: r for r in rows if r["pool"] == "half_a"}
+    ha = {(r["problem"], r["method"]): r["acc"] for r in rows if r["pool"] == "half_a"}
+    top = str(min(8, a.pool // 2))
+    kept = sorted(bon.prefers_prm({p: ha[(p, "prm_head")][top] - ha[(p, "orm")][top] for p in half}))
+    comps = with_f1(comparisons(ix, 16, kept, seed), fe_items, seed)
+    step, fresh = step_tables(fe_items, auc_items, seed)
+
+    def gain_at_16(part, method):  # over one random sample
+        return round(b[part][method]["16"] - b[part]["random"]["1"], 4)
+    return {
+        "bon": b, "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
+        "bon_base_policy": {p: mean("base", p) for p in PARTS}, "intervals": iv, "head": head,
+        "hybrid": mean("synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")),
+        "step": step,
+        "controls": {"fresh_auc": {("orm_steps" if k == "orm" else k): {kind: v["mean"] for kind, v in d.items()}
+                                   for k, d in fresh.items()},
+                     "fresh_auc_ci": fresh,
+                     "bon": {k: b["all"][f"{k}_min"] for k in ("prm", "prm_blank", "prior", "base_likelihood",
+                                                                "orm_steps")}},
+        "segmentation": mean("synthetic", "all", list(segmentation_rules(head)) + ["key_weighted", "equal_weights"]),
+        "cross_domain": {p: mean("synthetic", p, ("prm_head", "prm_visual_head", "prm_text_head")) for p in PARTS},
+        "gain_over_one_sample": {f: {m: gain_at_16(f, m) for m in
+                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_head", "oracle")}
+                                 for f in ("text", "visual")},
+        "filter": {"kept": len(kept), "of": len(half), "kept_ids": kept},
+        "comparisons": comps, "verdicts": verdicts(comps), "resolvable": resolvable(comps)}
+
+
+def read_rows(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rows", help="per_problem.jsonl written by bench.py (its per_step.jsonl beside it: the F1 rows)")
+    ap.add_argument("--a", help="method a (with --b: one paired comparison a - b)")
+    ap.add_argument("--b", help="method b")
+    ap.add_argument("--pool", default="base", help="base (the headline: the base's own answers) | synthetic | "
+                    "judged | half_a | half_b")
+    ap.add_argument("--n", type=int, default=16, help="N of Best-of-N")
+    ap.add_argument("--part", default="all", choices=PARTS, help="problems: all | visual | text")
+    a = ap.parse_args(argv)
+    rows = read_rows(a.rows)
+    meta = next((r for r in rows if r.get("pool") == "meta"), {})
+    ix = index([r for r in rows if r.get("pool") != "meta"])
+    seed = meta.get("seed", 0)  # the run's bootstrap seed: the same intervals as its results.json
+    if a.a and a.b:
+        c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed)
+        print(f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {c['mean']:+.4f} "
+              f"[{c['lo']:+.4f}, {c['hi']:+.4f}] -> {metrics.verdict(c)}")
+        return c
+    steps = Path(a.rows).with_name("per_step.jsonl")
+    fe = [r for r in read_rows(steps) if r.get("metric") == "first_error"] if steps.exists() else []
+    comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed), fe, seed)
+    for k, c in comps.items():
+        print(f"{k:38s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  n={c['n']}  {metrics.verdict(c)}")
+    for v in verdicts(comps):
+        print(f"{v['verdict']:>13s}  {v['finding']}")
+    print(f"smallest resolvable paired difference (median half-width): {resolvable(comps)}")
+    return comps
+
+
+if __name__ == "__main__":
+    cli.run(main)
