@@ -20,6 +20,7 @@ made it (a changed setting recomputes that stage and every later one): problems 
 -> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) -> scores -> tables. The last stdout line
 is one JSON object with the headline numbers.
 """
+import itertools
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -76,6 +77,9 @@ class Args:
     temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
                             "aggregation on the tune split: how steps, lr and beta are chosen (never on test)"})
+    sweep: str = field(default="", metadata={"help": "the tuning sweep: --tune-only at every point of a grid, e.g. "
+                       "'head=likelihood,tag;lr=1e-4,3e-4;steps=200,400' -> OUT/tuning.json, OUT/tuning.md "
+                       "(with --readme: results/tuning/)"})
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
 
@@ -344,8 +348,12 @@ def run(a):
 
 
 def seed_tagged(row, seed):
-    """A row of one seed's run, its problem named with the seed so that pooled seeds never share a problem."""
-    return {**row, "problem": f"s{seed}/{row['problem']}"}
+    """A row of one seed's run, its problem (and candidate) named with the seed: pooled seeds never share one (the
+    seeds' candidate ids are the same strings, and the paired F1 joins rows by candidate)."""
+    tagged = {**row, "problem": f"s{seed}/{row['problem']}"}
+    if "candidate" in row:
+        tagged["candidate"] = f"s{seed}/{row['candidate']}"
+    return tagged
 
 
 def run_seeds(a, seeds):
@@ -371,7 +379,53 @@ def run_seeds(a, seeds):
     return res, rows, fe, au
 
 
+def sweep_grid(text):
+    """'head=likelihood,tag;lr=1e-4,3e-4' -> [{"head": "likelihood", "lr": 0.0001}, ...]: every combination, each
+    value of its setting's type."""
+    types = {f.name: type(f.default) for f in fields(Args)}
+    axes = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, values = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in types or not values:
+            raise ValueError(f"--sweep {part!r}: expected SETTING=V1,V2 with a setting of bench.py --help")
+        axes[name] = [types[name](v.strip()) for v in values.split(",")]
+    return [dict(zip(axes, point)) for point in itertools.product(*axes.values())]
+
+
+def run_sweep(a):
+    """Every choice bench.py makes on tune, as one command: the PRM trained and read on the tune split at each
+    point of the grid (the labels are made once and shared). -> {"points": [{setting: value, "tune_bon16": ...}]}."""
+    points = []
+    for point in sweep_grid(a.sweep):
+        res, _, _, _ = run(Args(**{**asdict(a), **point, "tune_only": True, "sweep": ""}))
+        best = max(res["tune_bon16"], key=res["tune_bon16"].get)
+        points.append({**point, "tune_bon16": res["tune_bon16"], "best_aggregation": best})
+        print(f"[sweep] {point}: Best-of-16 on tune {res['tune_bon16'][best]:.3f} ({best})")
+    names = list(points[0]) if points else []
+    lines = ["| " + " | ".join(names[:-2] + ["Best-of-16 on tune (best aggregation)"]) + " |",
+             "|" + "---|" * (len(names) - 1)]
+    for p in points:
+        best = p["best_aggregation"]
+        lines.append("| " + " | ".join([str(p[n]) for n in names[:-2]] + [f"{p['tune_bon16'][best]:.3f} ({best})"])
+                     + " |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tuning.json").write_text(json.dumps({"sweep": a.sweep, "points": points}, indent=1))
+    (out / "tuning.md").write_text(f"# Tuning sweep\n\n`python bench.py --sweep '{a.sweep}'`\n\n" + "\n".join(lines)
+                                   + "\n")
+    if a.readme:
+        (report.ROOT / "results" / "tuning").mkdir(parents=True, exist_ok=True)
+        for name in ("tuning.json", "tuning.md"):
+            shutil.copy(out / name, report.ROOT / "results" / "tuning" / name)
+    return {"points": points}
+
+
 def main(a: Args):
+    if a.sweep:
+        res = run_sweep(a)
+        print(json.dumps(res))
+        return res
     if a.gpu:
         return speed.main(speed.Args())
     if a.quick:

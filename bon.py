@@ -92,8 +92,14 @@ def parse_rule(rule):
     raise ValueError(f"bad rule {rule!r}: random | majority | oracle | max:KEY[:AGG] | vote:KEY[:AGG]")
 
 
+# Scores are compared to 5 decimals: closer ones are a tie (an exact expected pick among them), so that noise in
+# the last digits of a float never decides which answer is picked.
+TIE_DIGITS = 5
+
+
 def prepare(pool, rule):
-    """The pool as (answer key, correctness 0/1, the rule's score or None) triples: what every selection reads."""
+    """The pool as (answer key, correctness 0/1, the rule's score rounded to TIE_DIGITS, or None) triples: what
+    every selection reads."""
     kind, key, agg = parse_rule(rule)
     out = []
     for c in pool:
@@ -103,7 +109,7 @@ def prepare(pool, rule):
                 raise ValueError(f"rule {rule!r}: {key} holds step scores, name an aggregation ({rule}:min)")
             v = aggregate(v, agg) if v else None
         out.append((c["key"] if "key" in c else answer_key(c.get("answer")), float(bool(c.get("correct"))),
-                    None if v is None else float(v)))
+                    None if v is None else round(float(v), TIE_DIGITS)))
     return out
 
 
@@ -227,10 +233,15 @@ def table(results, methods=None, ns=None):
     """A markdown table, rows methods, columns N; cells are accuracies, or "mean [lo, hi]" from accuracy_at_n."""
     methods = [m for m in (methods or list(results)) if m in results]
     ns = [str(n) for n in (ns or next(iter(results.values()), {}))]
+
     def cell(v):
         if not isinstance(v, dict):
             return "-" if v is None else f"{v:.3f}"
-        return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" if v.get("lo") is not None else "-"
+        if v.get("mean") is None:
+            return "-"
+        if v.get("lo") is None:  # fewer problems than an interval needs (metrics.MIN_CLUSTERS)
+            return f"{v['mean']:.3f} (too few)"
+        return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]"
     lines = ["| method | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
     lines += [f"| {m} | " + " | ".join(cell(results[m].get(n)) for n in ns) + " |" for m in methods]
     return "\n".join(lines)

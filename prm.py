@@ -178,27 +178,44 @@ def step_logprobs(model, batch, cumulative=False):
 
 
 @torch.no_grad()
+def per_step(read, processor, images, questions, steps, native, batch_size=16, max_len=MAX_LEN, progress=False):
+    """read(batch) -> (T,) one value a step, for every step of every answer, one forward pass an answer. Answers are
+    batched only with answers of the same length in tokens: nothing is padded, so an answer's values do not depend
+    on what else is in its batch (padding would move them in the last digits and flip near-ties).
+    Returns (values: one list an answer, None where skipped; skipped [(index, reason)])."""
+    out, skipped = [None] * len(questions), []
+    todo = [i for i in range(len(questions)) if steps[i]]
+    skipped += [(i, "no steps") for i in range(len(questions)) if not steps[i]]
+    slice_size = batch_size * 32  # encoded at once, then grouped by length
+    for start in tqdm(range(0, len(todo), slice_size), disable=not progress, desc="scoring"):
+        encoded, by_length = {}, {}
+        for i in todo[start:start + slice_size]:
+            batch, _, skip = encode_steps(processor, [images[i]], [questions[i]], [steps[i]], native, max_len)
+            if batch is None:
+                skipped.append((i, skip[0][1]))
+                continue
+            encoded[i] = batch
+            by_length.setdefault(batch["input_ids"].shape[1], []).append(i)
+        for group in by_length.values():
+            for b in range(0, len(group), batch_size):
+                members = group[b:b + batch_size]
+                batch = {k: torch.cat([encoded[i][k] for i in members]) for k in encoded[members[0]]}
+                values = read(batch).tolist()
+                k = 0
+                for i in members:
+                    out[i] = values[k:k + len(steps[i])]
+                    k += len(steps[i])
+    return out, sorted(skipped)
+
+
 def score_steps(model, processor, images, questions, steps, batch_size=16, max_len=MAX_LEN, progress=False):
-    """P(step is right) for every step of every answer, ONE forward pass per answer (batched, padded).
-    Returns (scores: list of per-step lists, None for a skipped answer; skipped [(index, reason)])."""
-    ids, out, skipped = token_ids(processor), [None] * len(questions), []
-    for j in tqdm(range(0, len(questions), batch_size), disable=not progress, desc="scoring"):
-        chunk = range(j, min(j + batch_size, len(questions)))
-        todo = [i for i in chunk if steps[i]]
-        skipped += [(i, "no steps") for i in chunk if not steps[i]]
-        if not todo:
-            continue
-        batch, keep, skip = encode_steps(processor, [images[i] for i in todo], [questions[i] for i in todo],
-                                         [steps[i] for i in todo], is_likelihood(model), max_len)
-        skipped += [(todo[k], why) for k, why in skip]
-        if batch is None:
-            continue
-        p = torch.softmax(step_logits(model, batch, ids).float(), -1)[:, 0].tolist()  # (T,) P(right) per step
-        k = 0
-        for i in (todo[x] for x in keep):
-            out[i] = p[k:k + len(steps[i])]
-            k += len(steps[i])
-    return out, skipped
+    """P(step is right) for every step of every answer (per_step): (scores, one list an answer, None where skipped;
+    skipped [(index, reason)])."""
+    ids = token_ids(processor)
+
+    def read(batch):  # (T,) P(right) per step
+        return torch.softmax(step_logits(model, batch, ids).float(), -1)[:, 0]
+    return per_step(read, processor, images, questions, steps, is_likelihood(model), batch_size, max_len, progress)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ sentences. Decimals ("3.5"), abbreviations ("e.g.") and LaTeX math are never cut
 the writer's steps other ways (CUTS): the paper's finding that PRMs need clear step divisions.
 """
 import argparse
+import os
 import re
 import sys
 
@@ -163,6 +164,8 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
+    except BrokenPipeError:  # `python steps.py answer.txt | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (ValueError, OSError) as e:  # a bad file: one line, no traceback, exit status 2 as the other scripts
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -27,7 +27,7 @@ def parse_args(cls, argv=None, doc=None):
             kw = {"type": str if f.default is None else type(f.default)}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        if "(default" not in helptext:
+        if "(default" not in helptext and f.default not in ("", None):  # nothing to say of an empty default
             helptext = f"{helptext} (default: {f.default})"
         ap.add_argument(flag, default=f.default, help=helptext, **kw)
     return cls(**vars(ap.parse_args(argv)))

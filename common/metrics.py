@@ -66,12 +66,19 @@ def dev_test_f1(dev_scores, dev_first_errors, test_scores, test_first_errors):
 # independent). The resampled clusters depend only on the cluster keys and the seed, so every comparison over the
 # same problems is paired draw by draw.
 BOOT, LEVEL = 2000, 0.95
+# Below this many independent clusters (contents) an interval says little and a verdict would mislead: the mean is
+# still reported, but no interval and no verdict ("too few").
+MIN_CLUSTERS = 30
 
 
 def cluster_index(keys):
     """(cluster number per item, number of clusters): items with the same key share a number."""
     at = {c: i for i, c in enumerate(sorted(set(keys), key=str))}
     return np.array([at[k] for k in keys], dtype=int), len(at)
+
+
+def n_clusters(n, clusters=None):
+    return n if clusters is None else len(set(clusters))
 
 
 def boot_means(values, clusters=None, boot=BOOT, seed=0):
@@ -83,45 +90,63 @@ def boot_means(values, clusters=None, boot=BOOT, seed=0):
     return np.bincount(cl, v, K)[draws].sum(1) / np.bincount(cl, None, K)[draws].sum(1)
 
 
-def interval(mean, reps, n, level=LEVEL):
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean": float(mean), "lo": float(lo), "hi": float(hi), "n": int(n)}
+def interval(mean, reps, n, level=LEVEL, clusters=None, adjusted=None):
+    """{"mean", "lo", "hi", "n", "clusters"}: the percentile interval of the replicates at `level`; with `adjusted`
+    (a higher level: Bonferroni's 1 - (1 - level) / m for m comparisons) also "lo_adj", "hi_adj". Fewer than
+    MIN_CLUSTERS clusters: no interval, "too_few"."""
+    k = n if clusters is None else clusters
+    out = {"mean": float(mean), "lo": None, "hi": None, "n": int(n), "clusters": int(k)}
+    if k < MIN_CLUSTERS:
+        return {**out, "too_few": True}
+    out["lo"], out["hi"] = (float(x) for x in np.quantile(reps, [(1 - level) / 2, (1 + level) / 2]))
+    if adjusted is not None:
+        out["lo_adj"], out["hi_adj"] = (float(x) for x in np.quantile(reps, [(1 - adjusted) / 2, (1 + adjusted) / 2]))
+    return out
 
 
-def bootstrap(values, clusters=None, boot=BOOT, seed=0, level=LEVEL):
-    """Mean of per-problem values with its percentile bootstrap interval -> {"mean", "lo", "hi", "n"}."""
+EMPTY = {"mean": None, "lo": None, "hi": None, "n": 0, "clusters": 0}
+
+
+def bootstrap(values, clusters=None, boot=BOOT, seed=0, level=LEVEL, adjusted=None):
+    """Mean of per-problem values with its percentile bootstrap interval -> interval()'s dict."""
     if len(values) == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    return interval(np.mean(values), boot_means(values, clusters, boot, seed), len(values), level)
+        return dict(EMPTY)
+    reps = boot_means(values, clusters, boot, seed)
+    return interval(np.mean(values), reps, len(values), level, n_clusters(len(values), clusters), adjusted)
 
 
-def paired(a, b, clusters=None, boot=BOOT, seed=0, level=LEVEL):
+def paired(a, b, clusters=None, boot=BOOT, seed=0, level=LEVEL, adjusted=None):
     """a - b paired per problem (the same problems in the same order): mean difference and its interval."""
     if len(a) != len(b):
         raise ValueError(f"paired comparison over {len(a)} and {len(b)} problems: not the same problems")
-    return bootstrap([x - y for x, y in zip(a, b)], clusters, boot, seed, level)
+    return bootstrap([x - y for x, y in zip(a, b)], clusters, boot, seed, level, adjusted)
 
 
-def unpaired(a, b, clusters_a=None, clusters_b=None, boot=BOOT, seed=0, level=LEVEL):
+def unpaired(a, b, clusters_a=None, clusters_b=None, boot=BOOT, seed=0, level=LEVEL, adjusted=None):
     """mean(a) - mean(b) over two different sets of problems (text gains minus visual gains): each resampled on its
-    own."""
+    own. Its clusters: the smaller side's (each side needs enough of its own)."""
     if not len(a) or not len(b):
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
+        return dict(EMPTY)
     reps = boot_means(a, clusters_a, boot, seed) - boot_means(b, clusters_b, boot, seed + 1)
-    return interval(np.mean(a) - np.mean(b), reps, len(a) + len(b), level)
+    k = min(n_clusters(len(a), clusters_a), n_clusters(len(b), clusters_b))
+    return interval(np.mean(a) - np.mean(b), reps, len(a) + len(b), level, k, adjusted)
 
 
-def verdict(ci, direction=1):
+def verdict(ci, direction=1, adjusted=False):
     """"holds" when the interval excludes 0 on the side of `direction` (+1: a > b expected), "opposite" when it
-    excludes 0 on the other side, "not resolved" otherwise."""
-    if ci.get("lo") is None:
+    excludes 0 on the other side, "not resolved" otherwise; "too few" below MIN_CLUSTERS clusters. adjusted: read
+    the multiplicity-adjusted interval (lo_adj, hi_adj) instead."""
+    if ci.get("too_few"):
+        return "too few"
+    lo, hi = (ci.get("lo_adj"), ci.get("hi_adj")) if adjusted else (ci.get("lo"), ci.get("hi"))
+    if lo is None:
         return "not resolved"
-    if (ci["lo"] > 0 and direction > 0) or (ci["hi"] < 0 and direction < 0):
+    if (lo > 0 and direction > 0) or (hi < 0 and direction < 0):
         return "holds"
-    return "opposite" if ci["lo"] > 0 or ci["hi"] < 0 else "not resolved"
+    return "opposite" if lo > 0 or hi < 0 else "not resolved"
 
 
-def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL, pred_b=None):
+def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL, pred_b=None, adjusted=None):
     """ProcessBench F1 from predicted and true first errors (one per solution) with its bootstrap interval: the two
     accuracies are sums over the resampled clusters, so each replicate is exact, not an average of F1s. With pred_b
     (another method's predictions on the same solutions): the paired difference F1(pred) - F1(pred_b)."""
@@ -144,9 +169,9 @@ def first_error_f1_ci(pred, true, clusters=None, boot=BOOT, seed=0, level=LEVEL,
     def rep(ss, d):  # one bootstrap replicate: the clusters drawn in d
         return f1(*(s[d].sum() for s in ss))
     if sb is not None:
-        return interval(full(sa) - full(sb), [rep(sa, d) - rep(sb, d) for d in draws], len(true), level)
+        return interval(full(sa) - full(sb), [rep(sa, d) - rep(sb, d) for d in draws], len(true), level, K, adjusted)
     he, ne, ho, no = (s.sum() for s in sa)
-    return {**interval(full(sa), [rep(sa, d) for d in draws], len(true), level),
+    return {**interval(full(sa), [rep(sa, d) for d in draws], len(true), level, K, adjusted),
             "acc_error": float(he / ne) if ne else None, "acc_correct": float(ho / no) if no else None}
 
 
@@ -164,6 +189,8 @@ def auc_fast(scores, labels):
 def auc_ci(scores, labels, clusters=None, boot=500, seed=0, level=LEVEL):
     """ROC AUC with a bootstrap interval over clusters (fewer replicates: each one sorts the resampled steps)."""
     s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():  # one class: no pair to rank, an AUC of 0.5 would read as measured
+        return {**EMPTY, "n": len(s), "one_class": True}
     keys = list(range(len(s))) if clusters is None else list(clusters)
     members = {}
     for i, k in enumerate(keys):
@@ -174,4 +201,4 @@ def auc_ci(scores, labels, clusters=None, boot=500, seed=0, level=LEVEL):
     for _ in range(boot):
         idx = np.concatenate([groups[j] for j in rng.integers(0, len(groups), len(groups))])
         reps.append(auc_fast(s[idx], y[idx]))
-    return interval(auc_fast(s, y), reps, len(s), level)
+    return interval(auc_fast(s, y), reps, len(s), level, len(groups))

@@ -213,7 +213,7 @@ def gold_values(prob):
 
 FORMATS = ("step", "numbered", "plain", "paragraph")
 # The paragraph writer opens a third of its count and arithmetic steps with a sentence of reasoning, so its sentences
-# are not its steps: sentence splitting gets the count of about 37% of paragraphs, as of real ones (issue 15).
+# are not its steps: sentence splitting gets the count of about 37% of paragraphs, as of real ones.
 LEADS = {"count": "I look for the {} shapes in the picture.", "+": "Adding the two numbers gives the total.",
          "-": "Subtracting gives the difference.", "*": "Multiplying the two numbers gives the product."}
 

@@ -9,31 +9,20 @@ bench.py reads them into its controls and segmentation tables.
 """
 import re
 
-import torch
 from PIL import Image
 
 from common import metrics, tasks
 from common.answers import numbers
-from prm import encode_steps, step_logprobs
+from prm import per_step, step_logprobs
 
 
 def step_likelihood(model, processor, images, questions, steps, batch_size=32):
     """The base model's own belief in each step: exp(mean log-prob of the step's tokens) given the steps before it,
     the steps written as the base writes them (prm.step_logprobs). A zero-shot verifier: is the PRM doing more
-    than the base already knew? One list per answer, None for an answer too long to encode (as prm.score_steps)."""
-    out = [None] * len(questions)
-    for j in range(0, len(questions), batch_size):
-        sl = list(range(j, min(j + batch_size, len(questions))))
-        batch, keep, _ = encode_steps(processor, [images[i] for i in sl], [questions[i] for i in sl],
-                                      [steps[i] for i in sl], native=True)
-        if batch is None:
-            continue
-        with torch.no_grad():
-            v = step_logprobs(model, batch).exp().tolist()
-        k = 0
-        for i in (sl[x] for x in keep):
-            out[i], k = v[k:k + len(steps[i])], k + len(steps[i])
-    return out
+    than the base already knew? One list per answer, None where skipped (batched as prm.per_step batches)."""
+    def read(batch):
+        return step_logprobs(model, batch).exp()
+    return per_step(read, processor, images, questions, steps, True, batch_size)[0]
 
 
 def prior_table(label_recs):

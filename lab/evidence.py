@@ -60,7 +60,7 @@ def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None
     rb = {r["problem"]: r for r in _select(ix, pool_b or pool, b, part, problems)}
     both = [p for p in ra if p in rb and str(n) in ra[p]["acc"] and str(n) in rb[p]["acc"]]
     ci = metrics.paired([ra[p]["acc"][str(n)] for p in both], [rb[p]["acc"][str(n)] for p in both],
-                        [ra[p]["content"] for p in both], seed=seed)
+                        [ra[p]["content"] for p in both], seed=seed, adjusted=adjusted_level())
     return {**ci, "a": a, "b": b, "pool": pool, "n_best": n, "part": part}
 
 
@@ -73,7 +73,7 @@ def gain(ix, pool, method, n, part):
 def compare_gain(ix, pool, method, n=16, seed=0):
     """Text gain minus visual gain of `method` (different problems: resampled apart)."""
     (gt, ct), (gv, cv) = gain(ix, pool, method, n, "text"), gain(ix, pool, method, n, "visual")
-    return {**metrics.unpaired(gt, gv, ct, cv, seed=seed), "a": f"{method} gain (text)",
+    return {**metrics.unpaired(gt, gv, ct, cv, seed=seed, adjusted=adjusted_level()), "a": f"{method} gain (text)",
             "b": f"{method} gain (visual)", "pool": pool, "n_best": n, "part": "text - visual"}
 
 
@@ -86,7 +86,7 @@ def compare_diff(ix, pool, a, b, n=16, seed=0):
         both = [p for p in ra if p in rb]
         d[part] = ([ra[p]["acc"][str(n)] - rb[p]["acc"][str(n)] for p in both], [ra[p]["content"] for p in both])
     (dv, cv), (dt, ct) = d["visual"], d["text"]
-    return {**metrics.unpaired(dv, dt, cv, ct, seed=seed),
+    return {**metrics.unpaired(dv, dt, cv, ct, seed=seed, adjusted=adjusted_level()),
             "a": f"{a} - {b} (visual)", "b": f"{a} - {b} (text)", "pool": pool, "n_best": n, "part": "visual - text"}
 
 
@@ -128,7 +128,7 @@ def comparisons(ix, n=16, kept=None, seed=0):
         "text_only_vs_visual_only_on_text": compare(ix, SYN, "prm_text_head", "prm_visual_head", n, "text",
                                                     seed=seed),
     }
-    if kept is not None:  # the ViLBench filter: kept on half A of each pool, measured on half BASE (other candidates)
+    if kept is not None:  # the ViLBench filter: kept on half A of each pool, measured on half B (other candidates)
         half = n
         if ("half_b", PRM) in ix:  # the largest N a half-pool has
             half = max(int(k) for r in ix[("half_b", PRM)].values() for k in r["acc"])
@@ -157,25 +157,56 @@ FINDINGS = [
 ]
 
 
+def finding_comparisons():
+    """Every comparison a finding reads, once each: the family the multiplicity adjustment counts."""
+    return list(dict.fromkeys(k for _, keys, _ in FINDINGS for k in keys))
+
+
+def adjusted_level():
+    """Bonferroni over the findings' comparisons: each interval at 1 - 0.05 / m, so that all m hold together with
+    95% confidence. (From the same 2000 replicates: its bounds rest on the few most extreme ones.)"""
+    return 1 - (1 - metrics.LEVEL) / len(finding_comparisons())
+
+
+def combine(cs, how, adjusted=False):
+    """One finding's verdict from its comparisons' intervals -> (verdict, the comparisons that decide it).
+    "all": holds when every comparison holds; opposite when any is resolved the other way (those decide it);
+    too few when one has too few clusters to read; else not resolved. "split" (neither wins everywhere): holds
+    when the two resolve in opposite directions, opposite when both are resolved the same way."""
+    keys = list(cs)
+    each = {k: metrics.verdict(c, adjusted=adjusted) for k, c in cs.items()}
+    if how == "split":
+        resolved = [k for k in keys if each[k] in ("holds", "opposite")]
+        directions = {each[k] for k in resolved}
+        if len(directions) == 2:
+            return "holds", keys
+        if len(resolved) == len(keys):
+            return "opposite", keys
+        return ("too few" if "too few" in each.values() else "not resolved"), []
+    against = [k for k in keys if each[k] == "opposite"]
+    if against:
+        return "opposite", against
+    if all(v == "holds" for v in each.values()):
+        return "holds", keys
+    return ("too few" if "too few" in each.values() else "not resolved"), []
+
+
 def verdicts(comps):
-    """[{finding, verdict, comparisons}]: "all" needs every comparison to hold (any opposite: opposite); "split"
-    (neither wins everywhere) holds when the two families resolve in opposite directions, is opposite when one
-    side is resolved ahead in both."""
+    """[{finding, verdict, verdict_adjusted, decided_by, comparisons, each}] for the paper's findings: the verdict
+    from the 95% intervals and from the multiplicity-adjusted ones (adjusted_level), the comparisons that decide
+    each, and every comparison's own verdicts ("each": {key: [raw, adjusted]})."""
     out = []
     for name, keys, how in FINDINGS:
-        cs = [comps[k] for k in keys if k in comps]
+        cs = {k: comps[k] for k in keys if k in comps}
         if len(cs) < len(keys):
-            out.append({"finding": name, "verdict": "not run", "comparisons": list(keys)})
+            out.append({"finding": name, "verdict": "not run", "verdict_adjusted": "not run", "decided_by": [],
+                        "comparisons": list(keys), "each": {}})
             continue
-        v = [metrics.verdict(c) for c in cs]
-        if how == "split":
-            signs = {c["lo"] > 0 for c in cs if c["lo"] > 0 or c["hi"] < 0}
-            resolved = sum(c["lo"] > 0 or c["hi"] < 0 for c in cs)
-            verdict = ("opposite" if resolved == len(cs) and len(signs) == 1 else
-                       "holds" if len(signs) == 2 else "not resolved")
-        else:
-            verdict = "opposite" if "opposite" in v else "holds" if all(x == "holds" for x in v) else "not resolved"
-        out.append({"finding": name, "verdict": verdict, "comparisons": list(keys)})
+        verdict, decided_by = combine(cs, how)
+        adjusted, decided_by_adjusted = combine(cs, how, adjusted=True)
+        each = {k: [metrics.verdict(c), metrics.verdict(c, adjusted=True)] for k, c in cs.items()}
+        out.append({"finding": name, "verdict": verdict, "verdict_adjusted": adjusted, "decided_by": decided_by,
+                    "decided_by_adjusted": decided_by_adjusted, "comparisons": list(keys), "each": each})
     return out
 
 
@@ -288,9 +319,10 @@ def f1_difference(fe_items, a, b, seed=0):
     B = {i["candidate"]: i for i in fe_items if i["key"] == b}
     both = [c for c in A if c in B]
     if not both:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
+        return dict(metrics.EMPTY)
     return metrics.first_error_f1_ci([A[c]["pred"] for c in both], [A[c]["true"] for c in both],
-                                     [A[c]["content"] for c in both], seed=seed, pred_b=[B[c]["pred"] for c in both])
+                                     [A[c]["content"] for c in both], seed=seed, pred_b=[B[c]["pred"] for c in both],
+                                     adjusted=adjusted_level())
 
 
 def step_tables(fe_items, auc_items, seed):
@@ -346,7 +378,16 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
                                      ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_head", "oracle")}
                                  for f in ("text", "visual")},
         "filter": {"kept": len(kept), "of": len(half), "kept_ids": kept},
-        "comparisons": comps, "verdicts": verdicts(comps), "resolvable": resolvable(comps)}
+        "comparisons": comps, "verdicts": verdicts(comps), "resolvable": resolvable(comps),
+        "evidence_rule": {"level": metrics.LEVEL, "adjusted_level": adjusted_level(),
+                          "adjusted_for": len(finding_comparisons()), "min_clusters": metrics.MIN_CLUSTERS}}
+
+
+def said(c):
+    """A difference as the command line prints it: "+0.0123 [-0.0100, +0.0400]", or its mean and "too few"."""
+    if c.get("lo") is None:
+        return f"{c['mean']:+.4f} ({'too few clusters' if c.get('too_few') else 'no interval'})"
+    return f"{c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]"
 
 
 def read_rows(path):
@@ -367,19 +408,20 @@ def main(argv=None):
     rows = read_rows(a.rows)
     meta = next((r for r in rows if r.get("pool") == "meta"), {})
     ix = index([r for r in rows if r.get("pool") != "meta"])
-    seed = meta.get("seed", 0)  # the run's bootstrap seed: the same intervals as its results.json
+    seed = meta.get("seed", 0)  # the run's bootstrap seed and least sample: the same intervals as its results.json
+    metrics.MIN_CLUSTERS = meta.get("min_clusters") or metrics.MIN_CLUSTERS
     if a.a and a.b:
         c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed)
-        print(f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {c['mean']:+.4f} "
-              f"[{c['lo']:+.4f}, {c['hi']:+.4f}] -> {metrics.verdict(c)}")
+        print(f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
+              f"-> {metrics.verdict(c)}")
         return c
     steps = Path(a.rows).with_name("per_step.jsonl")
     fe = [r for r in read_rows(steps) if r.get("metric") == "first_error"] if steps.exists() else []
     comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed), fe, seed)
     for k, c in comps.items():
-        print(f"{k:38s} {c['mean']:+.4f} [{c['lo']:+.4f}, {c['hi']:+.4f}]  n={c['n']}  {metrics.verdict(c)}")
+        print(f"{k:38s} {said(c)}  n={c['n']}  {metrics.verdict(c)} (adjusted: {metrics.verdict(c, adjusted=True)})")
     for v in verdicts(comps):
-        print(f"{v['verdict']:>13s}  {v['finding']}")
+        print(f"{v['verdict']:>13s} (adjusted: {v['verdict_adjusted']})  {v['finding']}")
     print(f"smallest resolvable paired difference (median half-width): {resolvable(comps)}")
     return comps
 

@@ -51,7 +51,7 @@ def test_bootstrap_interval_brackets_the_mean_and_pairs():
     c = metrics.bootstrap(v)
     assert c["mean"] == 0.5 and c["lo"] < 0.5 < c["hi"] and c["hi"] - c["lo"] < 0.25
     flat = pytest.approx(0.7)  # np.mean of thirty 0.7s is 0.6999999999999997
-    assert metrics.bootstrap([0.7] * 30) == {"mean": flat, "lo": flat, "hi": flat, "n": 30}
+    assert metrics.bootstrap([0.7] * 30) == {"mean": flat, "lo": flat, "hi": flat, "n": 30, "clusters": 30}
     d = metrics.paired([1.0] * 40, [0.0] * 20 + [1.0] * 20)
     assert d["mean"] == 0.5 and d["lo"] > 0 and metrics.verdict(d) == "holds" and metrics.verdict(d, -1) == "opposite"
     assert metrics.verdict(metrics.paired(v, list(reversed(v)))) == "not resolved"
@@ -62,11 +62,12 @@ def test_bootstrap_interval_brackets_the_mean_and_pairs():
 def test_clusters_widen_the_interval_when_problems_repeat_content():
     v = [float(i % 2) for i in range(200)]
     narrow = metrics.bootstrap(v)
-    wide = metrics.bootstrap(v, clusters=[i % 2 for i in range(200)])  # two contents: all 0 or all 1
-    assert wide["hi"] - wide["lo"] > 3 * (narrow["hi"] - narrow["lo"])
+    wide = metrics.bootstrap(v, clusters=[i % 40 for i in range(200)])  # 40 contents, each all 0 or all 1
+    assert wide["hi"] - wide["lo"] > 2 * (narrow["hi"] - narrow["lo"])  # about sqrt(5) wider
 
 
-def test_first_error_f1_interval_matches_the_point_metric():
+def test_first_error_f1_interval_matches_the_point_metric(monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # six literal solutions
     true = [-1, -1, 0, 1, 2, 1]
     pred = [-1, 0, 0, 1, 0, -1]
     scores = [[1.0] * 3 if p == -1 else [1.0] * p + [0.0] for p in pred]
@@ -93,7 +94,8 @@ def rows_for(a_acc, b_acc, method_a="prm_head", method_b="orm", families=None):
     return rows
 
 
-def test_compare_is_paired_and_split_verdicts():
+def test_compare_is_paired_and_split_verdicts(monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # a few literal problems
     ix = evidence.index(rows_for([1.0] * 40, [0.0] * 40))
     c = evidence.compare(ix, "synthetic", "prm_head", "orm", 16)
     assert c["mean"] == 1.0 and c["n"] == 40
@@ -114,7 +116,8 @@ def v_of(comps):
     return {x["finding"]: x["verdict"] for x in evidence.verdicts(comps)}
 
 
-def test_f1_difference_is_paired_over_the_answers_both_scored():
+def test_f1_difference_is_paired_over_the_answers_both_scored(monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # a few literal problems
     """The headline's first-error F1 comparison: F1(a) - F1(b) on the same answers, its interval from the same
     resampled clusters (so identical predictions give exactly 0), and a verdict from it."""
     items = []
@@ -141,7 +144,8 @@ def row(pid, fam, method, acc, content=None):
             "acc": acc}
 
 
-def test_compare_gain_is_text_gain_minus_visual_gain_unpaired():
+def test_compare_gain_is_text_gain_minus_visual_gain_unpaired(monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # four literal problems
     # gains over one sample at N=16: text problems +0.5 and +0.3 (mean 0.4), visual +0.1 and +0.1 (mean 0.1)
     rows = [row("t1", "text", "prm_head", {"1": 0.25, "16": 0.75}),
             row("t2", "text", "prm_head", {"1": 0.5, "16": 0.8}),
@@ -158,7 +162,8 @@ def test_compare_gain_is_text_gain_minus_visual_gain_unpaired():
     assert evidence.compare_gain(evidence.index(rows[:2]), "synthetic", "prm_head", 16)["mean"] is None
 
 
-def test_compare_diff_is_the_visual_difference_minus_the_text_difference():
+def test_compare_diff_is_the_visual_difference_minus_the_text_difference(monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # a few literal problems
     # a - b: visual +0.5 and +0.5, text 0.0 and -0.25 -> 0.5 - (-0.125) = 0.625
     acc = {"v1": (1.0, 0.5), "v2": (0.75, 0.25), "t1": (0.5, 0.5), "t2": (0.5, 0.75)}
     rows = [row(p, "visual" if p[0] == "v" else "text", m, {"1": 0.5, "16": x})

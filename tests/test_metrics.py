@@ -1,6 +1,7 @@
 """metrics.py on literal inputs with exact expected values: AUC, the predicted first error, ProcessBench's
 first-error F1, the threshold chosen on dev, and dev_test_f1 (threshold from dev, F1 on test); the unpaired
 difference (bootstrap, paired and verdict: tests/test_evidence.py)."""
+import numpy as np
 import pytest
 
 from common import metrics
@@ -61,12 +62,13 @@ def test_dev_test_f1_takes_the_threshold_from_dev_and_measures_on_test():
     assert hi["threshold"] == 0.95 and hi["first_error_f1"] == 0.0 and hi["acc_correct"] == 0.0
 
 
-def test_unpaired_difference_on_literal_inputs():
-    d = metrics.unpaired([1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0])  # constant groups: every replicate is 1
-    assert d == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": 7} and metrics.verdict(d) == "holds"
+def test_unpaired_difference_on_literal_inputs(monkeypatch):
+    d = metrics.unpaired([1.0] * 30, [0.0] * 31)  # constant groups: every replicate is 1
+    assert d == {"mean": 1.0, "lo": 1.0, "hi": 1.0, "n": 61, "clusters": 30} and metrics.verdict(d) == "holds"
+    monkeypatch.setattr(metrics, "MIN_CLUSTERS", 1)  # the intervals of tiny literal samples, by hand
     d = metrics.unpaired([0.25, 0.75], [0.5, 0.5, 0.5, 0.5])
     assert d["mean"] == 0.0 and d["n"] == 6 and d["lo"] == -0.25 and d["hi"] == 0.25  # a: 0.25, 0.5 or 0.75
-    assert metrics.unpaired([], [1.0]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    assert metrics.unpaired([], [1.0]) == {"mean": None, "lo": None, "hi": None, "n": 0, "clusters": 0}
     assert metrics.verdict(metrics.unpaired([], [1.0])) == "not resolved"
     # the two groups are resampled apart: the same values give an interval around 0, where a paired difference of
     # a list with itself is exactly 0
@@ -78,3 +80,25 @@ def test_unpaired_difference_on_literal_inputs():
     # clusters: two clusters of identical values per group, resampled as wholes -> a wider interval
     wide = metrics.unpaired(v, v, [i % 2 for i in range(100)], [i % 2 for i in range(100)])
     assert wide["hi"] - wide["lo"] > 3 * (u["hi"] - u["lo"])
+
+
+def test_too_few_contents_give_no_interval_and_no_verdict():
+    one = metrics.bootstrap([0.5])
+    assert one["mean"] == 0.5 and one["lo"] is None and one["too_few"] and metrics.verdict(one) == "too few"
+    few = metrics.paired([1.0] * 40, [0.0] * 40, clusters=[i % 10 for i in range(40)])  # 40 problems, 10 contents
+    assert few["clusters"] == 10 and few["lo"] is None and metrics.verdict(few) == "too few"
+    enough = metrics.paired([1.0] * 40, [0.0] * 40)
+    assert enough["clusters"] == 40 and metrics.verdict(enough) == "holds"
+
+
+def test_the_adjusted_interval_is_wider_and_can_leave_a_difference_unresolved():
+    rng = np.random.default_rng(0)
+    diffs = list(rng.normal(0.25, 1.0, 60))  # its 95% interval clears 0, the adjusted one does not
+    c = metrics.bootstrap(diffs, adjusted=1 - 0.05 / 16)
+    assert c["lo_adj"] < c["lo"] < c["mean"] < c["hi"] < c["hi_adj"]
+    assert metrics.verdict(c) == "holds" and metrics.verdict(c, adjusted=True) == "not resolved"
+
+
+def test_auc_of_one_class_is_not_a_number():
+    c = metrics.auc_ci([0.1, 0.9, 0.5], [True, True, True])
+    assert c["mean"] is None and c["one_class"]

@@ -176,3 +176,20 @@ def test_show_draws_each_score_beside_the_oracle_label(tmp_path):
     assert prm_cell != oracle_cell  # two columns: the PRM's score and the oracle's label
     rows = pictures.show(tasks.render(pr), pr["question"], steps, [0.5] * 4, tmp_path / "n.png", "no labels")
     assert {r["oracle"] for r in rows} == {"no oracle labels"}
+
+
+def test_an_answers_scores_do_not_depend_on_the_rest_of_its_batch():
+    """Scored alone, or in two different batches: the same numbers, to the last bit (answers are batched only with
+    answers of their own length, so nothing is padded)."""
+    m, p = prm.load("tiny", device="cpu")
+    probs = tasks.make_problems(8, 0, "test")
+    cands = [c for pr in probs for c in policy.candidates(pr, 3, 0)]
+    by_id = {pr["id"]: pr for pr in probs}
+    ims = [tasks.render(by_id[c["problem_id"]]) for c in cands]
+    qs = [by_id[c["problem_id"]]["question"] for c in cands]
+    st = [c["steps"] for c in cands]
+    alone, _ = prm.score_steps(m, p, ims[:1], qs[:1], st[:1])
+    with_all, _ = prm.score_steps(m, p, ims, qs, st, batch_size=16)
+    with_others, _ = prm.score_steps(m, p, ims[::-1], qs[::-1], st[::-1], batch_size=5)
+    assert len({len(s) for s in st}) > 1  # answers of several lengths were scored together
+    assert alone[0] == with_all[0] == with_others[-1]

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing silently wrong (issue 16), one test per case: (1) checkpoints a kill or a full disk cannot
+"""Nothing lost, nothing silently wrong, one test per case: (1) checkpoints a kill or a full disk cannot
 tear; (2) strict joins of scores to candidates; (3) errors that name the file, line, field or candidate; (4)
 allowed values declared in every CLI; (5) outputs checked before expensive work; (6) the minor cases; (7) a CUDA
 machine: torchrun with more processes than GPUs, device-pinned comparisons."""

@@ -1,4 +1,4 @@
-"""Policies and judges through the OpenAI-compatible API (issue 18), end to end and offline: serve.py serves the tiny
+"""Policies and judges through the OpenAI-compatible API, end to end and offline: serve.py serves the tiny
 base on a free local port; labels from --policy URL equal the in-process policy's at temperature 0; judge scores
 equal the in-process judge's; a server that dies mid-run loses nothing on --resume; a server that answers errors or
 garbage gets a bounded number of retries and a clear error; the candidate pools; the throughput benchmark."""

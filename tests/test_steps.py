@@ -186,8 +186,16 @@ def test_segment_cuts_the_same_answer_three_ways():
     assert steps.segment(FOUR, "chunks") == ["There are 3 red shapes. ", "There are 4 blue shapes.",
                                              " 3 + 4 = 7. The answer i", "s 7."]
     assert steps.segment([], "pairs") == [] and steps.segment([], "chunks") == []
-    with pytest.raises(ValueError, match="unknown segmentation 'sentences'"):
-        steps.segment(FOUR, "sentences")
+    with pytest.raises(ValueError, match="unknown segmentation 'no-such-cut'"):
+        steps.segment(FOUR, "no-such-cut")
+
+
+@pytest.mark.parametrize("cut", list(steps.CUTS))
+def test_every_cut_keeps_the_answer_whole_and_in_order(cut):
+    """A cut may move the boundaries, never the text: every character but spaces, in order, in non-empty pieces."""
+    pieces = steps.segment(FOUR, cut)
+    assert pieces and all(p.strip() for p in pieces)
+    assert "".join("".join(pieces).split()) == "".join("".join(FOUR).split())
 
 
 def run_cli(*args, stdin=None):
@@ -210,5 +218,5 @@ def test_cli_prints_the_steps_of_a_file_and_the_dropped_markers(tmp_path):
                                          f"2 steps; characters dropped (markers only): {dropped}"]
     assert run_cli("-", stdin="1. a = 2.\n2. b = 3.").stdout.splitlines() == [
         "[1] a = 2.", "[2] b = 3.", "2 steps; characters dropped (markers only): ['1.', '2.']"]
-    bad = run_cli(f, "--how", "sentences")
+    bad = run_cli(f, "--how", "no-such-cut")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -13,7 +13,7 @@ import policy
 import bench
 from common import model as vlm
 import prm
-from common import tasks
+from common import tasks, tiny
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,3 +272,45 @@ def test_a_misspelt_head_or_objective_is_refused_before_anything_runs(tmp_path):
         with pytest.raises(ValueError, match=f"{name} '[a-z]*': expected one of"):
             train.main(args(tmp_path / "x", **kw))
         assert not (tmp_path / "x").exists()
+
+
+def calibration_rows(n=8):
+    """(image, question, steps, labels, outcome, id) rows: every even step labelled right, every odd one wrong."""
+    rows = []
+    for i, pr in enumerate(tasks.make_problems(n, 0, "train")):
+        st = [s for s, _, _ in tasks.gold_steps(pr)]
+        rows.append((tasks.render(pr), pr["question"], st, [float(k % 2 == 0) for k in range(len(st))], 1.0, i))
+    return rows
+
+
+@pytest.mark.parametrize("right_is_likelier", [True, False])
+def test_a_calibration_slope_at_or_below_zero_warns(right_is_likelier, monkeypatch, capsys):
+    """The likelihood head's fit: a likelier step should score higher. Labels that say the opposite (too few, or
+    flipped) give a slope <= 0, and that is said, not trained on in silence."""
+    def fake_step_logprobs(model, batch, cumulative=False):  # (T,) one log-likelihood a step, in reading order
+        likely, unlikely = (-1.0, -3.0) if right_is_likelier else (-3.0, -1.0)
+        return torch.tensor([likely if k % 2 == 0 else unlikely
+                             for n in batch["step_of"].max(1).values.tolist() for k in range(n)])
+    monkeypatch.setattr(prm, "step_logprobs", fake_step_logprobs)
+    a = train.Args(objective="prm")
+    slope, _, _ = train.calibrate(None, tiny.tiny_processor(), calibration_rows(), a)
+    warned = "calibration slope" in capsys.readouterr().err
+    assert (slope > 0 and not warned) if right_is_likelier else (slope < 0 and warned)
+
+
+def test_a_held_out_set_without_a_wrong_step_says_so(monkeypatch):
+    class Model:  # evaluate_rm only switches modes; the scores come from the patched score_steps
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+    rows = calibration_rows(3)
+    monkeypatch.setattr(prm, "score_steps", lambda m, p, ims, qs, st, *rest: ([[0.9] * len(s) for s in st], []))
+    all_right = [r[:3] + ([1.0] * len(r[2]),) + r[4:] for r in rows]
+    res = train.evaluate_rm(Model(), None, train.Args(), all_right)
+    assert "step_auc" not in res and "first_error_f1" not in res and "every held-out step is right" in res["note"]
+    assert train.evaluate_rm(Model(), None, train.Args(), []) == {"note": "no held-out answer to score"}
+    mixed = train.evaluate_rm(Model(), None, train.Args(), rows)
+    labels = [y for r in rows for y in r[3]]  # every score 0.9: the right steps are the accurate ones
+    assert mixed["step_auc"] == 0.5 and mixed["step_acc"] == round(sum(labels) / len(labels), 4)

@@ -292,3 +292,55 @@ def test_a_real_kill_then_resume_gives_the_uninterrupted_output(tmp_path):
     assert res.returncode == 0, res.stderr
     assert out.read_bytes() == full.read_bytes()
     assert done.read_text() == Path(str(full) + ".done").read_text()
+
+
+def test_binary_search_as_a_generator_asks_each_prefix_it_needs_in_turn():
+    """The same search first_error_search drives: it yields a prefix, takes its value, returns the first error."""
+    steps = ["a", "b", "c", "d", "e"]
+    truth = 3  # prefixes up to step 2 are right (value 1), from step 3 on wrong (value 0)
+    search = tree_search.binary_search(steps, tau=0.2)
+    asked, prefix = [], next(search)
+    try:
+        while True:
+            asked.append(prefix)
+            prefix = search.send(1.0 if len(prefix) <= truth else 0.0)
+    except StopIteration as done:
+        found = done.value
+    assert found == truth and asked == [steps[:3], steps[:4]]  # mid 2 (right), then mid 3 (wrong): lo = hi = 3
+    assert tree_search.first_error_search(steps, lambda p: 1.0 if len(p) <= truth else 0.0) == truth
+
+
+def test_hard_labels_follow_the_first_error_or_the_value_against_tau():
+    mcts = {"labels": [0.9, 0.4, 0.0, 0.0], "first_error": 2, "meta": {"method": "mcts"}}
+    assert tree_search.hard_labels(mcts) == [1.0, 1.0, 0.0, 0.0]  # right before the first error, whatever the value
+    mc = {"labels": [0.9, 0.1, 0.5, 0.0], "first_error": 1, "meta": {"method": "mc"}}
+    assert tree_search.hard_labels(mc, tau=0.2) == [1.0, 0.0, 1.0, 0.0]  # each value against tau
+    right = {"labels": [0.7, 1.0], "first_error": -1, "meta": {"method": "oracle"}}
+    assert tree_search.hard_labels(right) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", list(tree_search.LABELLERS))
+def test_every_labeller_writes_valid_records_of_the_sampled_solutions(name):
+    """Each member of the registry: one valid labelled record per sampled solution with steps, soft labels in
+    [0, 1], and for the synthetic policy a first error that is the oracle's or one a search found."""
+    probs = [dict(p, image=f"images/{p['id']}.png") for p in tasks.make_problems(6, 0, "train")]
+    recs, stats = tree_search.LABELLERS[name](probs, policy.SyntheticPolicy(), 8, 0, 3, 0.2, False)
+    assert len(recs) == stats["records"] == 6 * 3
+    by_id = {p["id"]: p for p in probs}
+    for r in recs:
+        data.validate(r, "labelled")
+        assert r["meta"]["problem_id"] in by_id and len(r["labels"]) == len(r["completions"])
+    if name == "oracle":
+        assert all(r["first_error"] == tasks.first_error(by_id[r["meta"]["problem_id"]], r["completions"])
+                   for r in recs)
+
+
+def test_hard_labels_flag_writes_ones_and_zeros_and_is_part_of_the_run(tmp_path):
+    a = tree_search.Args(n_problems=3, rollouts=4, samples=2, out=str(tmp_path / "l.jsonl"), hard_labels=True)
+    tree_search.main(a)
+    recs = data.read_jsonl(a.out, "labelled")
+    assert recs and all(set(r["labels"]) <= {0.0, 1.0} for r in recs)
+    assert all(r["labels"] == tree_search.hard_labels(r, a.tau) for r in recs)
+    soft = tree_search.Args(**{**a.__dict__, "hard_labels": False, "resume": True})
+    with pytest.raises(SystemExit, match="other settings"):  # --resume of the same OUT with soft labels: refused
+        tree_search.main(soft)

@@ -45,7 +45,8 @@ def test_the_walkthrough_is_parsed_as_written():
 def test_the_walkthrough_runs_top_to_bottom_with_the_stated_output(tmp_path):
     for f in ROOT.glob("*.py"):  # the scripts, as a user runs them, writing into a fresh out/
         (tmp_path / f.name).symlink_to(f)
-    (tmp_path / "checkpoints").symlink_to(ROOT / "checkpoints")
+    for folder in ("common", "lab", "checkpoints", "datasets"):  # the packages, the tiny base, MATH-V
+        (tmp_path / folder).symlink_to(ROOT / folder)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for cmd, want in walkthrough():
         r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
