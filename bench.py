@@ -343,6 +343,7 @@ def run(a):
            **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed),
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
+           "world": {kind: tasks.world(P["test"], pools[("test", kind)]) for kind in ("base", "synthetic")},
            "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
     return res, rows, fe_items, auc_items
 

@@ -92,15 +92,36 @@ def parse_rule(rule):
     raise ValueError(f"bad rule {rule!r}: random | majority | oracle | max:KEY[:AGG] | vote:KEY[:AGG]")
 
 
-# Scores are compared to 5 decimals: closer ones are a tie (an exact expected pick among them), so that noise in
-# the last digits of a float never decides which answer is picked.
-TIE_DIGITS = 5
+# Scores are compared to 6 significant digits: closer ones are a tie (an exact expected pick among them), so that
+# noise in the last digits of a float32 never decides which answer is picked, while a score of 1e-7 still ranks
+# below one of 1e-6 (a min or a product of step scores gets that small).
+TIE_DIGITS = 6
 
 
-def prepare(pool, rule):
-    """The pool as (answer key, correctness 0/1, the rule's score rounded to TIE_DIGITS, or None) triples: what
-    every selection reads."""
+def tie_rounded(score):
+    """A score as selection compares it: to TIE_DIGITS significant digits."""
+    return float(f"{score:.{TIE_DIGITS}g}")
+
+
+def right_answer(candidate):
+    return float(bool(candidate.get("correct")))
+
+
+def every_step_right(candidate):
+    """The oracle finds no wrong step (a candidate without oracle labels counts as not faithful)."""
+    return float(candidate.get("first_error") == -1)
+
+
+# What a pick is worth: its final answer right (accuracy@N, the paper's measure), or every step right by the
+# oracle (faithful@N: a right answer reached by wrong steps, a lucky one, scores 0).
+TARGETS = {"correct": right_answer, "faithful": every_step_right}
+
+
+def prepare(pool, rule, target="correct"):
+    """The pool as (answer key, the pick's worth 0/1 under `target`, the rule's score as tie_rounded, or None)
+    triples: what every selection reads."""
     kind, key, agg = parse_rule(rule)
+    worth = TARGETS[target]
     out = []
     for c in pool:
         v = c.get("scores", {}).get(key) if key else None
@@ -108,8 +129,8 @@ def prepare(pool, rule):
             if agg is None:
                 raise ValueError(f"rule {rule!r}: {key} holds step scores, name an aggregation ({rule}:min)")
             v = aggregate(v, agg) if v else None
-        out.append((c["key"] if "key" in c else answer_key(c.get("answer")), float(bool(c.get("correct"))),
-                    None if v is None else round(float(v), TIE_DIGITS)))
+        out.append((c["key"] if "key" in c else answer_key(c.get("answer")), worth(c),
+                    None if v is None else tie_rounded(float(v))))
     return out
 
 
@@ -177,14 +198,15 @@ def at_n(items, kind, n, seed=0, name=""):
     return mean, sum((x - mean) ** 2 for x in vals) / (len(vals) - 1) / len(vals)
 
 
-def problem_rows(pools, methods, ns=NS, seed=0, meta=None):
+def problem_rows(pools, methods, ns=NS, seed=0, meta=None, target="correct"):
     """Per-problem results: one row per (problem, method): {"problem", "method", "acc": {"N": value},
-    "mc_var": {"N": Monte-Carlo variance}} plus `meta` (a dict per problem id: family, content, pool...)."""
+    "mc_var": {"N": Monte-Carlo variance}} plus `meta` (a dict per problem id: family, content, pool...). target:
+    what a pick is worth (TARGETS)."""
     rows = []
     for name, rule in methods.items():
         kind = parse_rule(rule)[0]
         for pid, pool in pools.items():
-            items = prepare(pool, rule)
+            items = prepare(pool, rule, target)
             res = {str(n): at_n(items, kind, n, seed, pid) for n in ns if n <= len(items) or n == max(ns)}
             rows.append({"problem": pid, "method": name, **(meta or {}).get(pid, {}),
                          "acc": {k: v[0] for k, v in res.items()}, "mc_var": {k: v[1] for k, v in res.items() if v[1]}})

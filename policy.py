@@ -20,7 +20,7 @@ from common.answers import extract_answer, match_answer, numbers
 from common.model import generate, load
 from common.pictures import contact_sheet
 from common.tasks import (OPS, PROGRAMS, SPLITS, FORMATS, Suite, operand, first_error, format_steps, gold_values,
-                          image_of, labelled, make_problems, seed_of, step_text, write_problems)
+                          image_of, labelled, make_problems, seed_of, step_text, world, write_problems)
 from steps import split_steps
 
 # Error rates per step kind: perception (count: misread image; read: misread a number of the question), arithmetic
@@ -214,6 +214,9 @@ def main(argv=None):
                     help="sampler strength (default: default)")
     ap.add_argument("--split", default="test", choices=list(SPLITS),
                     help="content split (default test: held out from train and from the tiny base)")
+    ap.add_argument("--stats", action="store_true",
+                    help="also print the world: per kind, the share right, lucky (right after a wrong step), "
+                         "every step right, steps, where the first wrong step falls")
     for fl in fields(Suite):
         if fl.type in (int, float, "int", "float"):
             ap.add_argument(f"--{fl.name.replace('_', '-')}", type=type(fl.default), default=fl.default,
@@ -229,6 +232,11 @@ def main(argv=None):
     accuracy = sum(c["correct"] for c in cands) / len(cands)
     print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy {accuracy:.2f}) to {a.out}\n"
           f"look at {os.path.join(a.out, 'sheet.png')}")
+    if a.stats:
+        print(f"{'kind':<15} {'answers':>7} {'right':>6} {'lucky':>6} {'faithful':>8} {'steps':>5}  first wrong step")
+        for kind, w in world(probs, cands).items():
+            print(f"{kind:<15} {w['answers']:>7} {w['right']:>6.3f} {w['lucky']:>6.3f} {w['faithful']:>8.3f} "
+                  f"{w['steps']:>5.2f}  {w['first_error_at']}")
 
 
 if __name__ == "__main__":

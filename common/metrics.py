@@ -42,6 +42,14 @@ def first_error_f1(all_scores, true_first_errors, threshold):
     return {"f1": f1, "acc_error": acc_err, "acc_correct": acc_ok}
 
 
+def f1_of_predictions(pred, true):
+    """first_error_f1 from predicted first errors directly (one per solution; -1: none predicted)."""
+    err = [p == t for p, t in zip(pred, true) if t != -1]
+    ok = [p == -1 for p, t in zip(pred, true) if t == -1]
+    accs = [sum(x) / len(x) for x in (err, ok) if x]
+    return 0.0 if not accs or 0 in accs else len(accs) / sum(1 / a for a in accs)
+
+
 def choose_threshold(dev_scores, dev_first_errors, grid=None):
     """The step-score threshold with the best first-error F1 on a dev split, from `grid` (default 0.01 .. 0.99).
     Several best: their median (the lower middle), i.e. the centre of the best range, not its edge."""

@@ -265,3 +265,30 @@ def write_problems(out, probs, name="problems.jsonl"):
     data.write_jsonl(out / name, probs, "problem")
     return probs
 
+
+
+def world(problems, candidates):
+    """How a pool's answers reach their answers, by the oracle, per kind and over all: {kind: {"answers", "right",
+    "lucky" (the share of right answers with a wrong step: right by luck), "faithful" (every step right), "steps"
+    (per answer), "first_error_at" ({"k": answers whose first wrong step is step k})}}."""
+    kind_of = {p["id"]: p["kind"] for p in problems}
+    groups = {}
+    for c in candidates:
+        if c.get("first_error") is None or c["problem_id"] not in kind_of:
+            continue
+        for kind in (kind_of[c["problem_id"]], "all"):
+            groups.setdefault(kind, []).append(c)
+    out = {}
+    for kind in sorted(groups, key=lambda k: (k == "all", k)):
+        cs = groups[kind]
+        right = [c for c in cs if c["correct"]]
+        at = {}
+        for c in cs:
+            if c["first_error"] >= 0:
+                at[str(c["first_error"] + 1)] = at.get(str(c["first_error"] + 1), 0) + 1
+        out[kind] = {"answers": len(cs), "right": round(len(right) / len(cs), 4),
+                     "lucky": round(sum(c["first_error"] != -1 for c in right) / max(len(right), 1), 4),
+                     "faithful": round(sum(c["first_error"] == -1 for c in cs) / len(cs), 4),
+                     "steps": round(sum(len(c["steps"]) for c in cs) / len(cs), 2),
+                     "first_error_at": dict(sorted(at.items()))}
+    return out

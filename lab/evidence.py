@@ -11,6 +11,7 @@ A finding "holds" when its paired interval excludes 0 in the paper's direction, 
 the other way, and is "not resolved" otherwise (docs/DESIGN.md "Evidence").
 """
 import argparse
+import itertools
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -121,6 +122,11 @@ def comparisons(ix, n=16, kept=None, seed=0):
         "chunks_hurt_visual_more": compare_diff(ix, SYN, PRM, "chunks_head", n, seed),
         "key_vs_equal": compare(ix, SYN, "key_weighted", "equal_weights", n, seed=seed),
         "prm_vs_judge_prm": compare(ix, "judged", PRM, "judge_prm", n, seed=seed),
+        # faithful@N: does the PRM pick answers whose every step is right, not just the final answer?
+        "faithful_prm_vs_orm": compare(ix, "base_faithful", PRM, "orm", n, seed=seed),
+        "faithful_prm_vs_base_likelihood": compare(ix, "base_faithful", PRM, "base_likelihood_min", n, seed=seed),
+        "faithful_prm_vs_majority": compare(ix, "base_faithful", PRM, "majority", n, seed=seed),
+        "synthetic_faithful_prm_vs_orm": compare(ix, "synthetic_faithful", PRM, "orm", n, seed=seed),
         "mixed_vs_visual_only_on_text": compare(ix, SYN, PRM, "prm_visual_head", n, "text", seed=seed),
         "mixed_vs_text_only_on_visual": compare(ix, SYN, PRM, "prm_text_head", n, "visual", seed=seed),
         "visual_only_vs_text_only_on_visual": compare(ix, SYN, "prm_visual_head", "prm_text_head", n, "visual",
@@ -250,8 +256,12 @@ def method_sets(head):
     judged = {k: bon.METHODS.get(k, f"max:prm:{head}") for k in ("random", "majority", "orm", "prm_min", "prm_mean",
                                                                "prm_head", "judge_orm", "judge_prm", "oracle")}
     half = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
-    return {"synthetic": syn, "judged": judged, "base": {**main, **tuned_and_min("base_likelihood")}, "half_a": half,
-            "half_b": half}
+    base = {**main, **tuned_and_min("base_likelihood")}
+    # faithful@N (a pick worth 1 only when every step is right by the oracle), on both pools' headline methods
+    faithful = {k: base[k] for k in ("random", "majority", "weighted_prm", "orm", "base_likelihood_min", "prm_head",
+                                     "oracle")}
+    return {"synthetic": syn, "judged": judged, "base": base, "half_a": half, "half_b": half,
+            "base_faithful": faithful, "synthetic_faithful": faithful}
 
 
 def halves(cands):
@@ -272,10 +282,12 @@ def problem_rows(a, problems, pools, scores, head):
              "judged": ([p for p in problems["test"] if p["id"] in judged], cands, synthetic)}
     half_a, half_b = halves(cands)
     parts.update(half_a=(problems["test"], half_a, synthetic), half_b=(problems["test"], half_b, synthetic))
+    parts.update(base_faithful=parts["base"], synthetic_faithful=parts["synthetic"])
     for name, (probs, cs, sets) in parts.items():
         pp = bon.make_pools(probs, cs, sets)
         meta_p = {pid: {**meta[pid], "pool": name} for pid in pp}
-        rows += bon.problem_rows(pp, rules[name], bon.NS, a.seed, meta_p)
+        target = "faithful" if name.endswith("_faithful") else "correct"
+        rows += bon.problem_rows(pp, rules[name], bon.NS, a.seed, meta_p, target)
     return rows
 
 
@@ -303,12 +315,36 @@ def step_items(problems, pools, scores):
                                  "pred": metrics.predicted_first_error(s, t), "threshold": t})
                 auc_items += [{"key": name, "problem": p["id"], "content": content(p), **x}
                               for x in fresh_items(c, p, s)]
+    for pool, name in (("synthetic", "content_free"), ("base", "content_free@base")):
+        rule = content_free_rule(problems["dev"], pools[("dev", pool)])
+        words = ", ".join(f"{family}: {'none' if at == -1 else f'step {at + 1}'}" for family, at in rule.items())
+        for c in pools[("test", pool)]:
+            p = probs[c["problem_id"]]
+            fe_items.append({"key": name, "candidate": c["id"], "problem": p["id"], "content": content(p),
+                             "family": p["family"], "true": c["first_error"], "pred": rule.get(p["family"], -1),
+                             "threshold": words})
     return fe_items, auc_items
+
+
+def content_free_rule(problems, candidates, guesses=(-1, 0, 1, 2, 3)):
+    """The control that reads no content: one guessed first wrong step per family (-1: none), chosen for the best
+    first-error F1 on dev. A verifier must beat it to show that it reads the steps. -> {family: guess}."""
+    family = {p["id"]: p["family"] for p in problems}
+    dev = [(family[c["problem_id"]], c["first_error"]) for c in candidates
+           if c.get("first_error") is not None and c["problem_id"] in family]
+    families = sorted({f for f, _ in dev})
+    best, best_f1 = {}, -1.0
+    for choice in itertools.product(guesses, repeat=len(families)):  # the first best in this order wins a tie
+        rule = dict(zip(families, choice))
+        f1 = metrics.f1_of_predictions([rule[f] for f, _ in dev], [t for _, t in dev])
+        if f1 > best_f1:
+            best, best_f1 = rule, f1
+    return best
 
 
 def with_f1(comps, fe_items, seed=0):
     """comps plus the headline's first-error F1 comparisons: the PRM vs each free verifier, on the base's answers."""
-    for free in ("orm", "base_likelihood"):
+    for free in ("orm", "base_likelihood", "content_free"):
         comps[f"headline_f1_prm_vs_{free}"] = f1_difference(fe_items, "prm@base", f"{free}@base", seed)
     return {k: v for k, v in comps.items() if v["n"]}
 
@@ -333,6 +369,7 @@ def step_tables(fe_items, auc_items, seed):
         r = metrics.first_error_f1_ci([i["pred"] for i in it], [i["true"] for i in it], [i["content"] for i in it],
                                       seed=seed)
         step[key] = {"first_error_f1": round(r["mean"], 4), "lo": r["lo"], "hi": r["hi"], "n": r["n"],
+                     "clusters": r["clusters"],
                      "threshold": it[0]["threshold"], "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
     for key in dict.fromkeys(i["key"] for i in auc_items):
         fresh[key] = {}
@@ -365,6 +402,7 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
     return {
         "bon": b, "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
         "bon_base_policy": {p: mean("base", p) for p in PARTS}, "intervals": iv, "head": head,
+        "faithful": {pool: {p: mean(f"{pool}_faithful", p) for p in PARTS} for pool in ("base", "synthetic")},
         "hybrid": mean("synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")),
         "step": step,
         "controls": {"fresh_auc": {("orm_steps" if k == "orm" else k): {kind: v["mean"] for kind, v in d.items()}

@@ -1,7 +1,10 @@
 """bench.py's results as a person reads them: report.md's tables (every number with its 95%
 interval), the accuracy-vs-N plot with interval bands, and the README's results block (between
 the bench markers). Rendering only: every number comes from results.json.
+
+    python -m lab.report --diff results/results.json out/bench/results.json   # two runs' numbers, timings aside
 """
+import argparse
 import json
 import os
 import platform
@@ -70,6 +73,12 @@ COMPARISONS = {
     "headline_f1_prm_vs_orm": "headline (base's answers): first-error F1, PRM vs ORM",
     "headline_f1_prm_vs_base_likelihood":
         "headline (base's answers): first-error F1, PRM vs the base's likelihood",
+    "headline_f1_prm_vs_content_free":
+        "headline (base's answers): first-error F1, PRM vs the content-free rule",
+    "faithful_prm_vs_orm": "faithful@16 (base's answers): PRM vs ORM",
+    "faithful_prm_vs_base_likelihood": "faithful@16 (base's answers): PRM vs the base's own step likelihood (min)",
+    "faithful_prm_vs_majority": "faithful@16 (base's answers): PRM vs majority vote",
+    "synthetic_faithful_prm_vs_orm": "faithful@16 (synthetic pools): PRM vs ORM",
 }
 
 # the ViLBench filter's two groups of items, and the comparison measured on each
@@ -111,7 +120,7 @@ def ci(c, sign=False):
         return "-"
     fmt = f3_signed if sign else f3
     if c.get("lo") is None:  # too few contents for an interval: the mean alone, said so
-        return f"{fmt(c['mean'])} (too few: {c.get('clusters', c.get('n'))})"
+        return f"{fmt(c['mean'])} (too few" + (f" contents: {c['clusters']})" if "clusters" in c else ")")
     return f"{fmt(c['mean'])} [{fmt(c['lo'])}, {fmt(c['hi'])}]"
 
 
@@ -360,6 +369,46 @@ def headline_section(base, head):
     return section(title, md(rows, columns, cell))
 
 
+def faithful_section(intervals, head):
+    """faithful@N: the same picks, worth 1 only when every step is right by the oracle (a lucky answer, right
+    after a wrong step, is worth 0), on both pools."""
+    rows, body = [m for m in HEADLINE if m in intervals.get("base_faithful", {}).get("all", {})], []
+    for pool, words in (("base_faithful", "the base's own answers"), ("synthetic_faithful", "the synthetic pools")):
+        if pool in intervals:
+            body.append(f"On {words}:\n\n" + md(rows, ["1", "4", "16 [95% CI]"],
+                                                 lambda method, n: bon_cell(intervals[pool]["all"], method, n)))
+    title = f"Faithful Best-of-N: every step of the pick right by the oracle (prm_head = prm_{head})"
+    return section(title, "\n\n".join(body))
+
+
+# what world_section shows of each pool and kind, in order
+WORLD_COLUMNS = {"answers": "answers", "right": "right", "lucky": "lucky (of right)", "faithful": "every step right",
+                 "steps": "steps", "first_error_at": "first wrong step at (1, 2, 3, 4)"}
+
+
+def world_cell(stats, column):
+    value = stats[column]
+    if column == "answers":
+        return str(value)
+    if column == "first_error_at":
+        return ", ".join(str(value.get(str(k), 0)) for k in range(1, 5))
+    return f3(value)
+
+
+def world_section(world):
+    """The world the reward models face: per pool and kind, the share right, the share of right answers reached
+    through a wrong step (lucky), every step right, steps per answer and where the first wrong step falls."""
+    rows, stats = [], {}
+    for pool, kinds in world.items():
+        for kind, values in kinds.items():
+            rows.append(f"{pool}: {kind}")
+            stats[rows[-1]] = values
+    columns = list(WORLD_COLUMNS.values())
+    names = {words: key for key, words in WORLD_COLUMNS.items()}
+    table = md(rows, columns, lambda row, column: world_cell(stats[row], names[column]))
+    return section("The world: how right answers are reached (test pools, the oracle's step truth)", table)
+
+
 def labelling_section(r, a):
     """Each labeller's cost and quality, then tau's grid on tune and the train labels' size."""
     labelling, tau = r["labelling"], r["tuning"]["tau"]
@@ -385,8 +434,9 @@ def f1_section(step):
         scores = step[method]
         if column == "F1 [95% CI]":
             return f1_ci(scores)
-        if column == "threshold":
-            return f"{scores['threshold']:.2f}"
+        if column == "threshold":  # a number, or a content-free rule's words
+            threshold = scores["threshold"]
+            return f"{threshold:.2f}" if isinstance(threshold, (int, float)) else str(threshold)
         if column == "solutions":
             return str(scores["n"])
         return f3(scores[column])  # acc_error, acc_correct
@@ -454,6 +504,10 @@ def report(r, a, curve):
     sections.append(section("The paper's findings: verdicts", verdict_table(r)))
     sections.append(section("Paired comparisons", comparison_table(r)))
     sections.append(headline_section(intervals["base"], head))
+    if r.get("world"):
+        sections.append(world_section(r["world"]))
+    if "base_faithful" in intervals:
+        sections.append(faithful_section(intervals, head))
 
     for family in ("all", "visual", "text"):
         cells = synthetic[family]
@@ -512,12 +566,25 @@ def report(r, a, curve):
 
 def readme_cell(pools, method, column):
     """Column "visual N=16": the visual items' pool at N=16. N=16 shows its interval, a
-    smaller N the mean."""
+    smaller N the mean. Column "faithful N=16": pools["faithful"], every step right."""
     family, n = column.split(" N=")
+    if method not in pools[family]:
+        return "-"
     cell = pools[family][method][n]
     if n == "16":
         return ci(cell)
     return f3(cell["mean"])
+
+
+def lucky_text(r):
+    """One sentence on how the base's right answers are reached (empty when the run has no world statistics)."""
+    world = r.get("world", {}).get("base")
+    if not world:
+        return ""
+    kinds = ", ".join(f"{kind} {world[kind]['lucky']:.2f}" for kind in world if kind != "all")
+    return (f"Of the base's right test answers, a share {world['all']['lucky']:.2f} are *lucky*: the right final "
+            f"answer after a step the oracle marks wrong (by kind: {kinds}); accuracy@N counts them right, "
+            "faithful@N does not.\n")
 
 
 def rule_text(r):
@@ -534,8 +601,11 @@ def rule_text(r):
 def update_readme(r, a, path=ROOT / "README.md"):
     """Replace the README's results block (between the bench markers) with this run's
     verdicts and headline tables."""
-    base = r["intervals"]["base"]  # the headline pool; the synthetic pools' tables are in report.md
+    base = dict(r["intervals"]["base"])  # the headline pool; the synthetic pools' tables are in report.md
     columns = ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"]
+    if "base_faithful" in r["intervals"]:  # the same picks, worth 1 only when every step is right
+        base["faithful"] = r["intervals"]["base_faithful"]["all"]
+        columns.append("faithful N=16")
     headline_rows = [m for m in HEADLINE if m in base["all"]]
 
     quick = " --quick" if a.quick else ""
@@ -555,7 +625,9 @@ def update_readme(r, a, path=ROOT / "README.md"):
     headline_intro = ("Headline: Best-of-N on the tiny base's own answers (exact expectation "
                       "over all N-subsets of the pool of 16; prm_head is the PRM's argmax with "
                       f"{r['head']}; base_likelihood_min is the untrained base's own step "
-                      "likelihood):\n")
+                      "likelihood" + ("; faithful: the pick has every step right by the oracle"
+                                      if "base_faithful" in r["intervals"] else "") + "):\n"
+                      + lucky_text(r))
     f1_intro = ("First-error F1 (ProcessBench; threshold from dev) [95% CI] "
                 "(@base: on the base's own answers):\n")
     # the block's lines; "" is the blank line after a table
@@ -638,3 +710,45 @@ def write_outputs(res, rows, fe_items, auc_items, a, out):
         (ROOT / "results").mkdir(exist_ok=True)
         for name in ("results.json", "report.md", "bon_curve.png"):
             shutil.copy(out / name, ROOT / "results" / name)
+
+
+# -----------------------------------------------------------------------------
+# two runs compared: does a rerun reproduce the numbers?
+
+# what may differ between two runs of the same code: how long they took, where, and with which paths
+NOT_NUMBERS = {"seconds", "seconds_this_run", "stage_seconds", "machine", "speed", "config"}
+
+
+def differences(old, new, path=""):
+    """Every number (or value) that differs between two results.json objects, timings aside: ["PATH: OLD vs NEW"]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            if k in NOT_NUMBERS:
+                continue
+            if k not in old or k not in new:
+                out.append(f"{path}/{k}: only in the {'second' if k in new else 'first'}")
+            else:
+                out += differences(old[k], new[k], f"{path}/{k}")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]")]
+    return [] if old == new else [f"{path}: {old!r} vs {new!r}"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+    ap.add_argument("--diff", nargs=2, metavar=("FIRST", "SECOND"), required=True,
+                    help="two results.json files: print every number that differs (timings aside)")
+    a = ap.parse_args(argv)
+    first, second = (json.loads(Path(p).read_text()) for p in a.diff)
+    found = differences(first, second)
+    for line in found:
+        print(line)
+    print(f"{len(found)} numbers differ (timings, machine and settings aside)")
+    return found
+
+
+if __name__ == "__main__":
+    main()

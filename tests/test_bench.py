@@ -39,9 +39,9 @@ STAGES = ("problems", "pools", "tau", "labels", "train_prm", "train_orm", "train
 
 
 def best_of(pairs):
-    """Expected correctness of the argmax of [(score or None, correct)] over the whole pool: scores equal to 5
-    decimals tie and split evenly, unscored never picked (all unscored: a random pick). The reference, by hand."""
-    scored = [(round(s, 5), c) for s, c in pairs if s is not None]
+    """Expected correctness of the argmax of [(score or None, correct)] over the whole pool: scores equal to 6
+    significant digits tie and split evenly, unscored never picked (all unscored: a random pick). By hand."""
+    scored = [(float(f"{s:.6g}"), c) for s, c in pairs if s is not None]
     if not scored:
         return sum(c for _, c in pairs) / len(pairs)
     top = [c for s, c in scored if s == max(s for s, _ in scored)]
@@ -64,7 +64,7 @@ def vote(pool, weight):
         if c["answer"] is None or str(c["answer"]).strip() == "":
             continue
         k = answers.normalize(c["answer"])
-        w[k] += round(weight(c), 5)  # each vote's weight to 5 decimals, as every score
+        w[k] += float(f"{weight(c):.6g}")  # each vote's weight to 6 significant digits, as every score
         right.setdefault(k, []).append(float(c["correct"]))
     top = [k for k in w if math.isclose(w[k], max(w.values()), rel_tol=1e-9)]
     return sum(sum(right[k]) / len(right[k]) for k in top) / len(top)

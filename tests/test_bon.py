@@ -38,7 +38,7 @@ def test_aggregate_literal():
     assert bon.aggregate(s, "last9") == pytest.approx(0.7)
     assert bon.aggregate([], "min") == 0.0
     with pytest.raises(ValueError):
-        bon.aggregate(s, "median")
+        bon.aggregate(s, "no-such-aggregation")
 
 
 @pytest.mark.parametrize("name", list(bon.AGGREGATIONS))
@@ -219,8 +219,8 @@ def test_cli_on_score_files(tmp_path):
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    methods = {"random", "majority", "weighted_prm", "prm_min", "prm_mean", "prm_prod", "prm_last", "prm_last2",
-               "orm_scores", "oracle"}
+    methods = {"random", "majority", "weighted_prm", "orm_scores", "oracle",
+               *(f"prm_{agg}" for agg in bon.AGGREGATIONS)}  # every aggregation of the registry, a fork's too
     assert set(res["bon"]) == {"all", "text", "visual"} and set(res["bon"]["all"]) == methods
     named = [[dict(c, scores={"prm": c["scores"]["prm"], "orm_scores": c["scores"]["orm"]}) for c in pool]
              for pool in pools.values()]  # the ORM file has no "method": its key is the file stem
@@ -319,3 +319,16 @@ def test_mathv_with_tiny_init_on_3_problems(capsys, monkeypatch):
     kept = [pid for pid in problems if want["prm_mean"][pid] - want["orm"][pid] > 1e-12]
     assert {k: res["filter"][k] for k in ("n", "kept", "of", "pairs")} == {
         "n": 15, "kept": len(kept), "of": 3, "pairs": [("max:prm:mean", "max:orm")]}
+
+
+def test_faithful_counts_a_pick_only_when_every_step_is_right():
+    """A lucky answer (right final answer, a wrong step) is right for accuracy@N and worth nothing for faithful@N."""
+    lucky = dict(cand("7", True, prm=[0.9, 0.9]), first_error=0)
+    honest = dict(cand("7", True, prm=[0.8, 0.8]), first_error=-1)
+    wrong = dict(cand("5", False, prm=[0.1, 0.2]), first_error=1)
+    pool = [lucky, honest, wrong]
+    assert select(pool, "max:prm:min") == 1.0  # the PRM picks the lucky one: right
+    items = bon.prepare(pool, "max:prm:min", target="faithful")
+    assert bon.expected(items, "max") == 0.0  # ... but not faithful
+    assert bon.expected(bon.prepare(pool, "random", target="faithful"), "random") == pytest.approx(1 / 3)
+    assert bon.expected(bon.prepare(pool, "oracle", target="faithful"), "oracle") == 1.0  # the honest one is there

@@ -195,3 +195,16 @@ def test_splits_are_disjoint_by_content_over_bench_and_the_pretraining_stream():
     assert not seen["test"] & seen["tune"] and not seen["test"] & seen["dev"] and not seen["tune"] & seen["dev"]
     with pytest.raises(ValueError, match="unknown split"):
         tasks.make_problems(1, 0, "eval")
+
+
+def test_the_content_free_rule_guesses_one_first_error_per_family_chosen_on_dev():
+    """Visual answers mostly go wrong at step 1 and text answers mostly not at all: the rule that reads no content
+    guesses exactly that, and scores the F1 such a guess earns."""
+    probs = [{"id": f"v{i}", "family": "visual"} for i in range(4)] + [{"id": f"t{i}", "family": "text"}
+                                                                        for i in range(4)]
+    truth = {"v0": 0, "v1": 0, "v2": 0, "v3": -1, "t0": -1, "t1": -1, "t2": -1, "t3": 1}
+    cands = [{"problem_id": pid, "first_error": fe} for pid, fe in truth.items()]
+    rule = evidence.content_free_rule(probs, cands)
+    assert rule == {"text": -1, "visual": 0}
+    pred = [rule[p["family"]] for p in probs]
+    assert metrics.f1_of_predictions(pred, list(truth.values())) == pytest.approx(2 / (1 / 0.75 + 1 / 0.75))

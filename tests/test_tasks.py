@@ -191,3 +191,17 @@ def test_the_sheet_has_a_legend_of_its_colours_and_of_trapped(tmp_path):
     img = Image.open(tmp_path / "s.png").convert("RGB")
     band = {img.getpixel((x, y)) for x in range(900) for y in range(44)}  # the legend, above the first problem
     assert legend[1][1] in band and legend[2][1] in band  # "right" and "first wrong" drawn in the steps' colours
+
+
+def test_world_counts_right_lucky_and_where_the_first_error_falls():
+    probs = [{"id": "a", "kind": "count_add"}, {"id": "b", "kind": "shop_total"}]
+    cands = [{"problem_id": "a", "correct": True, "first_error": -1, "steps": ["1", "2", "3", "4"]},
+             {"problem_id": "a", "correct": True, "first_error": 0, "steps": ["1", "2", "3", "4"]},  # lucky
+             {"problem_id": "a", "correct": False, "first_error": 1, "steps": ["1", "2", "3", "4"]},
+             {"problem_id": "b", "correct": True, "first_error": -1, "steps": ["1", "2", "3"]},
+             {"problem_id": "b", "correct": False, "first_error": None, "steps": ["1"]}]  # no oracle: left out
+    w = tasks.world(probs, cands)
+    assert list(w) == ["count_add", "shop_total", "all"]
+    assert w["count_add"] == {"answers": 3, "right": round(2 / 3, 4), "lucky": 0.5, "faithful": round(1 / 3, 4),
+                              "steps": 4.0, "first_error_at": {"1": 1, "2": 1}}
+    assert w["all"]["answers"] == 4 and w["all"]["lucky"] == round(1 / 3, 4) and w["all"]["steps"] == 3.75
