@@ -172,6 +172,9 @@ def calibrate(model, processor, rows, a, n=512):
         return loss
     opt.step(closure)
     slope, intercept = round(float(ab[0]), 6), round(float(ab[1]), 6)
+    if not (math.isfinite(slope) and math.isfinite(intercept)):
+        raise ValueError(f"the likelihood head's calibration is not finite (a = {slope}, b = {intercept}) on "
+                         f"{len(y)} labels: check the labels")
     if not slope > 0:  # a likelier step should score higher; a slope <= 0 turns the base's belief upside down
         print(f"[train] warning: the likelihood head's calibration slope is {slope} (<= 0) on {len(y)} labels: "
               "the labels rank steps against the base's own likelihood (too few, or flipped?)", file=sys.stderr)
@@ -412,6 +415,9 @@ def main(a: Args):
     for step in bar:
         micro = micro_batches(step, a, rows, processor, model, ids, rank, world, state)
         loss, gn = train_step(dmodel, opt, micro, a, ids, step)
+        if not (math.isfinite(loss) and math.isfinite(gn)):  # a model that is NaN is not saved as a success
+            raise ValueError(f"step {step + 1}: the loss is {loss} and the gradient norm {gn}, not finite; stopped "
+                             f"with nothing saved past the last checkpoint (check --lr {a.lr} and the labels)")
         bar.set_postfix(loss=f"{loss:.4f}")
         if rank != 0:
             continue

@@ -131,6 +131,10 @@ def validate(record, kind, where="record"):
     if n is not None and record.get("first_error") is not None and record["first_error"] >= n:
         raise RecordError(f'{where}: field "first_error": expected -1 or a step index below {n} '
                           f'(the number of {steps_field}), got {record["first_error"]}')
+    correct = record.get("meta", {}).get("correct") if kind == "labelled" else None
+    if correct is not None and not (isinstance(correct, bool) or (_num(correct) and 0 <= correct <= 1)):
+        raise RecordError(f'{where}: field "meta.correct": expected true, false or a number in [0, 1] (the '
+                          f'outcome an ORM learns), got {json.dumps(correct)[:60]}')
     if _num(record.get("answer")):
         record["answer"] = str(record["answer"])
     if kind == "labelled":

@@ -27,9 +27,15 @@ PARTS = ("all", "visual", "text")
 
 
 def index(rows):
-    """{(pool, method): {problem: row}}: the lookup every comparison reads."""
+    """{(pool, method): {problem: row}}: the lookup every comparison reads. Two rows for one (pool, method,
+    problem) are an error naming both (a second run appended to the same file would otherwise win silently)."""
     out = defaultdict(dict)
-    for r in rows:
+    for i, r in enumerate(rows, 1):
+        seen = out[(r["pool"], r["method"])].get(r["problem"])
+        if seen is not None:
+            where = [f"line {x.get('line', '?')}" for x in (seen, r)] if "line" in r else [f"row {i}"]
+            raise ValueError(f"problem {r['problem']}, pool {r['pool']}, method {r['method']}: two rows "
+                             f"({', '.join(where)}); one run's rows per file")
         out[(r["pool"], r["method"])][r["problem"]] = r
     return out
 
@@ -429,8 +435,20 @@ def said(c):
 
 
 def read_rows(path):
+    """The rows of a JSONL file, each with its "line" number; a bad line is an error naming the file and line."""
+    rows = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object")
+            rows.append({**row, "line": n})
+    return rows
 
 
 def main(argv=None):

@@ -1,6 +1,7 @@
 """The evidence on literal inputs: exact accuracy@N against brute-force enumeration, bootstrap intervals, paired
 comparisons, verdicts; and the content-disjoint splits over what bench.py and the tiny base actually use."""
 import itertools
+import json
 import math
 import random
 
@@ -208,3 +209,11 @@ def test_the_content_free_rule_guesses_one_first_error_per_family_chosen_on_dev(
     assert rule == {"text": -1, "visual": 0}
     pred = [rule[p["family"]] for p in probs]
     assert metrics.f1_of_predictions(pred, list(truth.values())) == pytest.approx(2 / (1 / 0.75 + 1 / 0.75))
+
+
+def test_a_second_run_appended_to_the_rows_is_an_error_naming_both_lines(tmp_path):
+    rows = [row("p1", "text", "prm_head", {"16": 1.0}), row("p1", "text", "orm", {"16": 0.0})]
+    path = tmp_path / "per_problem.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]))
+    with pytest.raises(ValueError, match=r"problem p1, pool synthetic, method prm_head: two rows \(line 1, line 3\)"):
+        evidence.index(evidence.read_rows(path))

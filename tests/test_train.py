@@ -314,3 +314,23 @@ def test_a_held_out_set_without_a_wrong_step_says_so(monkeypatch):
     mixed = train.evaluate_rm(Model(), None, train.Args(), rows)
     labels = [y for r in rows for y in r[3]]  # every score 0.9: the right steps are the accurate ones
     assert mixed["step_auc"] == 0.5 and mixed["step_acc"] == round(sum(labels) / len(labels), 4)
+
+
+def test_a_loss_that_is_not_finite_stops_training_with_nothing_saved(tmp_path):
+    """A learning rate of 1e6 blows the tag head up: training stops naming the step, and no model is saved."""
+    policy.write_suite(tmp_path / "suite", 4, seed=0)
+    a = train.Args(objective="prm", head="tag", model="tiny", data=str(tmp_path / "suite" / "labels.jsonl"),
+                   out=str(tmp_path / "prm"), max_steps=6, batch_size=4, lr=1e6, warmup=1, eval_every=100,
+                   save_every=100, device="cpu")
+    with pytest.raises(ValueError, match=r"step \d+: the loss is .* not finite"):
+        train.main(a)
+    assert not (tmp_path / "prm" / "config.json").exists()
+
+
+def test_an_outcome_outside_0_1_names_the_file_line_and_field(tmp_path):
+    from common import data
+    rec = {"id": "r", "images": ["x.png"], "prompt": "q", "completions": ["a"], "labels": [1.0], "meta": {"correct": 7}}
+    path = tmp_path / "l.jsonl"
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(data.RecordError, match=r'l.jsonl:1: field "meta.correct": expected true, false or a number'):
+        data.read_jsonl(path, "labelled")
