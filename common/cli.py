@@ -6,12 +6,30 @@ metadata), and an expected error (a bad file, line, field or value) ends the run
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
 
+def within(kind, low=None, high=None):
+    """An argparse type: a number of `kind`, finite, and within [low, high] (None: no bound on that side)."""
+    words = " and ".join(w for w in (f"at least {low}" if low is not None else "",
+                                     f"at most {high}" if high is not None else "") if w)
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text}: expected a finite number{', ' + words if words else ''}")
+        return value
+    return parse
+
+
 def parse_args(cls, argv=None, doc=None):
-    """argparse from a settings dataclass: one --flag per field, its help (and `choices`) from the field's metadata."""
+    """argparse from a settings dataclass: one --flag per field, its help (and `choices`, or a numeric `range`
+    (low, high)) from the field's metadata."""
     # allow_abbrev=False: "--max-step" is an error, not a silent "--max-steps"
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -25,6 +43,8 @@ def parse_args(cls, argv=None, doc=None):
             kw = {"nargs": "+"}
         else:
             kw = {"type": str if f.default is None else type(f.default)}
+        if "range" in f.metadata:  # (low, high): a number outside it is refused when parsed
+            kw["type"] = within(type(f.default), *f.metadata["range"])
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if "(default" not in helptext and f.default not in ("", None):  # nothing to say of an empty default

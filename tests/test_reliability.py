@@ -355,3 +355,14 @@ def test_7_more_processes_than_gpus_fall_back_to_cpu_with_gloo():
     assert recipe.placement("", local_rank=1, n_gpus=2) == ("cuda:1", "nccl")
     assert recipe.placement("", local_rank=0, n_gpus=0) == ("cpu", "gloo")
     assert recipe.placement("cpu", local_rank=0, n_gpus=8) == ("cpu", "gloo")
+
+
+@pytest.mark.parametrize("argv,bad", [
+    (["tree_search.py", "--rollouts", "0"], "--rollouts: 0"), (["tree_search.py", "--rollouts", "-3"], "--rollouts: -3"),
+    (["tree_search.py", "--tau", "nan"], "--tau: nan"), (["tree_search.py", "--samples", "0"], "--samples: 0"),
+    (["train.py", "--max-steps", "-5"], "--max-steps: -5"), (["train.py", "--batch-size", "0"], "--batch-size: 0"),
+    (["train.py", "--save-every", "0"], "--save-every: 0"), (["train.py", "--grad-accum", "0"], "--grad-accum: 0")])
+def test_4_a_number_out_of_range_is_refused_at_parse_time_naming_the_option(tmp_path, argv, bad):
+    r = run(ROOT / argv[0], *argv[1:], cwd=tmp_path)
+    assert r.returncode == 2 and bad in r.stderr and "expected a finite number" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing made
