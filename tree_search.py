@@ -21,7 +21,6 @@ as it is made; OUT.done lists the finished problems, so --resume after a kill lo
 import json
 import math
 import os
-import random
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor

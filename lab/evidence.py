@@ -10,16 +10,16 @@ A row: {"problem", "content" (the cluster key: problems that share content are r
 A finding "holds" when its paired interval excludes 0 in the paper's direction, is "opposite" when it excludes 0
 the other way, and is "not resolved" otherwise (docs/DESIGN.md "Evidence").
 """
+
 import argparse
 import itertools
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 import bon
-from common import cli, metrics, tasks
+from common import cli, data, metrics, tasks
 from lab.controls import fresh_items, key_weighted
 from steps import CUTS
 
@@ -28,21 +28,28 @@ PARTS = ("all", "visual", "text")
 
 def index(rows):
     """{(pool, method): {problem: row}}: the lookup every comparison reads. Two rows for one (pool, method,
-    problem) are an error naming both (a second run appended to the same file would otherwise win silently)."""
+    problem) are an error naming both (a second run appended to the same file would otherwise win silently).
+    """
     out = defaultdict(dict)
     for i, r in enumerate(rows, 1):
         seen = out[(r["pool"], r["method"])].get(r["problem"])
         if seen is not None:
             where = [f"line {x.get('line', '?')}" for x in (seen, r)] if "line" in r else [f"row {i}"]
-            raise ValueError(f"problem {r['problem']}, pool {r['pool']}, method {r['method']}: two rows "
-                             f"({', '.join(where)}); one run's rows per file")
+            raise ValueError(
+                f"problem {r['problem']}, pool {r['pool']}, method {r['method']}: two rows "
+                f"({', '.join(where)}); one run's rows per file"
+            )
         out[(r["pool"], r["method"])][r["problem"]] = r
     return out
 
 
 def _select(ix, pool, method, part, problems=None):
     rs = ix.get((pool, method), {})
-    keep = [p for p in sorted(rs) if (part == "all" or rs[p]["family"] == part) and (problems is None or p in problems)]
+    keep = [
+        p
+        for p in sorted(rs)
+        if (part == "all" or rs[p]["family"] == part) and (problems is None or p in problems)
+    ]
     return [rs[p] for p in keep]
 
 
@@ -57,8 +64,10 @@ def cell(ix, pool, method, n, part="all", seed=0):
 
 def table(ix, pool, methods, ns, parts=PARTS, seed=0):
     """{part: {method: {"N": cell}}} for the methods present in the pool."""
-    return {part: {m: {str(n): cell(ix, pool, m, n, part, seed) for n in ns} for m in methods if (pool, m) in ix}
-            for part in parts}
+    return {
+        part: {m: {str(n): cell(ix, pool, m, n, part, seed) for n in ns} for m in methods if (pool, m) in ix}
+        for part in parts
+    }
 
 
 def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None):
@@ -66,8 +75,13 @@ def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None
     ra = {r["problem"]: r for r in _select(ix, pool, a, part, problems)}
     rb = {r["problem"]: r for r in _select(ix, pool_b or pool, b, part, problems)}
     both = [p for p in ra if p in rb and str(n) in ra[p]["acc"] and str(n) in rb[p]["acc"]]
-    ci = metrics.paired([ra[p]["acc"][str(n)] for p in both], [rb[p]["acc"][str(n)] for p in both],
-                        [ra[p]["content"] for p in both], seed=seed, adjusted=adjusted_level())
+    ci = metrics.paired(
+        [ra[p]["acc"][str(n)] for p in both],
+        [rb[p]["acc"][str(n)] for p in both],
+        [ra[p]["content"] for p in both],
+        seed=seed,
+        adjusted=adjusted_level(),
+    )
     return {**ci, "a": a, "b": b, "pool": pool, "n_best": n, "part": part}
 
 
@@ -80,8 +94,14 @@ def gain(ix, pool, method, n, part):
 def compare_gain(ix, pool, method, n=16, seed=0):
     """Text gain minus visual gain of `method` (different problems: resampled apart)."""
     (gt, ct), (gv, cv) = gain(ix, pool, method, n, "text"), gain(ix, pool, method, n, "visual")
-    return {**metrics.unpaired(gt, gv, ct, cv, seed=seed, adjusted=adjusted_level()), "a": f"{method} gain (text)",
-            "b": f"{method} gain (visual)", "pool": pool, "n_best": n, "part": "text - visual"}
+    return {
+        **metrics.unpaired(gt, gv, ct, cv, seed=seed, adjusted=adjusted_level()),
+        "a": f"{method} gain (text)",
+        "b": f"{method} gain (visual)",
+        "pool": pool,
+        "n_best": n,
+        "part": "text - visual",
+    }
 
 
 def compare_diff(ix, pool, a, b, n=16, seed=0):
@@ -91,10 +111,19 @@ def compare_diff(ix, pool, a, b, n=16, seed=0):
         ra = {r["problem"]: r for r in _select(ix, pool, a, part)}
         rb = {r["problem"]: r for r in _select(ix, pool, b, part)}
         both = [p for p in ra if p in rb]
-        d[part] = ([ra[p]["acc"][str(n)] - rb[p]["acc"][str(n)] for p in both], [ra[p]["content"] for p in both])
+        d[part] = (
+            [ra[p]["acc"][str(n)] - rb[p]["acc"][str(n)] for p in both],
+            [ra[p]["content"] for p in both],
+        )
     (dv, cv), (dt, ct) = d["visual"], d["text"]
-    return {**metrics.unpaired(dv, dt, cv, ct, seed=seed, adjusted=adjusted_level()),
-            "a": f"{a} - {b} (visual)", "b": f"{a} - {b} (text)", "pool": pool, "n_best": n, "part": "visual - text"}
+    return {
+        **metrics.unpaired(dv, dt, cv, ct, seed=seed, adjusted=adjusted_level()),
+        "a": f"{a} - {b} (visual)",
+        "b": f"{a} - {b} (text)",
+        "pool": pool,
+        "n_best": n,
+        "part": "visual - text",
+    }
 
 
 def other_cuts():
@@ -130,17 +159,23 @@ def comparisons(ix, n=16, kept=None, seed=0):
         "prm_vs_judge_prm": compare(ix, "judged", PRM, "judge_prm", n, seed=seed),
         # faithful@N: does the PRM pick answers whose every step is right, not just the final answer?
         "faithful_prm_vs_orm": compare(ix, "base_faithful", PRM, "orm", n, seed=seed),
-        "faithful_prm_vs_base_likelihood": compare(ix, "base_faithful", PRM, "base_likelihood_min", n, seed=seed),
+        "faithful_prm_vs_base_likelihood": compare(
+            ix, "base_faithful", PRM, "base_likelihood_min", n, seed=seed
+        ),
         "faithful_prm_vs_majority": compare(ix, "base_faithful", PRM, "majority", n, seed=seed),
         "synthetic_faithful_prm_vs_orm": compare(ix, "synthetic_faithful", PRM, "orm", n, seed=seed),
         "mixed_vs_visual_only_on_text": compare(ix, SYN, PRM, "prm_visual_head", n, "text", seed=seed),
         "mixed_vs_text_only_on_visual": compare(ix, SYN, PRM, "prm_text_head", n, "visual", seed=seed),
-        "visual_only_vs_text_only_on_visual": compare(ix, SYN, "prm_visual_head", "prm_text_head", n, "visual",
-                                                      seed=seed),
-        "text_only_vs_visual_only_on_text": compare(ix, SYN, "prm_text_head", "prm_visual_head", n, "text",
-                                                    seed=seed),
+        "visual_only_vs_text_only_on_visual": compare(
+            ix, SYN, "prm_visual_head", "prm_text_head", n, "visual", seed=seed
+        ),
+        "text_only_vs_visual_only_on_text": compare(
+            ix, SYN, "prm_text_head", "prm_visual_head", n, "text", seed=seed
+        ),
     }
-    if kept is not None:  # the ViLBench filter: kept on half A of each pool, measured on half B (other candidates)
+    if (
+        kept is not None
+    ):  # the ViLBench filter: kept on half A of each pool, measured on half B (other candidates)
         half = n
         if ("half_b", PRM) in ix:  # the largest N a half-pool has
             half = max(int(k) for r in ix[("half_b", PRM)].values() for k in r["acc"])
@@ -152,20 +187,37 @@ def comparisons(ix, n=16, kept=None, seed=0):
 
 # The paper's findings (ViLBench's abstract, Sec. 3-5 and conclusion), each read off one or two comparisons.
 FINDINGS = [
-    ("a trained PRM picks better than what one gets for free: majority vote, an ORM, the base's own likelihood "
-     "(the base's own answers)", ("headline_prm_vs_majority", "headline_prm_vs_orm",
-                                  "headline_prm_vs_base_likelihood"), "all"),
-    ("... and finds the first wrong step better than the ORM and the base's likelihood (first-error F1)",
-     ("headline_f1_prm_vs_orm", "headline_f1_prm_vs_base_likelihood"), "all"),
+    (
+        "a trained PRM picks better than what one gets for free: majority vote, an ORM, the base's own likelihood "
+        "(the base's own answers)",
+        ("headline_prm_vs_majority", "headline_prm_vs_orm", "headline_prm_vs_base_likelihood"),
+        "all",
+    ),
+    (
+        "... and finds the first wrong step better than the ORM and the base's likelihood (first-error F1)",
+        ("headline_f1_prm_vs_orm", "headline_f1_prm_vs_base_likelihood"),
+        "all",
+    ),
     ("neither ORM nor PRM wins everywhere", ("prm_vs_orm_visual", "prm_vs_orm_text"), "split"),
-    ("the hybrid (score the last 2 steps) >= full PRM (mean) and ORM", ("last2_vs_mean", "last2_vs_orm"), "all"),
-    ("text-dominant items gain more from Best-of-N than vision-dominant ones", ("text_gain_vs_visual_gain",), "all"),
+    (
+        "the hybrid (score the last 2 steps) >= full PRM (mean) and ORM",
+        ("last2_vs_mean", "last2_vs_orm"),
+        "all",
+    ),
+    (
+        "text-dominant items gain more from Best-of-N than vision-dominant ones",
+        ("text_gain_vs_visual_gain",),
+        "all",
+    ),
     ("PRM > ORM on the ViLBench-filtered items", ("filtered_prm_vs_orm",), "all"),
     ("unclear step divisions hurt a PRM (writer's steps > 24-character chunks)", ("steps_vs_chunks",), "all"),
     ("... and hurt most on visual items", ("chunks_hurt_visual_more",), "all"),
     ("weighting key steps beats equal weights", ("key_vs_equal",), "all"),
-    ("a PRM trained on one domain generalises poorly; mixed data helps",
-     ("mixed_vs_visual_only_on_text", "mixed_vs_text_only_on_visual"), "all"),
+    (
+        "a PRM trained on one domain generalises poorly; mixed data helps",
+        ("mixed_vs_visual_only_on_text", "mixed_vs_text_only_on_visual"),
+        "all",
+    ),
 ]
 
 
@@ -211,14 +263,31 @@ def verdicts(comps):
     for name, keys, how in FINDINGS:
         cs = {k: comps[k] for k in keys if k in comps}
         if len(cs) < len(keys):
-            out.append({"finding": name, "verdict": "not run", "verdict_adjusted": "not run", "decided_by": [],
-                        "comparisons": list(keys), "each": {}})
+            out.append(
+                {
+                    "finding": name,
+                    "verdict": "not run",
+                    "verdict_adjusted": "not run",
+                    "decided_by": [],
+                    "comparisons": list(keys),
+                    "each": {},
+                }
+            )
             continue
         verdict, decided_by = combine(cs, how)
         adjusted, decided_by_adjusted = combine(cs, how, adjusted=True)
         each = {k: [metrics.verdict(c), metrics.verdict(c, adjusted=True)] for k, c in cs.items()}
-        out.append({"finding": name, "verdict": verdict, "verdict_adjusted": adjusted, "decided_by": decided_by,
-                    "decided_by_adjusted": decided_by_adjusted, "comparisons": list(keys), "each": each})
+        out.append(
+            {
+                "finding": name,
+                "verdict": verdict,
+                "verdict_adjusted": adjusted,
+                "decided_by": decided_by,
+                "decided_by_adjusted": decided_by_adjusted,
+                "comparisons": list(keys),
+                "each": each,
+            }
+        )
     return out
 
 
@@ -251,29 +320,63 @@ def segmentation_rules(head):
 
 def method_sets(head):
     """The rules of each pool; names ending in _head use the aggregation chosen on tune (so seeds pool)."""
+
     def tuned_and_min(key):  # a step-score key read with the tuned aggregation and with min
         return {f"{key}_head": f"max:{key}:{head}", f"{key}_min": f"max:{key}:min"}
+
     main = {k: v for k, v in bon.METHODS.items() if not k.startswith("judge")}
     main.update({"prm_last3": "max:prm:last3", "prm_head": f"max:prm:{head}"})
-    syn = {**main, **tuned_and_min("base_likelihood"), **tuned_and_min("prm_blank"), **tuned_and_min("prior"), **tuned_and_min("orm_steps"),
-           **segmentation_rules(head),
-           "key_weighted": "max:prm_key", "equal_weights": "max:prm:mean",
-           "prm_visual_head": f"max:prm_visual:{head}", "prm_text_head": f"max:prm_text:{head}"}
-    judged = {k: bon.METHODS.get(k, f"max:prm:{head}") for k in ("random", "majority", "orm", "prm_min", "prm_mean",
-                                                               "prm_head", "judge_orm", "judge_prm", "oracle")}
+    syn = {
+        **main,
+        **tuned_and_min("base_likelihood"),
+        **tuned_and_min("prm_blank"),
+        **tuned_and_min("prior"),
+        **tuned_and_min("orm_steps"),
+        **segmentation_rules(head),
+        "key_weighted": "max:prm_key",
+        "equal_weights": "max:prm:mean",
+        "prm_visual_head": f"max:prm_visual:{head}",
+        "prm_text_head": f"max:prm_text:{head}",
+    }
+    judged = {
+        k: bon.METHODS.get(k, f"max:prm:{head}")
+        for k in (
+            "random",
+            "majority",
+            "orm",
+            "prm_min",
+            "prm_mean",
+            "prm_head",
+            "judge_orm",
+            "judge_prm",
+            "oracle",
+        )
+    }
     half = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
     base = {**main, **tuned_and_min("base_likelihood")}
     # faithful@N (a pick worth 1 only when every step is right by the oracle), on both pools' headline methods
-    faithful = {k: base[k] for k in ("random", "majority", "weighted_prm", "orm", "base_likelihood_min", "prm_head",
-                                     "oracle")}
-    return {"synthetic": syn, "judged": judged, "base": base, "half_a": half, "half_b": half,
-            "base_faithful": faithful, "synthetic_faithful": faithful}
+    faithful = {
+        k: base[k]
+        for k in ("random", "majority", "weighted_prm", "orm", "base_likelihood_min", "prm_head", "oracle")
+    }
+    return {
+        "synthetic": syn,
+        "judged": judged,
+        "base": base,
+        "half_a": half,
+        "half_b": half,
+        "base_faithful": faithful,
+        "synthetic_faithful": faithful,
+    }
 
 
 def halves(cands):
     """Each pool cut in two halves of other candidates (even / odd index within each sampler): the ViLBench filter
     keeps items on half A and is measured on half B, so the same noise cannot both select and confirm."""
-    return ([c for c in cands if int(c["id"][-2:]) % 2 == 0], [c for c in cands if int(c["id"][-2:]) % 2 == 1])
+    return (
+        [c for c in cands if int(c["id"][-2:]) % 2 == 0],
+        [c for c in cands if int(c["id"][-2:]) % 2 == 1],
+    )
 
 
 def problem_rows(a, problems, pools, scores, head):
@@ -281,11 +384,18 @@ def problem_rows(a, problems, pools, scores, head):
     meta = {p["id"]: {"family": p["family"], "content": content(p)} for p in problems["test"]}
     synthetic = dict(scores["test_synthetic"])
     cands = pools[("test", "synthetic")]
-    synthetic["prm_key"] = {c["id"]: key_weighted(synthetic["prm"][c["id"]], c["steps"]) for c in cands if c["id"] in synthetic["prm"]}
+    synthetic["prm_key"] = {
+        c["id"]: key_weighted(synthetic["prm"][c["id"]], c["steps"])
+        for c in cands
+        if c["id"] in synthetic["prm"]
+    }
     judged = judged_ids(problems["test"], a.judge_n)
     rules, rows = method_sets(head), []
-    parts = {"synthetic": (problems["test"], cands, synthetic), "base": (problems["test"], pools[("test", "base")], scores["test_base"]),
-             "judged": ([p for p in problems["test"] if p["id"] in judged], cands, synthetic)}
+    parts = {
+        "synthetic": (problems["test"], cands, synthetic),
+        "base": (problems["test"], pools[("test", "base")], scores["test_base"]),
+        "judged": ([p for p in problems["test"] if p["id"] in judged], cands, synthetic),
+    }
     half_a, half_b = halves(cands)
     parts.update(half_a=(problems["test"], half_a, synthetic), half_b=(problems["test"], half_b, synthetic))
     parts.update(base_faithful=parts["base"], synthetic_faithful=parts["synthetic"])
@@ -300,9 +410,17 @@ def problem_rows(a, problems, pools, scores, head):
 def step_items(problems, pools, scores):
     """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind, for each
     pool; keys of the headline (base) pool end in "@base"."""
-    keys = {"synthetic": {"prm": "prm", "orm": "orm_steps", "prm_blank": "prm_blank", "prior": "prior",
-                          "base_likelihood": "base_likelihood", "judge_prm": "judge_prm"},
-            "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"}}
+    keys = {
+        "synthetic": {
+            "prm": "prm",
+            "orm": "orm_steps",
+            "prm_blank": "prm_blank",
+            "prior": "prior",
+            "base_likelihood": "base_likelihood",
+            "judge_prm": "judge_prm",
+        },
+        "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"},
+    }
     probs = {p["id"]: p for p in problems["test"]}
     fe_items, auc_items = [], []
     for pool, names in keys.items():
@@ -316,19 +434,41 @@ def step_items(problems, pools, scores):
                     continue
                 bon.check_same_steps(key, c["id"], s, len(c["steps"]))
                 p = probs[c["problem_id"]]
-                fe_items.append({"key": name, "candidate": c["id"], "problem": p["id"], "content": content(p),
-                                 "family": p["family"], "true": c["first_error"],
-                                 "pred": metrics.predicted_first_error(s, t), "threshold": t})
-                auc_items += [{"key": name, "problem": p["id"], "content": content(p), **x}
-                              for x in fresh_items(c, p, s)]
+                fe_items.append(
+                    {
+                        "key": name,
+                        "candidate": c["id"],
+                        "problem": p["id"],
+                        "content": content(p),
+                        "family": p["family"],
+                        "true": c["first_error"],
+                        "pred": metrics.predicted_first_error(s, t),
+                        "threshold": t,
+                    }
+                )
+                auc_items += [
+                    {"key": name, "problem": p["id"], "content": content(p), **x}
+                    for x in fresh_items(c, p, s)
+                ]
     for pool, name in (("synthetic", "content_free"), ("base", "content_free@base")):
         rule = content_free_rule(problems["dev"], pools[("dev", pool)])
-        words = ", ".join(f"{family}: {'none' if at == -1 else f'step {at + 1}'}" for family, at in rule.items())
+        words = ", ".join(
+            f"{family}: {'none' if at == -1 else f'step {at + 1}'}" for family, at in rule.items()
+        )
         for c in pools[("test", pool)]:
             p = probs[c["problem_id"]]
-            fe_items.append({"key": name, "candidate": c["id"], "problem": p["id"], "content": content(p),
-                             "family": p["family"], "true": c["first_error"], "pred": rule.get(p["family"], -1),
-                             "threshold": words})
+            fe_items.append(
+                {
+                    "key": name,
+                    "candidate": c["id"],
+                    "problem": p["id"],
+                    "content": content(p),
+                    "family": p["family"],
+                    "true": c["first_error"],
+                    "pred": rule.get(p["family"], -1),
+                    "threshold": words,
+                }
+            )
     return fe_items, auc_items
 
 
@@ -336,8 +476,11 @@ def content_free_rule(problems, candidates, guesses=(-1, 0, 1, 2, 3)):
     """The control that reads no content: one guessed first wrong step per family (-1: none), chosen for the best
     first-error F1 on dev. A verifier must beat it to show that it reads the steps. -> {family: guess}."""
     family = {p["id"]: p["family"] for p in problems}
-    dev = [(family[c["problem_id"]], c["first_error"]) for c in candidates
-           if c.get("first_error") is not None and c["problem_id"] in family]
+    dev = [
+        (family[c["problem_id"]], c["first_error"])
+        for c in candidates
+        if c.get("first_error") is not None and c["problem_id"] in family
+    ]
     families = sorted({f for f, _ in dev})
     best, best_f1 = {}, -1.0
     for choice in itertools.product(guesses, repeat=len(families)):  # the first best in this order wins a tie
@@ -362,9 +505,14 @@ def f1_difference(fe_items, a, b, seed=0):
     both = [c for c in A if c in B]
     if not both:
         return dict(metrics.EMPTY)
-    return metrics.first_error_f1_ci([A[c]["pred"] for c in both], [A[c]["true"] for c in both],
-                                     [A[c]["content"] for c in both], seed=seed, pred_b=[B[c]["pred"] for c in both],
-                                     adjusted=adjusted_level())
+    return metrics.first_error_f1_ci(
+        [A[c]["pred"] for c in both],
+        [A[c]["true"] for c in both],
+        [A[c]["content"] for c in both],
+        seed=seed,
+        pred_b=[B[c]["pred"] for c in both],
+        adjusted=adjusted_level(),
+    )
 
 
 def step_tables(fe_items, auc_items, seed):
@@ -372,30 +520,54 @@ def step_tables(fe_items, auc_items, seed):
     step, fresh = {}, {}
     for key in dict.fromkeys(i["key"] for i in fe_items):
         it = [i for i in fe_items if i["key"] == key]
-        r = metrics.first_error_f1_ci([i["pred"] for i in it], [i["true"] for i in it], [i["content"] for i in it],
-                                      seed=seed)
-        step[key] = {"first_error_f1": round(r["mean"], 4), "lo": r["lo"], "hi": r["hi"], "n": r["n"],
-                     "clusters": r["clusters"],
-                     "threshold": it[0]["threshold"], "acc_error": r["acc_error"], "acc_correct": r["acc_correct"]}
+        r = metrics.first_error_f1_ci(
+            [i["pred"] for i in it], [i["true"] for i in it], [i["content"] for i in it], seed=seed
+        )
+        step[key] = {
+            "first_error_f1": round(r["mean"], 4),
+            "lo": r["lo"],
+            "hi": r["hi"],
+            "n": r["n"],
+            "clusters": r["clusters"],
+            "threshold": it[0]["threshold"],
+            "acc_error": r["acc_error"],
+            "acc_correct": r["acc_correct"],
+        }
     for key in dict.fromkeys(i["key"] for i in auc_items):
         fresh[key] = {}
         for kind in sorted({i["kind"] for i in auc_items if i["key"] == key}):
             it = [i for i in auc_items if i["key"] == key and i["kind"] == kind]
-            fresh[key][kind] = metrics.auc_ci([i["score"] for i in it], [i["label"] for i in it],
-                                              [i["content"] for i in it], seed=seed)
+            fresh[key][kind] = metrics.auc_ci(
+                [i["score"] for i in it], [i["label"] for i in it], [i["content"] for i in it], seed=seed
+            )
     return step, fresh
 
 
 def results_from(a, rows, fe_items, auc_items, head, seed):
     """Every table, comparison and verdict from the per-problem rows and step items (one seed, or pooled seeds)."""
     ix, rules = index(rows), method_sets(head)
-    iv = {pool: table(ix, pool, list(rules[pool]), [n for n in bon.NS if pool[:4] != "half" or n <= a.pool // 2],
-                        seed=seed) for pool in rules}
+    iv = {
+        pool: table(
+            ix,
+            pool,
+            list(rules[pool]),
+            [n for n in bon.NS if pool[:4] != "half" or n <= a.pool // 2],
+            seed=seed,
+        )
+        for pool in rules
+    }
 
     def mean(pool, part, methods=None):  # the table's means alone: {method: {"N": mean}}
-        return {m: {n: c["mean"] for n, c in cells.items()} for m, cells in iv[pool][part].items()
-                if methods is None or m in methods}
-    b = {part: {**mean("synthetic", part), **mean("judged", part, ("judge_orm", "judge_prm"))} for part in PARTS}
+        return {
+            m: {n: c["mean"] for n, c in cells.items()}
+            for m, cells in iv[pool][part].items()
+            if methods is None or m in methods
+        }
+
+    b = {
+        part: {**mean("synthetic", part), **mean("judged", part, ("judge_orm", "judge_prm"))}
+        for part in PARTS
+    }
     half = {r["problem"]: r for r in rows if r["pool"] == "half_a"}
     ha = {(r["problem"], r["method"]): r["acc"] for r in rows if r["pool"] == "half_a"}
     top = str(min(8, a.pool // 2))
@@ -405,26 +577,52 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
 
     def gain_at_16(part, method):  # over one random sample
         return round(b[part][method]["16"] - b[part]["random"]["1"], 4)
+
     return {
-        "bon": b, "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
-        "bon_base_policy": {p: mean("base", p) for p in PARTS}, "intervals": iv, "head": head,
+        "bon": b,
+        "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
+        "bon_base_policy": {p: mean("base", p) for p in PARTS},
+        "intervals": iv,
+        "head": head,
         "faithful": {pool: {p: mean(f"{pool}_faithful", p) for p in PARTS} for pool in ("base", "synthetic")},
-        "hybrid": mean("synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")),
+        "hybrid": mean(
+            "synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")
+        ),
         "step": step,
-        "controls": {"fresh_auc": {("orm_steps" if k == "orm" else k): {kind: v["mean"] for kind, v in d.items()}
-                                   for k, d in fresh.items()},
-                     "fresh_auc_ci": fresh,
-                     "bon": {k: b["all"][f"{k}_min"] for k in ("prm", "prm_blank", "prior", "base_likelihood",
-                                                                "orm_steps")}},
-        "segmentation": mean("synthetic", "all", list(segmentation_rules(head)) + ["key_weighted", "equal_weights"]),
-        "cross_domain": {p: mean("synthetic", p, ("prm_head", "prm_visual_head", "prm_text_head")) for p in PARTS},
-        "gain_over_one_sample": {f: {m: gain_at_16(f, m) for m in
-                                     ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_head", "oracle")}
-                                 for f in ("text", "visual")},
+        "controls": {
+            "fresh_auc": {
+                ("orm_steps" if k == "orm" else k): {kind: v["mean"] for kind, v in d.items()}
+                for k, d in fresh.items()
+            },
+            "fresh_auc_ci": fresh,
+            "bon": {
+                k: b["all"][f"{k}_min"] for k in ("prm", "prm_blank", "prior", "base_likelihood", "orm_steps")
+            },
+        },
+        "segmentation": mean(
+            "synthetic", "all", list(segmentation_rules(head)) + ["key_weighted", "equal_weights"]
+        ),
+        "cross_domain": {
+            p: mean("synthetic", p, ("prm_head", "prm_visual_head", "prm_text_head")) for p in PARTS
+        },
+        "gain_over_one_sample": {
+            f: {
+                m: gain_at_16(f, m)
+                for m in ("majority", "weighted_prm", "orm", "prm_min", "prm_mean", "prm_head", "oracle")
+            }
+            for f in ("text", "visual")
+        },
         "filter": {"kept": len(kept), "of": len(half), "kept_ids": kept},
-        "comparisons": comps, "verdicts": verdicts(comps), "resolvable": resolvable(comps),
-        "evidence_rule": {"level": metrics.LEVEL, "adjusted_level": adjusted_level(),
-                          "adjusted_for": len(finding_comparisons()), "min_clusters": metrics.MIN_CLUSTERS}}
+        "comparisons": comps,
+        "verdicts": verdicts(comps),
+        "resolvable": resolvable(comps),
+        "evidence_rule": {
+            "level": metrics.LEVEL,
+            "adjusted_level": adjusted_level(),
+            "adjusted_for": len(finding_comparisons()),
+            "min_clusters": metrics.MIN_CLUSTERS,
+        },
+    }
 
 
 def said(c):
@@ -435,47 +633,51 @@ def said(c):
 
 
 def read_rows(path):
-    """The rows of a JSONL file, each with its "line" number; a bad line is an error naming the file and line."""
+    """The rows of a JSONL file (common.data.read_jsonl: a bad line names file and line), each with its "line"."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            rows.append({**row, "line": n})
+    for n, row in data.read_jsonl(path, lines=True):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object")
+        rows.append({**row, "line": n})
     return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("rows", help="per_problem.jsonl written by bench.py (its per_step.jsonl beside it: the F1 rows)")
+    ap.add_argument(
+        "rows", help="per_problem.jsonl written by bench.py (its per_step.jsonl beside it: the F1 rows)"
+    )
     ap.add_argument("--a", help="method a (with --b: one paired comparison a - b)")
     ap.add_argument("--b", help="method b")
-    ap.add_argument("--pool", default="base", help="base (the headline: the base's own answers) | synthetic | "
-                    "judged | half_a | half_b")
+    ap.add_argument(
+        "--pool",
+        default="base",
+        help="base (the headline: the base's own answers) | synthetic | " "judged | half_a | half_b",
+    )
     ap.add_argument("--n", type=int, default=16, help="N of Best-of-N")
     ap.add_argument("--part", default="all", choices=PARTS, help="problems: all | visual | text")
     a = ap.parse_args(argv)
     rows = read_rows(a.rows)
     meta = next((r for r in rows if r.get("pool") == "meta"), {})
     ix = index([r for r in rows if r.get("pool") != "meta"])
-    seed = meta.get("seed", 0)  # the run's bootstrap seed and least sample: the same intervals as its results.json
+    seed = meta.get(
+        "seed", 0
+    )  # the run's bootstrap seed and least sample: the same intervals as its results.json
     metrics.MIN_CLUSTERS = meta.get("min_clusters") or metrics.MIN_CLUSTERS
     if a.a and a.b:
         c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed)
-        print(f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
-              f"-> {metrics.verdict(c)}")
+        print(
+            f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
+            f"-> {metrics.verdict(c)}"
+        )
         return c
     steps = Path(a.rows).with_name("per_step.jsonl")
     fe = [r for r in read_rows(steps) if r.get("metric") == "first_error"] if steps.exists() else []
     comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed), fe, seed)
     for k, c in comps.items():
-        print(f"{k:38s} {said(c)}  n={c['n']}  {metrics.verdict(c)} (adjusted: {metrics.verdict(c, adjusted=True)})")
+        print(
+            f"{k:38s} {said(c)}  n={c['n']}  {metrics.verdict(c)} (adjusted: {metrics.verdict(c, adjusted=True)})"
+        )
     for v in verdicts(comps):
         print(f"{v['verdict']:>13s} (adjusted: {v['verdict_adjusted']})  {v['finding']}")
     print(f"smallest resolvable paired difference (median half-width): {resolvable(comps)}")
