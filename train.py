@@ -62,7 +62,8 @@ class Args:
     eval_n: int = field(default=64, metadata={"range": (1, None), "help": "held-out problems (sft) per evaluation"})
     save_every: int = field(default=500, metadata={"range": (1, None), "help": "checkpoint to OUT/last every N steps"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and held-out problems"})
-    resume: bool = field(default=False, metadata={"help": "continue from OUT/last"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/last (a run with the same settings only)"})
+    overwrite: bool = field(default=False, metadata={"help": "start over in an OUT that holds a checkpoint (removed)"})
     eval_only: bool = field(default=False, metadata={"help": "evaluate --model and exit"})
     grad_ckpt: bool = field(default=False, metadata={"help": "gradient checkpointing (memory for compute)"})
     bf16_weights: bool = field(default=False, metadata={"help": "GPU recipe: bf16 weights, fp32 master copy and AdamW state"})
@@ -73,6 +74,19 @@ class Args:
     head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)", "choices": list(prm.HEADS)})
     beta: float = field(default=prm.BETA, metadata={"range": (0.0, None), "help": "implicit head: scale of the log-likelihood ratio"})
     device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+
+
+# What makes the weights: --resume continues only a run made with the same values, and the same --data and
+# --eval-data content (their hashes). Not here: how often it saves or evaluates, and how (device, checkpointing).
+RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
+            "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights")
+
+
+def run_settings(a):
+    """The settings OUT/settings.json holds: RUN_KEYS and the SHA-256 of each data file."""
+    files = {f"{k}_sha256": data.file_hash(getattr(a, k)) for k in ("data", "eval_data")
+             if getattr(a, k) not in ("", "synthetic")}
+    return {**{k: getattr(a, k) for k in RUN_KEYS}, **files}
 
 
 def lr_at(step, a):
@@ -388,6 +402,10 @@ def main(a: Args):
     if not a.eval_only:  # before any expensive work: where the model goes, and what it learns from
         data.check_out(a.out, folder=True)
     rows = load_labelled(a.data) if a.data != "synthetic" and not a.eval_only else None
+    if a.resume and a.overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite starts it over: give one")
+    if not a.eval_only and rank == 0:  # before the model loads: OUT's checkpoint, if any, is of this run
+        checkpoint.start(a.out, run_settings(a), a.resume, a.overwrite)
     model, processor, resume = load_model(a, device)
     ids, out, last = token_ids(processor), Path(a.out), Path(a.out) / "last"
     if a.eval_only:
@@ -433,8 +451,14 @@ def main(a: Args):
         if (step + 1) % a.save_every == 0 or done:
             checkpoint.save(model, processor, opt, last, {**asdict(a), **head_config(model, a)}, step + 1)
     if rank == 0:
-        save_model(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
-                                       **head_config(model, a)})
+        try:
+            save_model(model, processor, out, {**asdict(a), "steps_done": a.max_steps, "skipped": state["skipped"],
+                                               **head_config(model, a)})
+        except OSError as e:  # a full disk: no folder that looks like a model without its weights
+            for name in ("config.json", "train_config.json"):
+                (out / name).unlink(missing_ok=True)
+            raise OSError(f"could not write the trained model to {out} ({e}); its checkpoint {last} is complete: "
+                          "make room and run again with --resume") from e
         print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
               "skipped)")
     if world > 1:

@@ -3,10 +3,12 @@
     save(model, processor, opt, OUT/"last", config, step)   # the model, processor, config and optimizer state
     latest(OUT/"last")  -> the newest complete checkpoint (OUT/last, else OUT/last.prev), or None
     trim_log(OUT/"log.jsonl", step)   # on resume: the log forgets the steps after the checkpoint
+    start(OUT, settings, resume, overwrite)   # before training: OUT holds checkpoints of this run only
 
 A save writes everything into LAST.tmp, then renames the old LAST to LAST.prev, LAST.tmp to LAST, and only then
 deletes LAST.prev: at every instant one complete checkpoint is on disk. A checkpoint is complete when its weights,
 config and optimizer state load and name the same step (train_config.json's steps_done = trainer_state.pt's step).
+OUT/settings.json holds the settings of the run whose checkpoints OUT holds, so a resume cannot mix two runs.
 """
 import json
 import shutil
@@ -14,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from common import data
 from common.model import save as save_model
 
-STATE = "trainer_state.pt"
+STATE, SETTINGS = "trainer_state.pt", "settings.json"
 
 
 def save(model, processor, opt, folder, config, step):
@@ -91,3 +94,26 @@ def trim_log(path, step):
         except ValueError:  # a line cut off by the kill
             pass
     path.write_text("".join(keep))
+
+
+def start(out, settings, resume, overwrite=False):
+    """Before a run writes into the folder `out`: --resume continues only the run whose settings OUT/settings.json
+    holds (an error names each difference); a fresh run into a folder holding a checkpoint is refused unless
+    `overwrite`, which removes it (and its log) first. Then OUT/settings.json holds `settings`."""
+    out = Path(out)
+    sf, found = out / SETTINGS, [p for p in (out / "last", out / "last.prev") if p.exists()]
+    if found and resume:
+        if not sf.exists():
+            raise ValueError(f"{sf} is missing: cannot tell which settings made the checkpoint in {out}; use "
+                             "another --out, or --overwrite to start over")
+        data.same_settings(sf, settings, out)
+    elif found and not overwrite:
+        raise ValueError(f"{out} holds a checkpoint ({', '.join(p.name for p in found)}): pass --resume to continue "
+                         "its run, --overwrite to start over, or use another --out")
+    elif found:
+        for p in found + [out / "last.tmp"]:
+            shutil.rmtree(p, ignore_errors=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
+        print(f"[checkpoint] --overwrite: removed {', '.join(p.name for p in found)} and the log from {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    sf.write_text(json.dumps(settings, indent=1))

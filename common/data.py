@@ -292,19 +292,31 @@ def check_resume(out, settings, resume):
     done, sf = Path(str(out) + ".done"), Path(str(out) + ".settings.json")
     if not resume:
         if Path(out).exists() or done.exists() or sf.exists():
-            raise SystemExit(f"{out} exists: pass --resume to continue it, or delete it (and {done}, {sf})")
+            raise ValueError(f"{out} exists: pass --resume to continue it, or delete it (and {done}, {sf})")
     elif done.exists() and not Path(out).exists():
-        raise SystemExit(f"{done} lists finished problems but {out} is missing: their labels are lost; "
+        raise ValueError(f"{done} lists finished problems but {out} is missing: their labels are lost; "
                          f"delete {done} and {sf} to start over")
     elif sf.exists():
-        old = json.loads(sf.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-        if diff:
-            raise SystemExit(f"{out} was made with other settings {diff} (was, now): --resume continues the same "
-                             "run only; use another --out")
+        same_settings(sf, settings, out)
     elif Path(out).exists() or done.exists():
-        raise SystemExit(f"{sf} is missing: cannot tell which settings made {out}; use another --out")
+        raise ValueError(f"{sf} is missing: cannot tell which settings made {out}; use another --out")
     sf.write_text(json.dumps(settings, indent=1))
+
+
+def same_settings(settings_file, settings, out):
+    """--resume continues only the run that made `out`: an error naming each setting that differs from those in
+    its `settings_file` (tree_search.py's OUT.settings.json, train.py's OUT/settings.json)."""
+    old = json.loads(Path(settings_file).read_text())
+    diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    if diff:
+        raise ValueError(f"{out} was made with other settings (was -> now: {'; '.join(diff)}): --resume continues "
+                         "the same run only; use another --out")
+
+
+def file_hash(path):
+    """The SHA-256 of a file's bytes (a settings key: the same name may hold other records)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def resolve_image(record_path, image_path):

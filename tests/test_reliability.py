@@ -110,6 +110,23 @@ def test_1_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, mon
     assert same(full, train.main(args(tmp_path / "run", resume=True)).state_dict())
 
 
+def test_1_a_full_disk_at_the_final_save_leaves_no_model_without_weights(tmp_path, monkeypatch, full):
+    real = vlm.save
+
+    def final_fails(model, processor, out, extra=None):
+        if Path(out).name == "run":  # the final save; checkpoints go to run/last.tmp
+            Path(out, "config.json").write_text("{}")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(model, processor, out, extra)
+    monkeypatch.setattr(train, "save_model", final_fails)
+    monkeypatch.setattr(checkpoint, "save_model", final_fails)
+    with pytest.raises(OSError, match=r"trained model to .*run \(.*No space left.*checkpoint .*last is complete"):
+        train.main(args(tmp_path / "run"))
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "config.json").exists() and checkpoint.check(tmp_path / "run" / "last") == 6
+    assert same(full, train.main(args(tmp_path / "run", resume=True)).state_dict())
+
+
 def test_1_weights_and_optimizer_of_different_steps_are_refused(tmp_path):
     train.main(args(tmp_path / "run", max_steps=2))
     last = tmp_path / "run" / "last"
@@ -118,7 +135,34 @@ def test_1_weights_and_optimizer_of_different_steps_are_refused(tmp_path):
     with pytest.raises(ValueError, match="weights are of step 4 but the optimizer state of step 2"):
         checkpoint.check(last)
     with pytest.raises(ValueError, match="no complete checkpoint"):  # torn, no previous one: refused, not restarted
-        train.main(args(tmp_path / "run", max_steps=4, resume=True))
+        train.main(args(tmp_path / "run", max_steps=2, resume=True))
+
+
+def test_1_resume_with_other_settings_or_data_is_refused_naming_each_difference(tmp_path):
+    policy.write_suite(tmp_path, 4, n_cands=2)
+    labels = tmp_path / "labels.jsonl"
+    prm_args = dict(objective="prm", data=str(labels), head="tag", max_steps=2)
+    train.main(args(tmp_path / "run", **prm_args))
+    with pytest.raises(ValueError, match=r"other settings \(was -> now: lr 0.003 -> 0.1; seed 0 -> 1\)"):
+        train.main(args(tmp_path / "run", **prm_args, lr=0.1, seed=1, resume=True))
+    with pytest.raises(ValueError, match=r"objective 'prm' -> 'orm'"):  # a PRM's checkpoint is no ORM's
+        train.main(args(tmp_path / "run", **{**prm_args, "objective": "orm"}, resume=True))
+    recs = data.read_jsonl(labels, "labelled")
+    data.write_jsonl(labels, recs[1:], "labelled")  # the same file name, other records
+    with pytest.raises(ValueError, match=r"data_sha256 '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        train.main(args(tmp_path / "run", **prm_args, resume=True))
+    assert checkpoint.check(tmp_path / "run" / "last") == 2  # nothing trained or saved by the refused runs
+
+
+def test_1_a_fresh_run_into_a_folder_with_a_checkpoint_needs_overwrite(tmp_path, full):
+    train.main(args(tmp_path / "run", seed=1, max_steps=2))
+    with pytest.raises(ValueError, match=r"run holds a checkpoint \(last\): pass --resume .* --overwrite"):
+        train.main(args(tmp_path / "run"))
+    with pytest.raises(ValueError, match="give one"):
+        train.main(args(tmp_path / "run", resume=True, overwrite=True))
+    assert same(full, train.main(args(tmp_path / "run", overwrite=True)).state_dict())  # the old run is gone
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "log.jsonl") if '"loss"' in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
 
 
 # (2) strict joins --------------------------------------------------------------------------------------------------

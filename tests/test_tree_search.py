@@ -155,7 +155,7 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path, monkeypatch):
     with open(out, "a") as f:  # and a line the kill cut in half
         f.write('{"id": "train-00002-mcts03", "images": ["ima')
     assert data.finished(out) == {"train-00000": 4, "train-00001": 4}
-    with pytest.raises(SystemExit):  # no silent overwrite
+    with pytest.raises(ValueError):  # no silent overwrite
         run_main(out)
     res = run_main(out, resume=True)
     assert res["kept"] == 8 and res["records"] == 16
@@ -182,12 +182,12 @@ def test_resume_redoes_a_finished_problem_with_a_bad_line_and_refuses_to_mix_run
     # --resume with another setting: refused, nothing written
     before = out.read_text()
     for kw in ({"seed": 1}, {"method": "mc"}, {"rollouts": 8}):
-        with pytest.raises(SystemExit, match="other settings"):
+        with pytest.raises(ValueError, match="other settings"):
             run_main(out, resume=True, **kw)
     assert out.read_text() == before
     # an OUT.done without its OUT: an error, not "everything is done"
     out.unlink()
-    with pytest.raises(SystemExit, match="is missing: their labels are lost"):
+    with pytest.raises(ValueError, match="is missing: their labels are lost"):
         run_main(out, resume=True)
 
 
@@ -342,5 +342,5 @@ def test_hard_labels_flag_writes_ones_and_zeros_and_is_part_of_the_run(tmp_path)
     assert recs and all(set(r["labels"]) <= {0.0, 1.0} for r in recs)
     assert all(r["labels"] == tree_search.hard_labels(r, a.tau) for r in recs)
     soft = tree_search.Args(**{**a.__dict__, "hard_labels": False, "resume": True})
-    with pytest.raises(SystemExit, match="other settings"):  # --resume of the same OUT with soft labels: refused
+    with pytest.raises(ValueError, match="other settings"):  # --resume of the same OUT with soft labels: refused
         tree_search.main(soft)
