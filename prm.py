@@ -3,7 +3,7 @@
     python prm.py --model out/prm --problems P --candidates C --out scores.jsonl
     python prm.py --model out/prm --problems P --candidates C --show steps.png [--id CANDIDATE_ID]
 
-Three heads, each a way to read "is this step right?" off a vision-language model. Every head returns (T, 2)
+Four heads, each a way to read "is this step right?" off a vision-language model. Every head returns (T, 2)
 logits for the T steps of a batch, in reading order; a step's score is softmax(logits)[:, 0].
 - likelihood (the default): the steps written as the base writes them ("Step k: ..." lines); a step's score is
   sigmoid(a * mean log-prob of its tokens + b). Before training it is the base's own belief in the step,
@@ -11,6 +11,9 @@ logits for the T steps of a batch, in reading order; a step's score is softmax(l
 - tag: a tag token after each step; the score is P("+") against P("-") from the LM head at the tag.
 - implicit (Yuan et al. 2024): sigmoid(beta * log-likelihood ratio to the start model) of the answer so far, read
   at the tags; it needs no step labels to define, only to train.
+- separator (the standard one: token classification, as in TRL's PRM trainer, OpenRLHF and Qwen2.5-Math-PRM): a
+  new two-way linear layer on the hidden state at the last token of each step, the steps written as the base
+  writes them (no new token to upset it). train.py --probe trains this layer alone on the frozen base.
 Causal attention makes one pass over the whole answer equal to scoring each prefix alone (score_prefixes, a test
 checks it). How step scores become one answer score (min, mean, last, ...) is bon.py's aggregation.
 """
@@ -23,8 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import cli, data
-from common.model import (MAX_LEN, encode, hidden_states, neutralise, token_ids, token_logprobs, train_config,
-                          unwrap)
+from common.model import (MAX_LEN, encode, hidden_states, load_reward_head, neutralise, token_ids, token_logprobs,
+                          train_config, unwrap)
 from common.model import load as load_weights
 from common.pictures import caption, pick_example, show
 from common.tasks import format_steps
@@ -32,7 +35,8 @@ from common.tiny import STEP_TAG
 from steps import split_steps
 
 # fork here: a new head is a function that returns (T, 2) logits, named in HEADS (train.py --head then trains it)
-HEADS = ("likelihood", "tag", "implicit")
+HEADS = ("likelihood", "tag", "implicit", "separator")
+NATIVE_HEADS = ("likelihood", "separator")  # the heads that read the steps as the base writes them (no step tag)
 HEAD, BETA = "likelihood", 0.1  # the default head (chosen on the tune split); beta: the implicit head's scale
 
 
@@ -46,7 +50,22 @@ def load(name_or_path="tiny", device=None, dtype=None, size="small", seed=0):
         make_implicit(model, cfg["model"], cfg["beta"], device, dtype, cfg.get("size", "small"), cfg.get("seed", 0))
     if cfg.get("head") == "likelihood":
         model.likelihood = tuple(cfg["calibration"])  # (a, b, cumulative): sigmoid(a * log-likelihood + b)
+    if cfg.get("head") == "separator":
+        add_separator_head(model, load_reward_head(name_or_path))
     return model, processor
+
+
+def add_separator_head(model, weights=None, seed=0):
+    """Attach the separator head: a (hidden -> 2) linear layer, `weights` (a state dict) or a small seeded start.
+    It is a submodule, so training moves it with the model; common.model.save keeps it in its own file."""
+    inner = unwrap(model)
+    layer = torch.nn.Linear(inner.lm_head.in_features, 2)
+    if weights is None:
+        torch.nn.init.normal_(layer.weight, std=0.02, generator=torch.Generator().manual_seed(seed))
+        torch.nn.init.zeros_(layer.bias)
+    else:
+        layer.load_state_dict(weights)
+    inner.reward_head = layer.to(inner.lm_head.weight.device, inner.lm_head.weight.dtype)
 
 
 def make_implicit(model, reference, beta, device=None, dtype=None, size="small", seed=0):
@@ -62,14 +81,20 @@ def head_of(model):
     inner = unwrap(model)
     if getattr(inner, "implicit", None):
         return "implicit"
+    if getattr(inner, "reward_head", None) is not None:
+        return "separator"
     if getattr(inner, "likelihood", None) is not None:
         return "likelihood"
     return "tag"
 
 
 def is_likelihood(model):
-    """Does this PRM read steps as the base writes them (the likelihood head, no tags)?"""
     return head_of(model) == "likelihood"
+
+
+def reads_native(model):
+    """Does this PRM read steps as the base writes them ("Step k:" lines, no tags)?"""
+    return head_of(model) in NATIVE_HEADS
 
 
 def encode_steps(processor, images, prompts, steps, native=False, max_len=MAX_LEN, cache=None, keys=None):
@@ -77,7 +102,7 @@ def encode_steps(processor, images, prompts, steps, native=False, max_len=MAX_LE
 
     native=False: every step followed by the step tag (the tag and implicit heads read there).
     native=True: the steps as the base writes them ("Step k: ..." lines, no tag), and batch["step_of"], (B, S) the
-    step number (1..n) of each token, 0 elsewhere: what the likelihood head reads.
+    step number (1..n) of each token, 0 elsewhere: what the likelihood and separator heads read.
     Returns encode()'s (batch or None, kept indices, skipped [(index, reason)])."""
     tok = processor.tokenizer
     clean = [[neutralise(s.replace(STEP_TAG, "")).strip() for s in st] for st in steps]
@@ -115,6 +140,8 @@ def step_logits(model, batch, ids):
         return implicit_logits(model, batch, ids)
     if head == "likelihood":
         return likelihood_logits(model, batch)
+    if head == "separator":
+        return separator_logits(model, batch)
     return tag_logits(model, batch, ids)
 
 
@@ -123,6 +150,16 @@ def tag_logits(model, batch, ids):
     h = hidden_states(model, batch)  # (B, S, H)
     at_tag = batch["input_ids"].to(h.device) == ids["tag"]
     return h[at_tag] @ unwrap(model).lm_head.weight[[ids["pos"], ids["neg"]]].T
+
+
+def separator_logits(model, batch):
+    """The separator head: its linear layer on the hidden state at each step's last token (batch from
+    encode_steps(native=True)), in reading order."""
+    h = hidden_states(model, batch)  # (B, S, H)
+    step_of = batch["step_of"].to(h.device)
+    next_step = torch.cat([step_of[:, 1:], torch.zeros_like(step_of[:, :1])], 1)
+    at_end = (step_of > 0) & (step_of != next_step)  # a step's last token: the next token is not of that step
+    return unwrap(model).reward_head(h[at_end])
 
 
 def implicit_logits(model, batch, ids):
@@ -215,7 +252,7 @@ def score_steps(model, processor, images, questions, steps, batch_size=16, max_l
 
     def read(batch):  # (T,) P(right) per step
         return torch.softmax(step_logits(model, batch, ids).float(), -1)[:, 0]
-    return per_step(read, processor, images, questions, steps, is_likelihood(model), batch_size, max_len, progress)
+    return per_step(read, processor, images, questions, steps, reads_native(model), batch_size, max_len, progress)
 
 
 @torch.no_grad()

@@ -340,17 +340,41 @@ def evaluate(n_problems=500, seed=0, k=16, budget=0, samples=4, tau=TAU, split="
             recs, st = label_rounds(list(problems.values()), policy, k, seed, samples, tau)
         else:
             recs, st = label(list(problems.values()), policy, method, k, budget, seed, samples, tau)
-        agree, steps_ok, steps = 0, 0, 0
-        for r in recs:
-            p, fe = problems[r["meta"]["problem_id"]], r["first_error"]
-            agree += fe == tasks.first_error(p, r["completions"])
-            hard = hard_labels(r, tau)
-            steps_ok += sum(h == o for h, o in zip(hard, tasks.step_labels(p, r["completions"])))
-            steps += len(hard)
+        q = label_counts(problems, recs, tau)["all"]
         res[method] = {"rollouts_per_solution": st["rollouts_per_solution"],
-                       "first_error_agreement": round(agree / max(st["solutions"], 1), 4),
-                       "step_label_accuracy": round(steps_ok / max(steps, 1), 4), "seconds": st["seconds"]}
+                       "first_error_agreement": round(q["agree"] / max(st["solutions"], 1), 4),
+                       "step_label_accuracy": round(q["steps_right"] / max(q["steps"], 1), 4),
+                       "seconds": st["seconds"]}
     return res
+
+
+def label_counts(problems, records, tau=TAU):
+    """Labelled records against the oracle, over all of them and apart for the lucky ones (a right final answer
+    after a wrong step: rollouts from that step still reach the answer, so a Monte-Carlo label calls it right) and
+    the rest: {"all" | "lucky" | "rest": {"records", "agree" (first error as the oracle's), "steps", "steps_right"
+    (hard labels as the oracle's)}}. problems: {id: problem}."""
+    out = {part: {"records": 0, "agree": 0, "steps": 0, "steps_right": 0} for part in ("all", "lucky", "rest")}
+    for r in records:
+        p = problems[r["meta"]["problem_id"]]
+        true_fe = tasks.first_error(p, r["completions"])
+        lucky = bool(r["meta"]["correct"]) and true_fe != -1
+        hard = hard_labels(r, tau)
+        for part in ("all", "lucky" if lucky else "rest"):
+            c = out[part]
+            c["records"] += 1
+            c["agree"] += r["first_error"] == true_fe
+            c["steps"] += len(hard)
+            c["steps_right"] += sum(h == o for h, o in zip(hard, tasks.step_labels(p, r["completions"])))
+    return out
+
+
+def label_quality(problems, records, tau=TAU):
+    """label_counts as shares: {"all" | "lucky" | "rest": {"records", "first_error_agreement",
+    "step_label_accuracy"}} (None where a part has no record)."""
+    return {part: {"records": c["records"],
+                   "first_error_agreement": round(c["agree"] / c["records"], 4) if c["records"] else None,
+                   "step_label_accuracy": round(c["steps_right"] / c["steps"], 4) if c["steps"] else None}
+            for part, c in label_counts(problems, records, tau).items()}
 
 
 # What makes the labels: --resume continues only a run made with the same values (the batch size too: it changes

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from common import cli
 from common.tiny import SIZES, STEP_TAG, image_text_processor, tiny_init
@@ -104,6 +105,7 @@ def resolve(name):
 # An implicit PRM's config.json carries this model_type, so that transformers refuses to load it alone (its scores
 # need the reference model beside it, which only load() attaches); load() reads it with the base's config class.
 IMPLICIT_TYPE = "vilprm_implicit_prm"
+REWARD_HEAD = "reward_head.safetensors"  # a separator head's layer, beside the model's own weights
 
 
 def _from_pretrained(path, dtype):
@@ -166,7 +168,12 @@ def save(model, processor, out, extra=None):
     Qwen2_5_VLProcessor (it needs torchvision for its video part; without it, it fails loudly rather than give a
     bare tokenizer that drops the image). An implicit PRM is marked so that transformers refuses it (IMPLICIT_TYPE)."""
     os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out)
+    state = model.state_dict()
+    head = {k.removeprefix("reward_head."): v for k, v in state.items() if k.startswith("reward_head.")}
+    # a reward head the architecture lacks goes to its own file: the model folder stays a standard one
+    model.save_pretrained(out, state_dict={k: v for k, v in state.items() if not k.startswith("reward_head.")})
+    if head:
+        save_file({k: v.contiguous() for k, v in head.items()}, str(Path(out, REWARD_HEAD)))
     processor.save_pretrained(out)
     standard_processor_config(out)
     if getattr(model, "implicit", None):
@@ -175,6 +182,14 @@ def save(model, processor, out, extra=None):
         Path(out, "config.json").write_text(json.dumps(cfg, indent=2))
     if extra is not None:
         Path(out, "train_config.json").write_text(json.dumps(extra, indent=1))
+
+
+def load_reward_head(name_or_path):
+    """The state dict save() wrote for a reward head (OUT/reward_head.safetensors)."""
+    path = Path(resolve(name_or_path), REWARD_HEAD)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; this checkpoint's train_config.json names a separator head")
+    return load_file(str(path))
 
 
 # The model input every script builds here: the chat prompt (image + question), then the assistant's text. A batch

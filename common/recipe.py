@@ -135,7 +135,8 @@ class MasterAdamW(torch.optim.AdamW):
 def make_optimizer(model, a, device):
     """AdamW, fused on CUDA; with --bf16-weights a MasterAdamW (fp32 master weights and moments)."""
     kw = dict(lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.95), fused=str(device).startswith("cuda"))
-    return MasterAdamW(model.parameters(), **kw) if a.bf16_weights else torch.optim.AdamW(model.parameters(), **kw)
+    params = [p for p in model.parameters() if p.requires_grad]  # a probe trains its head alone
+    return MasterAdamW(params, **kw) if a.bf16_weights else torch.optim.AdamW(params, **kw)
 
 
 def placement(device, local_rank, n_gpus):

@@ -409,7 +409,8 @@ def problem_rows(a, problems, pools, scores, head):
 
 def step_items(problems, pools, scores):
     """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind, for each
-    pool; keys of the headline (base) pool end in "@base"."""
+    pool; keys of the headline (base) pool end in "@base", and there each verifier is read a second time with a
+    threshold per family ("prm_per_family@base": visual and text thresholds, each chosen on dev)."""
     keys = {
         "synthetic": {
             "prm": "prm",
@@ -422,30 +423,40 @@ def step_items(problems, pools, scores):
         "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"},
     }
     probs = {p["id"]: p for p in problems["test"]}
+    family = {p["id"]: p["family"] for split in ("dev", "test") for p in problems[split]}
     fe_items, auc_items = [], []
     for pool, names in keys.items():
         for name, key in names.items():
             dv = scores[f"dev_{pool}"].get(key, {})
-            dev = [(dv[c["id"]], c["first_error"]) for c in pools[("dev", pool)] if c["id"] in dv]
-            t = metrics.choose_threshold(*zip(*dev)) if dev else 0.5
+            dev = [(dv[c["id"]], c["first_error"], family[c["problem_id"]]) for c in pools[("dev", pool)]
+                   if c["id"] in dv]
+            one = metrics.choose_threshold(*zip(*[d[:2] for d in dev])) if dev else 0.5
+            thresholds = {name: {f: one for f in ("visual", "text")}}
+            if pool == "base":  # beside one threshold, one per family (both chosen on dev): one may hurt a family
+                thresholds[name.replace("@", "_per_family@")] = {
+                    f: metrics.choose_threshold(*zip(*[d[:2] for d in dev if d[2] == f]))
+                    if any(d[2] == f for d in dev) else one for f in ("visual", "text")}
             for c in pools[("test", pool)]:
                 s = scores[f"test_{pool}"][key].get(c["id"])
                 if s is None:
                     continue
                 bon.check_same_steps(key, c["id"], s, len(c["steps"]))
                 p = probs[c["problem_id"]]
-                fe_items.append(
-                    {
-                        "key": name,
-                        "candidate": c["id"],
-                        "problem": p["id"],
-                        "content": content(p),
-                        "family": p["family"],
-                        "true": c["first_error"],
-                        "pred": metrics.predicted_first_error(s, t),
-                        "threshold": t,
-                    }
-                )
+                for item_key, by_family in thresholds.items():
+                    t = by_family[p["family"]]
+                    fe_items.append(
+                        {
+                            "key": item_key,
+                            "candidate": c["id"],
+                            "problem": p["id"],
+                            "content": content(p),
+                            "family": p["family"],
+                            "true": c["first_error"],
+                            "pred": metrics.predicted_first_error(s, t),
+                            "threshold": t if item_key == name else f"visual {by_family['visual']}, "
+                                                                    f"text {by_family['text']}",
+                        }
+                    )
                 auc_items += [
                     {"key": name, "problem": p["id"], "content": content(p), **x}
                     for x in fresh_items(c, p, s)

@@ -1,0 +1,226 @@
+"""Learning curves on the tune split: what a reward model learns, step by step, from each head and label source.
+
+    python bench.py --tune-only                         # first: the problems, pools and MCTS labels in out/bench
+    python -m lab.curves                                # out/curves/{curves.json, curves.md, curves.png}
+    python -m lab.curves --heads likelihood,separator --labels mcts,oracle --steps 400 --every 100
+
+For each (head, label source) a PRM is fine-tuned from the base with bench's settings (train.py, the model kept
+every --every steps from step 0), and each kept model is read on the tune split's headline pool (the base's own
+answers): first-error F1 (threshold chosen on the dev pool, as bench does), fresh-step AUC, Best-of-16 and
+faithful@16 (the share of picks whose every step is right by the oracle). Step 0 is the head before training: for
+the likelihood head, the base's own step likelihood, calibrated. The references beside the curves read no labels:
+majority vote, and the rule that guesses one first error per family (lab/evidence.py's content-free rule).
+
+Label sources (all of the same sampled train solutions, bench's OUT/labels.jsonl):
+- mcts: the tree search's labels (bench's default);
+- oracle: the same solutions labelled by the suite's oracle (the upper bound of any labeller);
+Their accuracy against the oracle, with the lucky solutions (a right answer after a wrong step) apart, is in
+curves.json ("labels").
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import bon
+import prm
+import train
+import tree_search
+from common import cli, data, metrics, tasks
+from lab.controls import fresh_items
+from lab.evidence import content_free_rule
+
+NAMES = {"likelihood": "likelihood head", "separator": "separator head", "tag": "tag head",
+         "implicit": "implicit head", "separator_probe": "separator probe (base frozen)"}
+
+
+@dataclass
+class Args:
+    bench: str = field(default="out/bench", metadata={"help": "a bench.py output folder: its problems, pools, labels"})
+    out: str = field(default="out/curves", metadata={"help": "output folder: curves.json, curves.md, curves.png"})
+    heads: str = field(default="likelihood,separator", metadata={
+        "help": "comma-separated heads (prm.HEADS), or separator_probe: the separator head on the frozen base"})
+    labels: str = field(default="mcts,oracle", metadata={"help": "comma-separated label sources: mcts | oracle"})
+    # bench.py's reward-model settings (its --steps, --lr, --batch-size)
+    steps: int = field(default=400, metadata={"range": (1, None), "help": "fine-tuning steps"})
+    every: int = field(default=100, metadata={"range": (1, None), "help": "read the model every N steps"})
+    lr: float = field(default=1e-4, metadata={"range": (0.0, None), "help": "learning rate"})
+    batch_size: int = field(default=32, metadata={"range": (1, None), "help": "batch size"})
+    seed: int = field(default=0, metadata={"help": "training seed"})
+
+
+def oracle_records(problems, records):
+    """The same solutions as `records`, labelled by the oracle (meta kept, method "oracle")."""
+    out = []
+    for r in records:
+        p = problems[r["meta"]["problem_id"]]
+        labelled = tasks.labelled(p, {"id": r["id"], "steps": r["completions"]}, r["images"][0])
+        out.append({**labelled, "meta": {**r["meta"], "method": "oracle"}})
+    return out
+
+
+def label_files(a, problems):
+    """{source: path of its labelled JSONL} in OUT, each written from bench's labels."""
+    src = Path(a.bench) / "labels.jsonl"
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no labels; run python bench.py --tune-only --out {a.bench} first")
+    records = data.read_jsonl(src, "labelled")
+    by_source = {"mcts": records, "oracle": oracle_records(problems, records)}
+    files = {}
+    for source in a.labels.split(","):
+        cli.choice(source, tuple(by_source), "--labels")
+        files[source] = Path(a.out) / f"labels_{source}.jsonl"
+        # images stay where bench wrote them: absolute paths, so the file reads from OUT
+        data.write_jsonl(files[source], [{**r, "images": [str((Path(a.bench) / r["images"][0]).resolve())]}
+                                         for r in by_source[source]], "labelled")
+    return files, records
+
+
+def train_run(a, head, labels):
+    """Fine-tune one PRM with bench's settings, keeping the model every a.every steps. -> its folder."""
+    probe = head == "separator_probe"
+    out = Path(a.out) / f"{head}-{Path(labels).stem.removeprefix('labels_')}"
+    args = train.Args(objective="prm", model="tiny", data=str(labels), out=str(out), max_steps=a.steps,
+                      warmup=a.steps // 10, lr=a.lr, batch_size=a.batch_size, seed=a.seed, eval_every=a.steps,
+                      save_every=a.steps, keep_every=a.every, head="separator" if probe else head, probe=probe,
+                      overwrite=True)
+    train.main(args)
+    return out
+
+
+def read_pool(model, processor, problems, cands):
+    """{candidate id: step scores} of one pool."""
+    scores, _ = prm.score_steps(model, processor, [tasks.render(problems[c["problem_id"]]) for c in cands],
+                                [problems[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands])
+    return {c["id"]: s for c, s in zip(cands, scores) if s is not None}
+
+
+def best_of_16(problems, cands, scores, target):
+    """Best-of-16 on the pool by each aggregation (exact over subsets): -> (best value, its aggregation)."""
+    pools = bon.make_pools(problems, cands, {"prm": scores})
+    acc = {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}", target), "max", 16)[0] for pool in pools.values())
+           / len(pools) for g in bon.AGGS}
+    best = max(bon.AGGS, key=lambda g: acc[g])  # ties: the first in AGGS
+    return round(acc[best], 4), best
+
+
+def point(model, processor, tune, dev):
+    """Every measure of one model on tune (problems, candidates) with the F1 threshold chosen on dev."""
+    dev_scores = read_pool(model, processor, *dev)
+    kept = [c for c in dev[1] if c["id"] in dev_scores]
+    threshold = metrics.choose_threshold([dev_scores[c["id"]] for c in kept], [c["first_error"] for c in kept])
+    probs, cands = tune
+    scores = read_pool(model, processor, probs, cands)
+    kept = [c for c in cands if c["id"] in scores]
+    f1 = metrics.first_error_f1([scores[c["id"]] for c in kept], [c["first_error"] for c in kept], threshold)
+    fresh = [x for c in kept for x in fresh_items(c, probs[c["problem_id"]], scores[c["id"]])]
+    bo16, agg = best_of_16(list(probs.values()), cands, scores, "correct")
+    faithful, agg_f = best_of_16(list(probs.values()), cands, scores, "faithful")
+    return {"first_error_f1": round(f1["f1"], 4), "threshold": threshold,
+            "fresh_auc": round(metrics.auc([x["score"] for x in fresh], [x["label"] for x in fresh]), 4),
+            "bo16": bo16, "bo16_aggregation": agg, "faithful16": faithful, "faithful16_aggregation": agg_f}
+
+
+def references(tune, dev_problems, dev_cands):
+    """What reads no labels, on the same tune pool: majority vote's Best-of-16 and faithful@16, and the
+    content-free first-error rule (chosen on dev)."""
+    probs, cands = tune
+    pools = bon.make_pools(list(probs.values()), cands)
+    rule = content_free_rule(dev_problems, dev_cands)
+    pred = [rule.get(probs[c["problem_id"]]["family"], -1) for c in cands]
+
+    def majority(target):
+        return round(sum(bon.at_n(bon.prepare(pool, "majority", target), "majority", 16)[0]
+                         for pool in pools.values()) / len(pools), 4)
+    return {"majority_bo16": majority("correct"), "majority_faithful16": majority("faithful"),
+            "content_free_f1": round(metrics.f1_of_predictions(pred, [c["first_error"] for c in cands]), 4)}
+
+
+def table(res):
+    """The curves as one markdown table: a row per (head, labels, step)."""
+    ref = res["references"]
+    lines = ["| head | labels | step | first-error F1 | fresh-step AUC | Best-of-16 | faithful@16 |",
+             "|---|---|---|---|---|---|---|"]
+    for run in res["runs"]:
+        for p in run["points"]:
+            lines.append(f"| {NAMES.get(run['head'], run['head'])} | {run['labels']} | {p['step']} | "
+                         f"{p['first_error_f1']:.3f} | {p['fresh_auc']:.3f} | {p['bo16']:.3f} ({p['bo16_aggregation']}) "
+                         f"| {p['faithful16']:.3f} |")
+    lines.append(f"| majority vote (no model) | - | - | - | - | {ref['majority_bo16']:.3f} | "
+                 f"{ref['majority_faithful16']:.3f} |")
+    lines.append(f"| content-free rule (no model) | - | - | {ref['content_free_f1']:.3f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def label_table(quality):
+    lines = ["| labels | part | records | first error as the oracle's | step labels as the oracle's |",
+             "|---|---|---|---|---|"]
+    for source, parts in quality.items():
+        for part, q in parts.items():
+            agree = "-" if q["first_error_agreement"] is None else f"{q['first_error_agreement']:.3f}"
+            steps = "-" if q["step_label_accuracy"] is None else f"{q['step_label_accuracy']:.3f}"
+            lines.append(f"| {source} | {part} | {q['records']} | {agree} | {steps} |")
+    return "\n".join(lines)
+
+
+def plot(res, path):
+    """Four panels, one line per (head, labels), the label-free references dashed."""
+    from matplotlib.figure import Figure  # here: importing this module needs no matplotlib
+
+    panels = [("first_error_f1", "first-error F1", "content_free_f1"), ("fresh_auc", "fresh-step AUC", None),
+              ("bo16", "Best-of-16 accuracy", "majority_bo16"), ("faithful16", "faithful@16", "majority_faithful16")]
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
+    for ax, (key, title, ref) in zip(axes.flat, panels):
+        for i, run in enumerate(res["runs"]):
+            style = "-" if run["labels"] == "mcts" else ":"
+            ax.plot([p["step"] for p in run["points"]], [p[key] for p in run["points"]], style, marker="o",
+                    color=f"C{i}", label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels")
+        if ref:
+            ax.axhline(res["references"][ref], color="grey", linestyle="--",
+                       label="content-free rule" if ref == "content_free_f1" else "majority vote")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("fine-tuning step (0: the head before training)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Learning curves on the tune split (the tiny base's own answers, {res['tune_problems']} problems; "
+                 f"F1 threshold chosen on dev)", x=0.01, ha="left", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(a: Args):
+    t0, out, bench = time.time(), Path(a.out), Path(a.bench)
+    out.mkdir(parents=True, exist_ok=True)
+    read = {s: data.read_jsonl(bench / f"problems_{s}.jsonl", "problem") for s in ("train", "tune", "dev")}
+    problems = {s: {p["id"]: p for p in ps} for s, ps in read.items()}
+    tune = (problems["tune"], data.read_jsonl(bench / "cands_tune_base.jsonl", "candidate"))
+    dev = (problems["dev"], data.read_jsonl(bench / "cands_dev_base.jsonl", "candidate"))
+    files, mcts = label_files(a, problems["train"])
+    tau = json.loads((bench / "tau.json").read_text())["out"]["tau"] if (bench / "tau.json").exists() else 0.0
+    res = {"settings": asdict(a), "tune_problems": len(tune[0]), "runs": [],
+           "references": references(tune, read["dev"], dev[1]),
+           "labels": {"mcts": tree_search.label_quality(problems["train"], mcts, tau or 0.0)}}
+    for head in a.heads.split(","):
+        cli.choice(head, (*prm.HEADS, "separator_probe"), "--heads")
+        for source, path in files.items():
+            folder = train_run(a, head, path)
+            points = []
+            for snap in sorted(folder.glob("step-*")):
+                model, processor = prm.load(str(snap), device="cpu")
+                points.append({"step": int(snap.name.removeprefix("step-")), **point(model, processor, tune, dev)})
+                print(f"[curves] {head} {source} step {points[-1]['step']}: {json.dumps(points[-1])}")
+            res["runs"].append({"head": head, "labels": source, "points": points})
+    res["seconds"] = round(time.time() - t0, 1)
+    (out / "curves.json").write_text(json.dumps(res, indent=1))
+    (out / "curves.md").write_text(f"# Learning curves on tune\n\n`python -m lab.curves --bench {a.bench} --heads "
+                                   f"{a.heads} --labels {a.labels} --steps {a.steps} --every {a.every}` "
+                                   f"({res['seconds']:.0f} s)\n\n{table(res)}\n\n## The MCTS labels against the "
+                                   f"oracle (train solutions)\n\n{label_table(res['labels'])}\n")
+    plot(res, out / "curves.png")
+    print(table(res))
+    return res
+
+
+if __name__ == "__main__":
+    cli.run(main, Args, __doc__)
