@@ -53,11 +53,15 @@ class Args:
     seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, bootstrap"})
     seeds: str = field(default="", metadata={"help": "comma-separated seeds: the pipeline once per seed, pooled"})
     base: str = field(default="tiny", metadata={"help": "the base model the reward models start from"})
-    n_train: int = field(default=2000, metadata={"help": "train problems (tree-search labels)"})
-    n_tune: int = field(default=80, metadata={"help": "tune problems (the headline aggregation, tau)"})
-    n_dev: int = field(default=60, metadata={"help": "dev problems (first-error thresholds)"})
-    n_test: int = field(default=200, metadata={"help": "test problems (everything reported)"})
-    pool: int = field(default=16, metadata={"help": "candidates per problem and policy"})
+    n_train: int = field(default=2000, metadata={"range": (1, None),
+                                                 "help": "train problems (tree-search labels)"})
+    n_tune: int = field(default=80, metadata={"range": (1, None),
+                                              "help": "tune problems (the headline aggregation, tau)"})
+    n_dev: int = field(default=60, metadata={"range": (1, None),
+                                             "help": "dev problems (first-error thresholds)"})
+    n_test: int = field(default=200, metadata={"range": (1, None),
+                                               "help": "test problems (everything reported)"})
+    pool: int = field(default=16, metadata={"range": (1, None), "help": "candidates per problem and policy"})
     labels: str = field(default="mcts", metadata={"help": "how train labels are made (tree_search.LABELLERS): mcts | "
                         "mc (tree search) | oracle (the suite's exact labels)", "choices": list(tree_search.LABELLERS)})
     hard_labels: bool = field(default=False, metadata={"help": "train on 1/0 labels (tree_search.hard_labels) "
@@ -65,16 +69,27 @@ class Args:
     label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
                               "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)",
                               "choices": ["base", "synthetic"]})
-    rollouts: int = field(default=16, metadata={"help": "tree search: K rollouts per value estimate"})
-    samples: int = field(default=4, metadata={"help": "tree search: sampled solutions labelled per problem"})
-    taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "tree search: tau values tried on the tune split"})
+    rollouts: int = field(default=16, metadata={"range": (1, None),
+                                                "help": "tree search: K rollouts per value estimate"})
+    samples: int = field(default=4, metadata={"range": (1, None),
+                                              "help": "tree search: sampled solutions labelled per problem"})
+    taus: str = field(default="0,0.1,0.2,0.3", metadata={"type": cli.listed(float, 0.0, 1.0),
+                                                         "help": "tree search: tau values tried "
+                                                         "on the tune split"})
     head: str = field(default=prm.HEAD, metadata={"help": "PRM / ORM head (train.py --help)", "choices": list(prm.HEADS)})
-    beta: float = field(default=prm.BETA, metadata={"help": "implicit head: scale of the log-likelihood ratio"})
-    steps: int = field(default=400, metadata={"help": "fine-tuning steps of every reward model (chosen on tune: --tune-only)"})
-    lr: float = field(default=1e-4, metadata={"help": "PRM / ORM learning rate (chosen on tune)"})
-    batch_size: int = field(default=32, metadata={"help": "PRM / ORM batch size"})
-    judge_n: int = field(default=16, metadata={"help": "test (and dev) problems scored by the judges (slow)"})
-    temperature: float = field(default=1.0, metadata={"help": "tiny-base policy sampling temperature"})
+    beta: float = field(default=prm.BETA, metadata={"range": (0.0, None),
+                                                    "help": "implicit head: scale of the "
+                                                    "log-likelihood ratio"})
+    steps: int = field(default=400, metadata={"range": (1, None),
+                                              "help": "fine-tuning steps of every reward model "
+                                              "(chosen on tune: --tune-only)"})
+    lr: float = field(default=1e-4, metadata={"range": (0.0, None),
+                                              "help": "PRM / ORM learning rate (chosen on tune)"})
+    batch_size: int = field(default=32, metadata={"range": (1, None), "help": "PRM / ORM batch size"})
+    judge_n: int = field(default=16, metadata={"range": (1, None),
+                                               "help": "test (and dev) problems scored by the judges (slow)"})
+    temperature: float = field(default=1.0, metadata={"range": (0.0, None),
+                                                      "help": "tiny-base policy sampling temperature"})
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
                             "aggregation on the tune split: how steps, lr and beta are chosen (never on test)"})
     sweep: str = field(default="", metadata={"help": "the tuning sweep: --tune-only at every point of a grid, e.g. "

@@ -382,13 +382,22 @@ class Args:
     mathv: str = field(default="", metadata={"help": "MATH-V folder (bare --mathv: datasets/mathv-testmini)"})
     model: str = field(default="", metadata={"help": "with --mathv: a PRM checkpoint (or tiny-init) scores the pool"})
     orm_model: str = field(default="", metadata={"help": "with --model: an ORM checkpoint (default: --model's last)"})
-    limit: int = field(default=0, metadata={"help": "with --mathv: only the first K problems (0: all)"})
-    ns: str = field(default="1,2,4,8,16", metadata={"help": "the N of accuracy@N (above the pool size: the pool)"})
+    limit: int = field(default=0, metadata={"range": (0, None),
+                                            "help": "with --mathv: only the first K problems (0: all)"})
+    ns: str = field(default="1,2,4,8,16", metadata={"type": cli.listed(int, 1),
+                                                    "help": "the N of accuracy@N (above the "
+                                                    "pool size: the pool)"})
     seed: int = field(default=0, metadata={"help": "seed of the subsets and of the dev split"})
-    dev_frac: float = field(default=0.5, metadata={"help": "share of problems that choose the first-error threshold"})
-    batch_size: int = field(default=8, metadata={"help": "with --model: answers per forward pass"})
-    max_len: int = field(default=MAX_LEN, metadata={"help": "with --model: maximum tokens per answer"})
-    device: str = field(default="", metadata={"help": "with --model: cpu | cuda (default: cuda if available)"})
+    dev_frac: float = field(default=0.5, metadata={"range": (0.0, 1.0),
+                                                   "help": "share of problems that choose the "
+                                                   "first-error threshold"})
+    batch_size: int = field(default=8, metadata={"range": (1, None),
+                                                 "help": "with --model: answers per forward pass"})
+    max_len: int = field(default=MAX_LEN, metadata={"range": (16, None),
+                                                    "help": "with --model: maximum tokens per answer"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "with --model: cpu | cuda "
+                                              "(default: cuda if available)"})
 
 
 def score_pool(a, problems, candidates):

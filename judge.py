@@ -102,8 +102,10 @@ class Args:
     problems: str = field(default="", metadata={"help": "problems JSONL"})
     candidates: str = field(default="", metadata={"help": "candidates JSONL"})
     out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
-    batch_size: int = field(default=8, metadata={"help": "judge prompts per forward pass"})
-    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    batch_size: int = field(default=8, metadata={"range": (1, None),
+                                                 "help": "judge prompts per forward pass"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
 
 
 def judge_candidates(judge, mode, images, questions, steps):

@@ -34,11 +34,14 @@ from tree_search import TAU, OutOfBudget, first_error_search, prefix_labels, q_p
 @dataclass
 class Args:
     split: str = field(default="tune", metadata={"help": "problems: tune (where tau is chosen) | test | ..."})
-    n_problems: int = field(default=200, metadata={"help": "questions"})
-    budgets: str = field(default="24,48,96", metadata={"help": "rollouts per question, comma-separated"})
-    rollouts: int = field(default=8, metadata={"help": "k: rollouts per value estimate"})
-    samples: int = field(default=8, metadata={"help": "first rollouts from the root (counted in the budget)"})
-    tau: float = field(default=TAU, metadata={"help": "a prefix is right when its value > tau"})
+    n_problems: int = field(default=200, metadata={"range": (1, None), "help": "questions"})
+    budgets: str = field(default="24,48,96", metadata={"type": cli.listed(int, 1),
+                                                       "help": "rollouts per question, comma-separated"})
+    rollouts: int = field(default=8, metadata={"range": (1, None), "help": "k: rollouts per value estimate"})
+    samples: int = field(default=8, metadata={"range": (1, None),
+                                              "help": "first rollouts from the root (counted in the budget)"})
+    tau: float = field(default=TAU, metadata={"range": (0.0, 1.0),
+                                              "help": "a prefix is right when its value > tau"})
     seed: int = field(default=0, metadata={"help": "seed of the problems and every rollout"})
 
 

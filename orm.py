@@ -31,9 +31,11 @@ class Args:
     problems: str = field(default="", metadata={"help": "problems JSONL"})
     candidates: str = field(default="", metadata={"help": "candidates JSONL"})
     out: str = field(default="", metadata={"help": "write score records here (JSONL)"})
-    batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
-    max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
-    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    batch_size: int = field(default=16, metadata={"range": (1, None), "help": "answers per forward pass"})
+    max_len: int = field(default=MAX_LEN, metadata={"range": (16, None),
+                                                    "help": "maximum tokens per answer (question cut first)"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
 
 
 def main(a: Args):

@@ -301,9 +301,11 @@ class Args:
     id: str = field(default="", metadata={"help": "candidate id for --show (default: one that teaches, the first "
                     "found of: lucky (right final answer after a wrong step) with its first wrong step mid-way; a "
                     "mid-way wrong step; lucky; any wrong step; else the first candidate)"})
-    batch_size: int = field(default=16, metadata={"help": "answers per forward pass"})
-    max_len: int = field(default=MAX_LEN, metadata={"help": "maximum tokens per answer (question cut first)"})
-    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    batch_size: int = field(default=16, metadata={"range": (1, None), "help": "answers per forward pass"})
+    max_len: int = field(default=MAX_LEN, metadata={"range": (16, None),
+                                                    "help": "maximum tokens per answer (question cut first)"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
 
 
 def score_candidates(a, make_scorer, method):

@@ -73,7 +73,8 @@ class Args:
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
     head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)", "choices": list(prm.HEADS)})
     beta: float = field(default=prm.BETA, metadata={"range": (0.0, None), "help": "implicit head: scale of the log-likelihood ratio"})
-    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
 
 
 # What makes the weights: --resume continues only a run made with the same values, and the same --data and

@@ -63,7 +63,9 @@ class Args:
     resume: bool = field(default=False, metadata={"help": "keep OUT's finished problems and do the rest"})
     eval: bool = field(default=False, metadata={"help": "both methods on test problems (synthetic policy) vs the oracle, "
                        "tau chosen on tune problems from --taus"})
-    taus: str = field(default="0,0.1,0.2,0.3", metadata={"help": "with --eval: the tau grid tried on tune problems"})
+    taus: str = field(default="0,0.1,0.2,0.3", metadata={"type": cli.listed(float, 0.0, 1.0),
+                                                         "help": "with --eval: the tau grid tried "
+                                                         "on tune problems"})
 
 
 def reaches(problem, rollout):

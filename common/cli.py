@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import sys
 
 
@@ -27,9 +28,31 @@ def within(kind, low=None, high=None):
     return parse
 
 
+def listed(kind, low=None, high=None):
+    """An argparse type: comma-separated numbers ("1,2,4"), each as within(kind, low, high) reads it; the text
+    is kept as given (the script splits it)."""
+    one = within(kind, low, high)
+
+    def parse(text):
+        for part in text.split(","):
+            try:
+                one(part.strip())
+            except argparse.ArgumentTypeError as e:
+                raise argparse.ArgumentTypeError(f"{text}: {e}") from None
+        return text
+    return parse
+
+
+def device(text):
+    """An argparse type: a torch device this code runs on, cpu | cuda | cuda:N ("": the default)."""
+    if text and not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected cpu, cuda or cuda:N")
+    return text
+
+
 def parse_args(cls, argv=None, doc=None):
-    """argparse from a settings dataclass: one --flag per field, its help (and `choices`, or a numeric `range`
-    (low, high)) from the field's metadata."""
+    """argparse from a settings dataclass: one --flag per field, its help (and `choices`, a numeric `range`
+    (low, high), or an argparse `type` such as listed() or device) from the field's metadata."""
     # allow_abbrev=False: "--max-step" is an error, not a silent "--max-steps"
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -45,6 +68,8 @@ def parse_args(cls, argv=None, doc=None):
             kw = {"type": str if f.default is None else type(f.default)}
         if "range" in f.metadata:  # (low, high): a number outside it is refused when parsed
             kw["type"] = within(type(f.default), *f.metadata["range"])
+        if "type" in f.metadata:
+            kw["type"] = f.metadata["type"]
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
         if "(default" not in helptext and f.default not in ("", None):  # nothing to say of an empty default

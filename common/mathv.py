@@ -80,7 +80,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
     ap.add_argument("--root", default=str(MATHV), help="the MATH-V folder (default: the shipped one)")
-    ap.add_argument("--examples", type=int, default=3, help="long answers shown with their steps (default 3)")
+    ap.add_argument("--examples", type=cli.within(int, 0), default=3,
+                    help="long answers shown with their steps (default 3)")
     a = ap.parse_args(argv)
     return mathv_stats(a.root, a.examples)
 

@@ -199,16 +199,17 @@ def pool_main(argv):
     ap = argparse.ArgumentParser(prog="python -m lab.api pool", description=pool_main.__doc__, allow_abbrev=False)
     ap.add_argument("--url", required=True, help="the server's base URL, e.g. http://localhost:8000/v1")
     ap.add_argument("--out", required=True, help="output folder: problems.jsonl, images/, candidates.jsonl")
-    ap.add_argument("--n-problems", type=int, default=20, help="synthetic problems, test split (default 20)")
-    ap.add_argument("--n", type=int, default=16, help="answers per problem, one request of n samples (default 16)")
-    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    ap.add_argument("--max-new-tokens", type=int, default=96, help="tokens per answer (default 96)")
-    ap.add_argument("--in-flight", type=int, default=16, help="requests sent at once (default 16)")
+    ap.add_argument("--n-problems", type=cli.within(int, 1), default=20,
+                    help="synthetic problems, test split (default 20)")
+    ap.add_argument("--n", type=cli.within(int, 1), default=16,
+                    help="answers per problem, one request of n samples (default 16)")
+    ap.add_argument("--temperature", type=cli.within(float, 0.0), default=1.0,
+                    help="sampling temperature (default 1.0)")
+    ap.add_argument("--max-new-tokens", type=cli.within(int, 1), default=96, help="tokens per answer (default 96)")
+    ap.add_argument("--in-flight", type=cli.within(int, 1), default=16, help="requests sent at once (default 16)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the problems and of each request (default 0)")
     ap.add_argument("--model", default="", help="the served model's name (vLLM: the name it was served under)")
     a = ap.parse_args(argv)
-    if min(a.n_problems, a.n) < 1:
-        raise ValueError("--n-problems and --n: expected at least 1")
     data.check_out(a.out, folder=True)
     probs = tasks.make_problems(a.n_problems, a.seed, "test")
     policy = ServedPolicy(a.url, a.temperature, a.max_new_tokens, a.in_flight, a.model)

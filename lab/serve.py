@@ -137,10 +137,12 @@ def start(model_name="tiny", port=0, die_after=0, device=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument("--model", default="tiny", help="tiny | tiny-init | a checkpoint folder")
-    ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0: a free one)")
-    ap.add_argument("--device", default="", help="cpu | cuda (default: cuda if available)")
+    ap.add_argument("--port", type=cli.within(int, 0, 65535), default=8000,
+                    help="port on 127.0.0.1 (0: a free one)")
+    ap.add_argument("--device", default="", type=cli.device, help="cpu | cuda (default: cuda if available)")
     a = ap.parse_args(argv)
     s = Server(a.model, a.port, device=a.device or None)
     print(f"serving {a.model} at {s.url} (Ctrl-C stops)", flush=True)

@@ -71,20 +71,30 @@ TARGET_MFU, TARGET_GIB = 0.30, 79.6  # the targets: 30% MFU within an 80 GB H100
 @dataclass
 class Args:
     config: str = field(default="", metadata={"help": "3b | mid | small (default: 3b on a GPU, mid on a CPU)"})
-    batch: int = field(default=8, metadata={"help": "training batch (sequences per optimizer step)"})
-    seq: int = field(default=1024, metadata={"help": "tokens per sequence, image tokens included"})
-    image: int = field(default=448, metadata={"help": "image side in pixels (a multiple of 28)"})
-    tags: int = field(default=8, metadata={"help": "step tags per sequence"})
-    steps: int = field(default=3, metadata={"help": "timed training steps per variant (after --warmup)"})
-    warmup: int = field(default=2, metadata={"help": "untimed steps first (allocator, kernels, compile)"})
+    batch: int = field(default=8, metadata={"range": (1, None),
+                                            "help": "training batch (sequences per optimizer step)"})
+    seq: int = field(default=1024, metadata={"range": (1, None),
+                                             "help": "tokens per sequence, image tokens included"})
+    image: int = field(default=448, metadata={"range": (28, None),
+                                              "help": "image side in pixels (a multiple of 28)"})
+    tags: int = field(default=8, metadata={"range": (1, None), "help": "step tags per sequence"})
+    steps: int = field(default=3, metadata={"range": (1, None),
+                                            "help": "timed training steps per variant (after --warmup)"})
+    warmup: int = field(default=2, metadata={"range": (0, None),
+                                             "help": "untimed steps first (allocator, kernels, compile)"})
     variants: str = field(default="plain,tags,master,windows,recipe,accum4,nockpt", metadata={"help": "comma-separated: "
                           + " | ".join(VARIANTS)})
     sweep: bool = field(default=False, metadata={"help": "every variant (SWEEP), the vision tower's share, and which "
                         "meet both targets; stops starting variants after --budget seconds"})
-    budget: float = field(default=210.0, metadata={"help": "with --sweep: seconds after which no variant starts"})
-    score_batch: int = field(default=16, metadata={"help": "sequences per scoring pass"})
-    peak_flops: float = field(default=989e12, metadata={"help": "the device's peak FLOP/s for MFU (bf16 dense)"})
-    device: str = field(default="", metadata={"help": "cpu | cuda (default: cuda if available)"})
+    budget: float = field(default=210.0, metadata={"range": (0.0, None),
+                                                   "help": "with --sweep: seconds after "
+                                                   "which no variant starts"})
+    score_batch: int = field(default=16, metadata={"range": (1, None), "help": "sequences per scoring pass"})
+    peak_flops: float = field(default=989e12, metadata={"range": (1.0, None),
+                                                        "help": "the device's peak FLOP/s for "
+                                                        "MFU (bf16 dense)"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
     seed: int = field(default=0, metadata={"help": "seed for weights and batches"})
 
 

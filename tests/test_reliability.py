@@ -38,6 +38,11 @@ def run(*argv, cwd=ROOT):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+def command(argv):
+    """A script's argv as run() takes it: a file at the root by its path (any cwd), a module (-m) as is."""
+    return argv if argv[0] == "-m" else [ROOT / argv[0], *argv[1:]]
+
+
 class Killed(BaseException):
     """A kill -9 at a chosen point: nothing after it runs, no handler sees it."""
 
@@ -405,8 +410,26 @@ def test_7_more_processes_than_gpus_fall_back_to_cpu_with_gloo():
     (["tree_search.py", "--rollouts", "0"], "--rollouts: 0"), (["tree_search.py", "--rollouts", "-3"], "--rollouts: -3"),
     (["tree_search.py", "--tau", "nan"], "--tau: nan"), (["tree_search.py", "--samples", "0"], "--samples: 0"),
     (["train.py", "--max-steps", "-5"], "--max-steps: -5"), (["train.py", "--batch-size", "0"], "--batch-size: 0"),
-    (["train.py", "--save-every", "0"], "--save-every: 0"), (["train.py", "--grad-accum", "0"], "--grad-accum: 0")])
+    (["train.py", "--save-every", "0"], "--save-every: 0"), (["train.py", "--grad-accum", "0"], "--grad-accum: 0"),
+    (["bon.py", "--ns", "0,1"], "--ns: 0,1: 0"), (["bon.py", "--dev-frac", "1.5"], "--dev-frac: 1.5"),
+    (["bench.py", "--steps", "0"], "--steps: 0"), (["bench.py", "--taus", "0,nan"], "--taus: 0,nan: nan"),
+    (["prm.py", "--batch-size", "0"], "--batch-size: 0"), (["orm.py", "--max-len", "-1"], "--max-len: -1"),
+    (["judge.py", "--batch-size", "0"], "--batch-size: 0"), (["omegaprm.py", "--tau", "2"], "--tau: 2"),
+    (["omegaprm.py", "--budgets", "24,0"], "--budgets: 24,0: 0"),
+    (["-m", "lab.serve", "--port", "70000"], "--port: 70000"),
+    (["-m", "lab.api", "pool", "--url", "u", "--out", "o", "--n", "0"], "--n: 0")])
 def test_4_a_number_out_of_range_is_refused_at_parse_time_naming_the_option(tmp_path, argv, bad):
-    r = run(ROOT / argv[0], *argv[1:], cwd=tmp_path)
-    assert r.returncode == 2 and bad in r.stderr and "expected a finite number" in r.stderr
+    r = run(*command(argv), cwd=ROOT if argv[0] == "-m" else tmp_path)
+    assert r.returncode == 2 and bad in r.stderr and "expected a finite number" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing made
+
+
+@pytest.mark.parametrize("argv,bad", [
+    (["train.py", "--device", "cdua"], "--device: 'cdua': expected cpu, cuda or cuda:N"),
+    (["prm.py", "--device", "cdua"], "--device: 'cdua': expected cpu, cuda or cuda:N"),
+    (["train.py", "--size", "smal"], "--size: invalid choice: 'smal'"),
+    (["-m", "common.model", "--size", "smal"], "--size: invalid choice: 'smal'")])
+def test_4_a_misspelt_device_or_size_is_refused_at_parse_time(tmp_path, argv, bad):
+    r = run(*command(argv), cwd=ROOT if argv[0] == "-m" else tmp_path)
+    assert r.returncode == 2 and bad in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert cli.device("cuda:1") == "cuda:1" and cli.device("") == ""
