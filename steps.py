@@ -12,6 +12,7 @@ sentences. Decimals ("3.5"), abbreviations ("e.g.") and LaTeX math are never cut
 the writer's steps other ways (CUTS): the paper's finding that PRMs need clear step divisions.
 """
 import argparse
+import bisect
 import os
 import re
 import sys
@@ -30,22 +31,64 @@ _HEADER = re.compile(r"#+[^\n\d$=\\]*|(?:\*\*|__)[^\n\d$=\\]*(?:\*\*|__)[:：]?"
 HEADER_CHARS = 60
 # A list item at a line start: "1. " "2) " "(3) " "4、" "- " "* " "• " (a marker needs the space: "-1" is content)
 _LIST = re.compile(r"[ \t]*(?:\(\d{1,2}\)|（\d{1,2}）|\d{1,2}[.)、](?!\d)|[-*•])[ \t]+")
-# LaTeX math is never cut. $..$ stays on one line, so that a lone "$5" cannot swallow the paragraphs after it.
-_MATH = re.compile(r"\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{([A-Za-z*]+)\}.+?\\end\{\1\}"
-                   r"|(?<!\\)\$(?:\\.|[^$\\\n])+\$", re.S)
+# LaTeX math is never cut: $$..$$, \[..\], \(..\), \begin{X}..\end{X}, and $..$, which stays on one line so that a
+# lone "$5" cannot swallow the paragraphs after it (_math_spans finds them).
+_BEGIN = re.compile(r"\\begin\{([A-Za-z*]+)\}")
+_END = re.compile(r"\\end\{([A-Za-z*]+)\}")
+_INLINE = re.compile(r"(?:\\.|[^$\\\n])+", re.S)  # inside $..$: escapes (\$) and anything but "$" and a newline
 _DISPLAY = re.compile(r"[ \t]*(?:\$\$|\\\[|\\begin\{)")
 # A sentence ends at . ! ? before a space (so never in 3.5), also as "$y = 6.$ Then"; or at 。！？ with no space.
 _SENTENCE_END = re.compile(r"[.!?](?:\$|\\\))?[\"'”’)\]]*(?=\s)|[。！？][\"'”’」）]*")
+_NOT_SPACE = re.compile(r"\S")
 _ABBREV = {"e.g.", "i.e.", "fig.", "figs.", "eq.", "eqs.", "vs.", "cf.", "approx.", "resp.", "mr.", "mrs.", "ms.",
            "dr.", "vol.", "sec.", "ch.", "ex.", "al.", "thm.", "def.", "lem.", "prop.", "env."}
 
 
+def _math_spans(text):
+    """The (start, end) of each piece of LaTeX math, left to right. At a "$" or "\\" the delimiters are tried in
+    the order above; a pair needs something between its ends; the first closer after an opener closes it. Every
+    closer's positions are listed once, so an opener without one ("\\[ x \\[ x ...") costs a lookup, not a scan
+    of the rest of the text: linear in its length."""
+    closers = {"$$": [m.start() for m in re.finditer(r"(?=\$\$)", text)],
+               "\\]": [m.start() for m in re.finditer(r"\\\]", text)],
+               "\\)": [m.start() for m in re.finditer(r"\\\)", text)]}
+    for m in _END.finditer(text):
+        closers.setdefault(m.group(), []).append(m.start())
+
+    def close(closer, after):  # the end of the first `closer` at or after `after`, or None
+        at = closers.get(closer, [])
+        i = bisect.bisect_left(at, after)
+        return at[i] + len(closer) if i < len(at) else None
+
+    spans, done = [], 0
+    for m in re.finditer(r"[$\\]", text):
+        i = m.start()
+        if i < done:  # inside the math just found
+            continue
+        end = None
+        if text.startswith("$$", i):
+            end = close("$$", i + 3)
+        elif text.startswith(("\\[", "\\("), i):
+            end = close("\\]" if text[i + 1] == "[" else "\\)", i + 3)
+        elif begin := _BEGIN.match(text, i):
+            end = close(f"\\end{{{begin.group(1)}}}", begin.end() + 1)
+        if end is None and text[i] == "$" and text[i - 1:i] != "\\":  # $..$, not after a backslash
+            body = _INLINE.match(text, i + 1)
+            end = body.end() + 1 if body and text.startswith("$", body.end()) else None
+        if end is not None:
+            spans.append((i, end))
+            done = end
+    return spans
+
+
 def _split_at(text, pattern, keep=None):
     """Cut `text` after each match of `pattern` (and that `keep` accepts) unless the cut falls inside LaTeX math."""
-    math = [m.span() for m in _MATH.finditer(text)]
+    math = _math_spans(text)
+    starts = [a for a, _ in math]
     pieces, start = [], 0
     for m in re.finditer(pattern, text):
-        if any(a < m.end() < b for a, b in math) or (keep and not keep(text, m)):
+        k = bisect.bisect_left(starts, m.end()) - 1  # the last math that starts before the cut
+        if (k >= 0 and m.end() < math[k][1]) or (keep and not keep(text, m)):
             continue
         pieces.append(text[start:m.end()])
         start = m.end()
@@ -53,17 +96,20 @@ def _split_at(text, pattern, keep=None):
 
 
 def _is_sentence_end(text, m):
-    rest = text[m.end():].lstrip()
-    if not rest or rest[0].islower():  # "approx. equal", "a. b." and the text's end are not boundaries
+    after = _NOT_SPACE.search(text, m.end())
+    if not after or after.group().islower():  # "approx. equal", "a. b." and the text's end are not boundaries
         return False
-    return text[:m.end()].split()[-1].lstrip("([{\"'").lower() not in _ABBREV
+    word = m.end()  # where the word ending here starts (no copy of the text before it: linear in all)
+    while word > 0 and not text[word - 1].isspace():
+        word -= 1
+    return text[word:m.end()].lstrip("([{\"'").lower() not in _ABBREV
 
 
 def _lines_to_steps(text, sentences):
     """Blank lines separate paragraphs; list items always start a step; a single newline starts one only when the
     text has no blank-line paragraphs; display math joins the line before it. One plain chunk -> its sentences."""
     paras = [p for p in _split_at(text, r"\n[ \t]*\n") if p.strip()]
-    steps, listed = [], False
+    steps, listed = [], False  # steps: the lines of each step, joined at the end (no string grown line by line)
     for para in paras:
         first = True
         for line in _split_at(para, r"\n"):
@@ -72,10 +118,11 @@ def _lines_to_steps(text, sentences):
             if not line.strip():
                 continue
             if first or m or (len(paras) == 1 and not _DISPLAY.match(line)):
-                steps.append(line[m.end():] if m else line)
+                steps.append([line[m.end():] if m else line])
             else:
-                steps[-1] += line
+                steps[-1].append(line)
             first = False
+    steps = ["".join(lines) for lines in steps]
     if sentences and not listed and len(steps) == 1:
         steps = _split_at(steps[0], _SENTENCE_END, _is_sentence_end)
     return [s.strip() for s in steps if s.strip()]

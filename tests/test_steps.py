@@ -2,6 +2,7 @@
 ablation's cuts (segment) and the CLI."""
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,23 @@ def test_segment_cuts_the_same_answer_three_ways():
     assert steps.segment([], "pairs") == [] and steps.segment([], "chunks") == []
     with pytest.raises(ValueError, match="unknown segmentation 'no-such-cut'"):
         steps.segment(FOUR, "no-such-cut")
+
+
+def test_splitting_is_linear_in_the_length_of_the_text():
+    """Big inputs, results checked: a 1 MB paragraph, 200 KB of unclosed "\\[", 100,000 lines of one paragraph
+    (the quadratic splitter took minutes on each; here well under a second; the alarm turns a hang into a failure)."""
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("split_steps ran over 60 s"))
+    signal.alarm(60)
+    try:
+        sentence = "There are 3 red shapes, e.g. $x = 3.5$ of them. "
+        n = 1_000_000 // len(sentence)
+        assert split_steps(sentence * n) == [sentence.strip()] * n
+        unclosed = "\\[ x " * 40_000  # no "\\]" closes any of them: no math, nothing to cut
+        assert split_steps(unclosed) == [unclosed.strip()]
+        lines = "a = 1\n" * 100_000
+        assert split_steps(lines + "\nb") == [lines.strip(), "b"]
+    finally:
+        signal.alarm(0)
 
 
 @pytest.mark.parametrize("cut", list(steps.CUTS))
