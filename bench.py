@@ -323,6 +323,12 @@ def choose_head(P, pools, scores):
     return max(bon.AGGS, key=lambda g: acc[g]), acc
 
 
+def train_label_quality(st, P, tau):
+    """The train labels against the oracle on the same solutions, the lucky ones apart (tree_search.label_quality)."""
+    records = data.read_jsonl(st.out / "labels.jsonl", "labelled")
+    return tree_search.label_quality({p["id"]: p for p in P["train"]}, records, tau["tau"] or 0.0)
+
+
 def run(a):
     """One seed, the whole pipeline: -> (results, rows, first-error items, fresh-step items)."""
     t0, st = time.time(), Stages(a.out)
@@ -357,7 +363,8 @@ def run(a):
            "machine": report.machine(),
            **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed),
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
-           "labelling": {**labelling, "train_labels": label_stats}, "speed": spd,
+           "labelling": {**labelling, "train_labels": {**label_stats, "vs_oracle": train_label_quality(st, P, tau)}},
+           "speed": spd,
            "world": {kind: tasks.world(P["test"], pools[("test", kind)]) for kind in ("base", "synthetic")},
            "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
     return res, rows, fe_items, auc_items

@@ -61,6 +61,7 @@ class Args:
     eval_every: int = field(default=500, metadata={"range": (1, None), "help": "evaluate every N steps"})
     eval_n: int = field(default=64, metadata={"range": (1, None), "help": "held-out problems (sft) per evaluation"})
     save_every: int = field(default=500, metadata={"range": (1, None), "help": "checkpoint to OUT/last every N steps"})
+    keep_every: int = field(default=0, metadata={"range": (0, None), "help": "also keep the model at step 0 and every N steps in OUT/step-N (learning curves; 0: never)"})
     seed: int = field(default=0, metadata={"help": "seed for init, data order and held-out problems"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/last (a run with the same settings only)"})
     overwrite: bool = field(default=False, metadata={"help": "start over in an OUT that holds a checkpoint (removed)"})
@@ -73,6 +74,7 @@ class Args:
     compile: bool = field(default=False, metadata={"help": "torch.compile every transformer block (GPU; recompiles at eval)"})
     head: str = field(default=prm.HEAD, metadata={"help": "prm/orm: tag (+/- read at each step tag) | implicit (log-likelihood ratio to the start model, read at the tags) | likelihood (each step's own log-likelihood, calibrated: starts as the base's step likelihood)", "choices": list(prm.HEADS)})
     beta: float = field(default=prm.BETA, metadata={"range": (0.0, None), "help": "implicit head: scale of the log-likelihood ratio"})
+    probe: bool = field(default=False, metadata={"help": "separator head: train its linear layer alone, the base frozen (a probe)"})
     device: str = field(default="", metadata={"type": cli.device,
                                               "help": "cpu | cuda (default: cuda if available)"})
 
@@ -80,7 +82,7 @@ class Args:
 # What makes the weights: --resume continues only a run made with the same values, and the same --data and
 # --eval-data content (their hashes). Not here: how often it saves or evaluates, and how (device, checkpointing).
 RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
-            "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights")
+            "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe")
 
 
 def run_settings(a):
@@ -224,8 +226,8 @@ def make_batch(processor, items, a, objective, cache=None, keys=None):
     if objective == "sft":
         batch, keep, skipped = encode(processor, images, prompts, payload, a.max_len, cache, keys)
         return batch, None, skipped
-    batch, keep, skipped = prm.encode_steps(processor, images, prompts, payload, a.head == "likelihood", a.max_len,
-                                            cache, keys)
+    batch, keep, skipped = prm.encode_steps(processor, images, prompts, payload, a.head in prm.NATIVE_HEADS,
+                                            a.max_len, cache, keys)
     if batch is None:
         return None, None, skipped
     if objective == "prm":
@@ -300,6 +302,16 @@ def head_config(model, a):
     calibration; the start model as a name that loads from any folder ("tiny", a hub id, or an absolute path)."""
     start = a.model if a.model in ("tiny", "tiny-init") else resolve(a.model)
     return {"model": start, **({"calibration": list(model.likelihood)} if prm.is_likelihood(model) else {})}
+
+
+def snapshot_folder(out, step):
+    return Path(out) / f"step-{step:06d}"
+
+
+def keep_snapshot(model, processor, a, step):
+    """The model at `step` as a folder prm.load reads (weights, head, config): a point of a learning curve."""
+    save_model(model, processor, snapshot_folder(a.out, step), {**asdict(a), "steps_done": step,
+                                                                 **head_config(model, a)})
 
 
 def load_model(a, device):
@@ -397,6 +409,8 @@ def evaluate(model, processor, a, dev_rows):
 
 def main(a: Args):
     cli.choice(a.head, prm.HEADS, "--head"), cli.choice(a.objective, ("sft", "prm", "orm"), "--objective")
+    if a.probe and (a.head != "separator" or a.objective == "sft"):
+        raise ValueError("--probe trains the separator head alone: give --head separator and --objective prm or orm")
     rank, world, device = recipe.setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
@@ -418,6 +432,11 @@ def main(a: Args):
         model.likelihood = calibrate(model, processor, rows, a)  # before any step: the base's likelihood, calibrated
         print(f"[train] likelihood head: a = {model.likelihood[0]}, b = {model.likelihood[1]}, "
               f"cumulative = {model.likelihood[2]}")
+    if a.head == "separator" and a.objective != "sft" and prm.head_of(model) != "separator":
+        prm.add_separator_head(model, seed=a.seed)  # a fresh layer; a resumed one came with its checkpoint
+    if a.probe:  # the base's weights stay as they are: only the head learns
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("reward_head."))
     recipe.prepare(model, a)
     opt, start = recipe.make_optimizer(model, a, device), 0
     if resume:
@@ -430,6 +449,8 @@ def main(a: Args):
         checkpoint.trim_log(out / "log.jsonl", start)  # the steps after the checkpoint are done again
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     state, t0 = {"enc": {}, "ref": {}, "skipped_ids": set(), "skipped": 0}, time.time()
+    if a.keep_every and start == 0 and rank == 0:  # the start of the curve: the head before any step
+        keep_snapshot(model, processor, a, 0)
     bar = tqdm(range(start, a.max_steps), initial=start, total=a.max_steps, disable=rank != 0, desc=a.objective)
     for step in bar:
         micro = micro_batches(step, a, rows, processor, model, ids, rank, world, state)
@@ -449,6 +470,8 @@ def main(a: Args):
             tqdm.write(f"step {step + 1}: loss {loss:.4f} eval {json.dumps(res)} skipped {state['skipped']} "
                        f"({time.time() - t0:.0f}s)")
             log.write(json.dumps({"step": step + 1, "eval": res}) + "\n")
+        if a.keep_every and (step + 1) % a.keep_every == 0:
+            keep_snapshot(model, processor, a, step + 1)
         if (step + 1) % a.save_every == 0 or done:
             checkpoint.save(model, processor, opt, last, {**asdict(a), **head_config(model, a)}, step + 1)
     if rank == 0:

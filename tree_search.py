@@ -370,6 +370,24 @@ def label_counts(problems, records, tau=TAU):
     return out
 
 
+def consensus(records, likelihoods):
+    """A consensus filter (as Athena-PRM and VL-PRMs keep only labels two sources agree on), by solution: keep a
+    labelled solution only where a second source, the base's own step likelihood (one list per record), puts the
+    first error where the labels do (-1: none). The likelihood's threshold is the one of its percentiles that agrees
+    most often (the lowest among equals). -> (kept records, {"threshold", "kept", "of"})."""
+    def first_below(values, t):
+        return next((i for i, v in enumerate(values) if v < t), -1)
+    pairs = [(r, lk) for r, lk in zip(records, likelihoods) if lk is not None]
+    values = sorted(v for _, lk in pairs for v in lk)
+    grid = sorted({values[len(values) * q // 100] for q in range(100)} | {0.0}) if values else [0.0]  # percentiles
+
+    def agreeing(t):
+        return [r for r, lk in pairs if first_below(lk, t) == r["first_error"]]
+    best = max(grid, key=lambda t: (len(agreeing(t)), -t)) if pairs else 0.0
+    kept = agreeing(best)
+    return kept, {"threshold": best, "kept": len(kept), "of": len(records)}
+
+
 def label_quality(problems, records, tau=TAU):
     """label_counts as shares: {"all" | "lucky" | "rest": {"records", "first_error_agreement",
     "step_label_accuracy"}} (None where a part has no record)."""

@@ -14,6 +14,8 @@ majority vote, and the rule that guesses one first error per family (lab/evidenc
 Label sources (all of the same sampled train solutions, bench's OUT/labels.jsonl):
 - mcts: the tree search's labels (bench's default);
 - oracle: the same solutions labelled by the suite's oracle (the upper bound of any labeller);
+- consensus: the MCTS labels kept only where the base's own step likelihood puts the first error in the same place
+  (tree_search.consensus), as Athena-PRM and VL-PRMs keep what two sources agree on.
 Their accuracy against the oracle, with the lucky solutions (a right answer after a wrong step) apart, is in
 curves.json ("labels").
 """
@@ -27,9 +29,11 @@ import prm
 import train
 import tree_search
 from common import cli, data, metrics, tasks
-from lab.controls import fresh_items
+from lab.controls import fresh_items, step_likelihood
 from lab.evidence import content_free_rule
 
+SOURCES = ("mcts", "oracle", "consensus")
+LINES = {"mcts": "-", "oracle": ":", "consensus": "-."}
 NAMES = {"likelihood": "likelihood head", "separator": "separator head", "tag": "tag head",
          "implicit": "implicit head", "separator_probe": "separator probe (base frozen)"}
 
@@ -40,7 +44,8 @@ class Args:
     out: str = field(default="out/curves", metadata={"help": "output folder: curves.json, curves.md, curves.png"})
     heads: str = field(default="likelihood,separator", metadata={
         "help": "comma-separated heads (prm.HEADS), or separator_probe: the separator head on the frozen base"})
-    labels: str = field(default="mcts,oracle", metadata={"help": "comma-separated label sources: mcts | oracle"})
+    labels: str = field(default="mcts,oracle,consensus", metadata={"help": "comma-separated label sources: mcts | "
+                        "oracle | consensus"})
     # bench.py's reward-model settings (its --steps, --lr, --batch-size)
     steps: int = field(default=400, metadata={"range": (1, None), "help": "fine-tuning steps"})
     every: int = field(default=100, metadata={"range": (1, None), "help": "read the model every N steps"})
@@ -59,27 +64,46 @@ def oracle_records(problems, records):
     return out
 
 
+def consensus_records(problems, records):
+    """The MCTS labels kept where the base's own step likelihood agrees on the first error (tree_search.consensus).
+    """
+    model, processor = prm.load("tiny", device="cpu")
+    likelihoods = step_likelihood(model, processor, [tasks.render(problems[r["meta"]["problem_id"]]) for r in records],
+                                  [r["prompt"] for r in records], [r["completions"] for r in records])
+    return tree_search.consensus(records, likelihoods)
+
+
 def label_files(a, problems):
     """{source: path of its labelled JSONL} in OUT, each written from bench's labels."""
     src = Path(a.bench) / "labels.jsonl"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no labels; run python bench.py --tune-only --out {a.bench} first")
     records = data.read_jsonl(src, "labelled")
+    sources = a.labels.split(",")
+    for source in sources:
+        cli.choice(source, SOURCES, "--labels")
     by_source = {"mcts": records, "oracle": oracle_records(problems, records)}
+    if "consensus" in sources:
+        by_source["consensus"], stats = consensus_records(problems, records)
+        print(f"[curves] consensus: {stats['kept']} of {stats['of']} labelled solutions kept (the base's step "
+              f"likelihood below {stats['threshold']:.4f} puts the first error where the tree search does)")
     files = {}
-    for source in a.labels.split(","):
-        cli.choice(source, tuple(by_source), "--labels")
+    for source in sources:
         files[source] = Path(a.out) / f"labels_{source}.jsonl"
         # images stay where bench wrote them: absolute paths, so the file reads from OUT
         data.write_jsonl(files[source], [{**r, "images": [str((Path(a.bench) / r["images"][0]).resolve())]}
                                          for r in by_source[source]], "labelled")
-    return files, records
+    return files
+
+
+def run_folder(a, head, source):
+    return Path(a.out) / f"{head}-{source}"
 
 
 def train_run(a, head, labels):
     """Fine-tune one PRM with bench's settings, keeping the model every a.every steps. -> its folder."""
     probe = head == "separator_probe"
-    out = Path(a.out) / f"{head}-{Path(labels).stem.removeprefix('labels_')}"
+    out = run_folder(a, head, Path(labels).stem.removeprefix("labels_"))
     args = train.Args(objective="prm", model="tiny", data=str(labels), out=str(out), max_steps=a.steps,
                       warmup=a.steps // 10, lr=a.lr, batch_size=a.batch_size, seed=a.seed, eval_every=a.steps,
                       save_every=a.steps, keep_every=a.every, head="separator" if probe else head, probe=probe,
@@ -136,6 +160,24 @@ def references(tune, dev_problems, dev_cands):
             "content_free_f1": round(metrics.f1_of_predictions(pred, [c["first_error"] for c in cands]), 4)}
 
 
+def curve(a, head, source, labels, tune, dev):
+    """One run's points, trained and read, or read back from OUT/RUN/points.json when a run with the same settings
+    and labels left it there (two processes with other --heads can share OUT; a killed run redoes one run)."""
+    settings = {"head": head, "labels": source, "labels_sha256": data.file_hash(labels), "bench": a.bench,
+                **{k: getattr(a, k) for k in ("steps", "every", "lr", "batch_size", "seed")}}
+    done = run_folder(a, head, source) / "points.json"
+    if done.exists() and json.loads(done.read_text())["settings"] == settings:
+        print(f"[curves] {head} {source}: read back from {done}")
+        return json.loads(done.read_text())["points"]
+    folder, points = train_run(a, head, labels), []
+    for snap in sorted(folder.glob("step-*")):
+        model, processor = prm.load(str(snap), device="cpu")
+        points.append({"step": int(snap.name.removeprefix("step-")), **point(model, processor, tune, dev)})
+        print(f"[curves] {head} {source} step {points[-1]['step']}: {json.dumps(points[-1])}")
+    done.write_text(json.dumps({"settings": settings, "points": points}, indent=1))
+    return points
+
+
 def table(res):
     """The curves as one markdown table: a row per (head, labels, step)."""
     ref = res["references"]
@@ -172,10 +214,11 @@ def plot(res, path):
     fig = Figure(figsize=(11, 7.5))
     axes = fig.subplots(2, 2)
     for ax, (key, title, ref) in zip(axes.flat, panels):
-        for i, run in enumerate(res["runs"]):
-            style = "-" if run["labels"] == "mcts" else ":"
-            ax.plot([p["step"] for p in run["points"]], [p[key] for p in run["points"]], style, marker="o",
-                    color=f"C{i}", label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels")
+        for run in res["runs"]:  # a colour per head, a line style per label source
+            colour = f"C{list(NAMES).index(run['head'])}"
+            ax.plot([p["step"] for p in run["points"]], [p[key] for p in run["points"]],
+                    LINES[run["labels"]], marker="o", color=colour,
+                    label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels")
         if ref:
             ax.axhline(res["references"][ref], color="grey", linestyle="--",
                        label="content-free rule" if ref == "content_free_f1" else "majority vote")
@@ -196,27 +239,24 @@ def main(a: Args):
     problems = {s: {p["id"]: p for p in ps} for s, ps in read.items()}
     tune = (problems["tune"], data.read_jsonl(bench / "cands_tune_base.jsonl", "candidate"))
     dev = (problems["dev"], data.read_jsonl(bench / "cands_dev_base.jsonl", "candidate"))
-    files, mcts = label_files(a, problems["train"])
+    files = label_files(a, problems["train"])
     tau = json.loads((bench / "tau.json").read_text())["out"]["tau"] if (bench / "tau.json").exists() else 0.0
     res = {"settings": asdict(a), "tune_problems": len(tune[0]), "runs": [],
            "references": references(tune, read["dev"], dev[1]),
-           "labels": {"mcts": tree_search.label_quality(problems["train"], mcts, tau or 0.0)}}
-    for head in a.heads.split(","):
+           "labels": {source: tree_search.label_quality(problems["train"], data.read_jsonl(path, "labelled"),
+                                                        tau or 0.0) for source, path in files.items()}}
+    heads = a.heads.split(",")
+    for head in heads:
         cli.choice(head, (*prm.HEADS, "separator_probe"), "--heads")
+    for head in heads:
         for source, path in files.items():
-            folder = train_run(a, head, path)
-            points = []
-            for snap in sorted(folder.glob("step-*")):
-                model, processor = prm.load(str(snap), device="cpu")
-                points.append({"step": int(snap.name.removeprefix("step-")), **point(model, processor, tune, dev)})
-                print(f"[curves] {head} {source} step {points[-1]['step']}: {json.dumps(points[-1])}")
-            res["runs"].append({"head": head, "labels": source, "points": points})
+            res["runs"].append({"head": head, "labels": source, "points": curve(a, head, source, path, tune, dev)})
     res["seconds"] = round(time.time() - t0, 1)
     (out / "curves.json").write_text(json.dumps(res, indent=1))
     (out / "curves.md").write_text(f"# Learning curves on tune\n\n`python -m lab.curves --bench {a.bench} --heads "
                                    f"{a.heads} --labels {a.labels} --steps {a.steps} --every {a.every}` "
-                                   f"({res['seconds']:.0f} s)\n\n{table(res)}\n\n## The MCTS labels against the "
-                                   f"oracle (train solutions)\n\n{label_table(res['labels'])}\n")
+                                   f"({res['seconds']:.0f} s)\n\n{table(res)}\n\n## Each label source against the "
+                                   f"oracle (the same train solutions)\n\n{label_table(res['labels'])}\n")
     plot(res, out / "curves.png")
     print(table(res))
     return res

@@ -421,9 +421,25 @@ def labelling_section(r, a):
     body = (f"{table}\n\nTau grid on tune ({a.labels}, first-error agreement): {grid}. "
             f"Train labels: {train['records']} records, "
             f"{train['rollouts_per_solution']} rollouts per solution.")
+    if "vs_oracle" in train:
+        body += "\n\n" + train_labels_text(train["vs_oracle"])
     title = ("Labelling: tau chosen on tune, cost and quality on test problems "
              "against the oracle")
     return section(title, body)
+
+
+def train_labels_text(quality):
+    """The train labels against the oracle: over all solutions, the lucky ones, the rest."""
+    def said(part, words):
+        q = quality[part]
+        if not q["records"]:
+            return f"{words}: none"
+        return (f"{words} ({q['records']} solutions): first error as the oracle's {q['first_error_agreement']:.3f}, "
+                f"step labels {q['step_label_accuracy']:.3f}")
+    return ("Train labels against the oracle (the same solutions): " + "; ".join(
+        [said("all", "all"), said("lucky", "lucky (a right answer after a wrong step)"), said("rest", "the rest")])
+        + ". A rollout from a lucky solution's wrong step still reaches the right answer, so the tree search "
+        "calls the step right.")
 
 
 def f1_section(step):
@@ -582,9 +598,17 @@ def lucky_text(r):
     if not world:
         return ""
     kinds = ", ".join(f"{kind} {world[kind]['lucky']:.2f}" for kind in world if kind != "all")
-    return (f"Of the base's right test answers, a share {world['all']['lucky']:.2f} are *lucky*: the right final "
+    text = (f"Of the base's right test answers, a share {world['all']['lucky']:.2f} are *lucky*: the right final "
             f"answer after a step the oracle marks wrong (by kind: {kinds}); accuracy@N counts them right, "
-            "faithful@N does not.\n")
+            "faithful@N does not.")
+    labels = r.get("labelling", {}).get("train_labels", {}).get("vs_oracle")
+    if labels and labels["lucky"]["records"]:
+        lucky, rest = labels["lucky"], labels["rest"]
+        text += (f" The PRM learns from such answers too: {lucky['records']} of the {labels['all']['records']} "
+                 f"labelled train solutions are lucky, and the tree search's labels put their first error where the "
+                 f"oracle does on {lucky['first_error_agreement']:.2f} of them (on the rest: "
+                 f"{rest['first_error_agreement']:.2f}).")
+    return text + "\n"
 
 
 def rule_text(r):

@@ -228,3 +228,17 @@ def test_plot_reads_plain_n_the_run_settings_and_names_subsets():
         "QUICK smoke run (numbers not evidence): seeds 0,1 pooled, 240 test problems per seed, 16 answers each")
     # pooled over 2 seeds the run has 480 test problems: every curve here (240) is then a subset, and says so
     assert all(t.get_text().endswith("(240-problem subset)") for t in quick.axes[0].get_legend().get_texts()[:3])
+
+
+def test_the_lucky_sentence_says_how_the_train_labels_read_lucky_answers():
+    quality = {"all": {"records": 100, "first_error_agreement": 0.85, "step_label_accuracy": 0.86},
+               "lucky": {"records": 12, "first_error_agreement": 0.0, "step_label_accuracy": 0.0},
+               "rest": {"records": 88, "first_error_agreement": 0.97, "step_label_accuracy": 0.99}}
+    world = {"count_add": {"lucky": 0.7}, "all": {"lucky": 0.4}}
+    r = {"world": {"base": world}, "labelling": {"train_labels": {"vs_oracle": quality}}}
+    text = report.lucky_text(r)
+    assert "share 0.40 are *lucky*" in text and "count_add 0.70" in text
+    assert "12 of the 100 labelled train solutions are lucky" in text and "on 0.00 of them (on the rest: 0.97)" in text
+    assert "lucky (a right answer after a wrong step) (12 solutions): first error as the oracle's 0.000" in \
+        report.train_labels_text(quality)
+    assert "the tree search" not in report.lucky_text({"world": {"base": world}})  # a run without the measure

@@ -334,3 +334,56 @@ def test_an_outcome_outside_0_1_names_the_file_line_and_field(tmp_path):
     path.write_text(json.dumps(rec) + "\n")
     with pytest.raises(data.RecordError, match=r'l.jsonl:1: field "meta.correct": expected true, false or a number'):
         data.read_jsonl(path, "labelled")
+
+
+def test_separator_head_reads_each_steps_last_token_and_reloads(tmp_path):
+    policy.write_suite(tmp_path, 6, n_cands=2)
+    out = tmp_path / "sep"
+    m = train.main(args(out, objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"), head="separator",
+                        lr=1e-3, save_every=10**6))
+    r, p = prm.load(str(out), device="cpu")
+    assert prm.head_of(r) == "separator" and (out / vlm.REWARD_HEAD).exists()
+    pr = tasks.make_problem("y", 1, kind="count_add")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    batch, _, _ = prm.encode_steps(p, [tasks.render(pr)], [pr["question"]], [steps], native=True)
+    with torch.no_grad():
+        got = prm.separator_logits(r, batch)
+        h = vlm.hidden_states(r, batch)[0]
+        # by hand: the last token of each step's own text, "Step k: ..." as the base writes it
+        start = int(batch["prompt_lens"][0])
+        ends = [start + len(p.tokenizer.encode(tasks.format_steps(steps[:k + 1]))) - 1 for k in range(len(steps))]
+        want = r.reward_head(h[ends])
+    assert torch.allclose(got, want, atol=1e-6)
+    im, q = [tasks.render(pr)], [pr["question"]]
+    assert prm.score_steps(r, p, im, q, [steps])[0][0] == prm.score_steps(m, p, im, q, [steps])[0][0]
+    assert prm.score_prefixes(r, p, im[0], q[0], steps) == pytest.approx(prm.score_steps(r, p, im, q, [steps])[0][0],
+                                                                          abs=1e-5)
+
+
+def test_a_probe_trains_the_separator_head_alone(tmp_path):
+    policy.write_suite(tmp_path, 6, n_cands=2)
+    m = train.main(args(tmp_path / "probe", objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"),
+                        head="separator", probe=True, lr=1e-2, save_every=10**6))
+    base, _ = prm.load("tiny", device="cpu")
+    b = base.state_dict()
+    trained = {k: v for k, v in m.state_dict().items() if not k.startswith("reward_head.")}
+    assert trained.keys() == b.keys() and all(torch.equal(trained[k], b[k]) for k in b)
+    prm.add_separator_head(base, seed=0)  # the layer training started from
+    assert not torch.equal(m.reward_head.weight, base.reward_head.weight)  # the head moved
+    with pytest.raises(ValueError, match="--probe"):
+        train.main(args(tmp_path / "bad", objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"),
+                        head="likelihood", probe=True))
+
+
+def test_keep_every_keeps_the_start_and_every_nth_model(tmp_path):
+    policy.write_suite(tmp_path, 6, n_cands=2)
+    out = tmp_path / "curve"
+    m = train.main(args(out, objective="prm", model="tiny", data=str(tmp_path / "labels.jsonl"), head="likelihood",
+                        lr=1e-3, keep_every=3, save_every=10**6))
+    kept = sorted(p.name for p in out.glob("step-*"))
+    assert kept == ["step-000000", "step-000003", "step-000006"]
+    start, _ = prm.load(str(out / "step-000000"), device="cpu")
+    end, p = prm.load(str(out / "step-000006"), device="cpu")
+    assert start.likelihood == m.likelihood  # the calibrated head before any step
+    b, e = start.state_dict(), end.state_dict()
+    assert any(not torch.equal(b[k], e[k]) for k in b) and all(torch.equal(e[k], m.state_dict()[k]) for k in e)

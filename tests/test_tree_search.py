@@ -344,3 +344,38 @@ def test_hard_labels_flag_writes_ones_and_zeros_and_is_part_of_the_run(tmp_path)
     soft = tree_search.Args(**{**a.__dict__, "hard_labels": False, "resume": True})
     with pytest.raises(ValueError, match="other settings"):  # --resume of the same OUT with soft labels: refused
         tree_search.main(soft)
+
+
+def _record(pid, steps, first_error, correct, method="mcts"):
+    labels = [1.0 if first_error == -1 or i < first_error else 0.0 for i in range(len(steps))]
+    return {"id": f"{pid}-{len(steps)}-{first_error}", "completions": steps, "labels": labels,
+            "first_error": first_error, "meta": {"problem_id": pid, "correct": correct, "method": method}}
+
+
+def test_label_quality_puts_lucky_solutions_apart():
+    prob = tasks.make_problem("lq", 0, kind="count_add")
+    gold = [s for s, _, _ in tasks.gold_steps(prob)]
+    swapped = ["Step 1: wrong count 99"] + gold[1:]  # a wrong first step that still ends on the right answer
+    records = [_record("lq", gold, -1, True),  # right, labelled right
+               _record("lq", swapped, -1, True),  # lucky: the labels call it right, the oracle step 1 wrong
+               _record("lq", swapped, 0, True)]  # lucky, and labelled as the oracle does
+    q = tree_search.label_quality({"lq": prob}, records, tau=0.5)
+    assert (q["all"]["records"], q["lucky"]["records"], q["rest"]["records"]) == (3, 2, 1)
+    assert q["lucky"]["first_error_agreement"] == 0.5 and q["rest"]["first_error_agreement"] == 1.0
+    assert q["lucky"]["step_label_accuracy"] == 0.5  # the first record's 4 steps wrong, the second's right
+
+
+def test_consensus_keeps_the_solutions_whose_likelihood_agrees_on_the_first_error():
+    records = [_record("p", ["a", "b", "c"], -1, True), _record("p", ["a", "b", "c"], 1, False),
+               _record("p", ["a", "b", "c"], -1, True), _record("p", ["a", "b", "c"], 0, False),
+               _record("q", ["a", "b", "c"], 1, False)]
+    likelihoods = [[0.9, 0.9, 0.9],  # agrees: no step below the threshold
+                   [0.9, 0.1, 0.8],  # agrees: step 2 is the first below it
+                   [0.05, 0.9, 0.9],  # a "right" solution the base finds unlikely at step 1: dropped
+                   None,  # not scored: dropped
+                   [0.9, 0.3, 0.9]]  # agrees when the threshold is above 0.3
+    for i, r in enumerate(records):
+        r["id"] = f"r{i}"
+    kept, stats = tree_search.consensus(records, likelihoods)
+    assert [r["id"] for r in kept] == [records[i]["id"] for i in (0, 1, 4)]
+    assert stats["kept"] == 3 and stats["of"] == 5 and 0.3 < stats["threshold"] <= 0.9
