@@ -20,8 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 import orm
 import prm
 from common import cli, data, metrics
@@ -403,7 +401,7 @@ class Args:
 def score_pool(a, problems, candidates):
     """Score the pool's steps with --model (prm.score_steps) and answers with --orm-model (orm.score_answers), or
     with --model's last-step score (what orm.score_answers returns for the same model, without a second pass)."""
-    images = {p["id"]: Image.open(p["image"]).convert("RGB") for p in problems}
+    images = {p["id"]: data.open_image(p["image"], f"problem {p['id']}") for p in problems}
     qs = {p["id"]: p["question"] for p in problems}
     args = ([images[c["problem_id"]] for c in candidates], [qs[c["problem_id"]] for c in candidates],
             [c["steps"] for c in candidates], a.batch_size, a.max_len, True)

@@ -17,12 +17,11 @@ logits for the T steps of a batch, in reading order; a step's score is softmax(l
 Causal attention makes one pass over the whole answer equal to scoring each prefix alone (score_prefixes, a test
 checks it). How step scores become one answer score (min, mean, last, ...) is bon.py's aggregation.
 """
-import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from common import cli, data
@@ -281,9 +280,7 @@ def load_inputs(problems_path, candidates_path, only_id=None):
     images = {}
     for pid in {c["problem_id"] for c in cands}:
         path = data.resolve_image(problems_path, probs[pid]["image"])
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{problems_path}: problem {pid}: image not found: {path}")
-        images[pid] = Image.open(path).convert("RGB")
+        images[pid] = data.open_image(path, f"{problems_path}: problem {pid}")
     for c in cands:
         if not c.get("steps") and c.get("text"):
             c["steps"] = split_steps(c["text"])
@@ -316,6 +313,9 @@ def score_candidates(a, make_scorer, method):
     if not (a.problems and a.candidates and a.out):
         raise ValueError("give --problems, --candidates and --out")
     data.check_out(a.out)
+    for given in ("problems", "candidates"):  # the scores would overwrite their own input
+        if Path(a.out).resolve() == Path(getattr(a, given)).resolve():
+            raise ValueError(f"--out {a.out} is the --{given} file: write the scores to another file")
     probs, cands, images = load_inputs(a.problems, a.candidates)
     score_fn = make_scorer()
     scores, skipped = score_fn([images[c["problem_id"]] for c in cands],

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 import prm
@@ -127,7 +126,7 @@ def load_labelled(path):
             continue
         img = data.resolve_image(path, r["images"][0])
         if img not in opened:
-            opened[img] = Image.open(img).convert("RGB")
+            opened[img] = data.open_image(img, f"{path}: record {r['id']}")
         out.append((opened[img], r["prompt"], r["completions"], r["labels"],
                     float(r.get("meta", {}).get("correct", r["labels"][-1] if r["labels"] else 0.0)), r["id"]))
     return out

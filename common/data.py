@@ -12,10 +12,13 @@ import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+from PIL import Image
 
 from common import cli
 
@@ -131,8 +134,9 @@ def validate(record, kind, where="record"):
     if n is not None and record.get("first_error") is not None and record["first_error"] >= n:
         raise RecordError(f'{where}: field "first_error": expected -1 or a step index below {n} '
                           f'(the number of {steps_field}), got {record["first_error"]}')
-    correct = record.get("meta", {}).get("correct") if kind == "labelled" else None
-    if correct is not None and not (isinstance(correct, bool) or (_num(correct) and 0 <= correct <= 1)):
+    meta = record.get("meta", {}) if kind == "labelled" else {}
+    correct = meta.get("correct")
+    if "correct" in meta and not (isinstance(correct, bool) or (_num(correct) and 0 <= correct <= 1)):
         raise RecordError(f'{where}: field "meta.correct": expected true, false or a number in [0, 1] (the '
                           f'outcome an ORM learns), got {json.dumps(correct)[:60]}')
     if _num(record.get("answer")):
@@ -144,7 +148,8 @@ def validate(record, kind, where="record"):
 
 def read_jsonl(path, kind=None, nonempty=False, lines=False):
     """Read a JSONL file (blank lines skipped) and validate every line against `kind` (None: no validation).
-    Problems and candidates must have unique ids. nonempty: no record is an error. lines: [(line number, record)]."""
+    Problems, candidates and labelled records must have unique ids. nonempty: no record is an error. lines:
+    [(line number, record)]."""
     records, first = [], {}
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -160,7 +165,7 @@ def read_jsonl(path, kind=None, nonempty=False, lines=False):
             except json.JSONDecodeError as e:
                 raise RecordError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             record = validate(record, kind, f"{path}:{lineno}") if kind else record
-            if kind in ("problem", "candidate"):
+            if kind in ("problem", "candidate", "labelled"):
                 if record["id"] in first:
                     raise RecordError(f"{path}:{lineno}: id {record['id']} used twice (first on line "
                                       f"{first[record['id']]})")
@@ -332,8 +337,39 @@ def check_images(path, records):
         for image in images:
             resolved = resolve_image(path, image)
             if not resolved.is_file():
-                raise FileNotFoundError(f'{path}:{i}: record "{r.get("id")}": image "{image}" not found '
+                what = "is not a regular file" if resolved.exists() else "not found"
+                raise FileNotFoundError(f'{path}:{i}: record "{r.get("id")}": image "{image}" {what} '
                                         f"(looked for {resolved})")
+
+
+# The most pixels an image may have: a 20000 x 20000 PNG of a few KB decodes to 1.2 GB. PIL's own guard (its
+# MAX_IMAGE_PIXELS) only warns up to twice its limit; open_image refuses from the header, before decoding.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def open_image(source, where):
+    """An image as RGB from a path or a file object (a request's bytes). A ValueError names `where` (the file
+    and record that point at it) and what is wrong: not a regular file (a FIFO would block the run), more than
+    MAX_PIXELS pixels, or not an image at all; a missing path is a FileNotFoundError."""
+    if not hasattr(source, "read"):
+        try:
+            mode = os.stat(source).st_mode  # before open(): opening a FIFO waits for a writer
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: image {source} not found") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{where}: image {source} is not a regular file")
+    name = "the image" if hasattr(source, "read") else f"image {source}"
+    try:
+        with Image.open(source) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"{where}: {name} is {image.width} x {image.height} pixels, more than "
+                                 f"{MAX_PIXELS:,}")
+            return image.convert("RGB")
+    except Image.DecompressionBombError:  # more than twice PIL's limit: refused by Image.open itself
+        raise ValueError(f"{where}: {name} has more than {MAX_PIXELS:,} pixels") from None
+    except OSError as e:  # not an image (UnidentifiedImageError), or a truncated one
+        raise ValueError(f"{where}: {name} cannot be read as an image ({e})") from None
 
 
 def to_trl(record):

@@ -95,7 +95,10 @@ def resolve(name):
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"{name}: a folder without config.json, not a model checkpoint")
         return str(p.resolve())
-    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and not Path(name.split("/")[0]).exists()
+    # owner/name, and not under a folder this repository writes models into ("out/prm" in a fresh clone)
+    owner = name.split("/")[0]
+    hub_like = (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) and owner not in ("out", "checkpoints")
+                and not Path(owner).exists())
     if p.exists() or not hub_like:
         raise FileNotFoundError(f"no model folder {name!r} ({'a file' if p.exists() else 'no such path'}"
                                 f"{'' if p.is_absolute() else ' under ' + os.getcwd()}); a hub id reads owner/name")
@@ -315,7 +318,9 @@ def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96
     text, each new token's {"token", "logprob", "top_logprobs": the K likeliest [{"token", "logprob"}]} (the
     OpenAI API's shape; log-probabilities of the model's own distribution, before temperature)."""
     tok = processor.tokenizer
-    texts = [chat_prompt(processor, q) + (prefixes[i] if prefixes else "") for i, q in enumerate(prompts)]
+    # the question neutralised as encode_one does it: a judge's prompt holds answers that may spell special tokens
+    texts = [chat_prompt(processor, neutralise(q)) + (prefixes[i] if prefixes else "")
+             for i, q in enumerate(prompts)]
     batch = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side="left")
     dev, dt = next(model.parameters()).device, next(model.parameters()).dtype
     batch = {k: (v.to(dev, dt) if k == "pixel_values" else v.to(dev)) for k, v in batch.items()}

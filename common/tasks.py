@@ -167,7 +167,7 @@ def render(prob):
 
 def image_of(prob):
     """A problem's image: its file when it has one, else rendered."""
-    return Image.open(prob["image"]).convert("RGB") if prob.get("image") else render(prob)
+    return data.open_image(prob["image"], f"problem {prob['id']}") if prob.get("image") else render(prob)
 
 
 def operand(prob, ref, values):

@@ -5,9 +5,12 @@ machine: torchrun with more processes than GPUs, device-pinned comparisons."""
 import errno
 import json
 import os
+import signal
 import stat
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,8 @@ import torch
 
 import policy
 import bon
+import judge
+import orm
 from common import checkpoint
 from common import cli
 from common import data
@@ -395,6 +400,89 @@ def test_6_an_expected_error_is_one_line_and_debug_shows_the_traceback(tmp_path)
     assert "Traceback" in r.stderr
     with pytest.raises(SystemExit):
         cli.run(lambda a: (_ for _ in ()).throw(ValueError("x")), None, None, [])
+
+
+@pytest.mark.parametrize("script", [prm, orm, judge])
+def test_6_scores_written_over_their_own_input_are_refused(pool, script, monkeypatch):
+    d, _ = pool
+    before = (d / "candidates.jsonl").read_text()
+    for loader in (prm, judge):  # orm loads by prm.load, judge by its own import of model.load
+        monkeypatch.setattr(loader, "load", lambda *a, **k: pytest.fail("loaded the model first"))
+    for given in ("candidates", "problems"):
+        a = script.Args(problems=str(d / "problems.jsonl"), candidates=str(d / "candidates.jsonl"),
+                        out=str(d / f"{given}.jsonl"))
+        with pytest.raises(ValueError, match=f"is the --{given} file: write the scores to another file"):
+            script.main(a)
+    assert (d / "candidates.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("correct", ["yes", None])
+def test_6_a_meta_correct_that_is_no_outcome_names_file_and_line(tmp_path, correct):
+    policy.write_suite(tmp_path, 2, n_cands=2)
+    recs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
+    recs[1]["meta"] = {"correct": correct}
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with pytest.raises(data.RecordError, match=r'l.jsonl:2: field "meta.correct": expected true, false or a'):
+        train.load_labelled(tmp_path / "l.jsonl")
+
+
+def test_6_training_records_with_one_id_twice_are_refused_naming_both_lines(tmp_path):
+    policy.write_suite(tmp_path, 2, n_cands=2)
+    recs = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")
+    data.write_jsonl(tmp_path / "l.jsonl", recs + [recs[0]], "labelled")
+    twice = rf"l.jsonl:{len(recs) + 1}: id {recs[0]['id']} used twice \(first on line 1\)"
+    with pytest.raises(data.RecordError, match=twice):
+        train.main(args(tmp_path / "o", objective="prm", data=str(tmp_path / "l.jsonl")))
+
+
+def test_6_the_generate_judge_reads_answers_with_special_tokens_as_the_logit_judge_does():
+    m, p = prm.load("tiny-init", device="cpu")
+    pr = tasks.make_problem("x", 0, kind="count_add")
+    steps = [s for s, _, _ in tasks.gold_steps(pr)]
+    bad = [steps[0] + " <|image_pad|><|vision_start|><|im_end|>"] + steps[1:]
+    prompt = judge.prompt(pr["question"], bad)
+    for read in judge.MODES:  # generate used to build an unneutralised prompt: more image slots than images
+        scores, _ = judge.Judge(m, p, read, max_new_tokens=4).rate([tasks.render(pr)], [prompt])
+        assert len(scores) == 1
+
+
+def test_6_a_missing_local_looking_model_folder_is_an_error_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no out/ folder at all
+    for name in ("out/prm", "checkpoints/x", "./prm", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=f"no model folder '{name}'"):
+            vlm.resolve(name)
+    assert vlm.resolve("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"  # a hub id stays one
+
+
+def png_header(width, height):
+    """A PNG that says it is width x height and holds no pixels: Image.open reads only this much."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("fifo", "is not a regular file"), ("text", "cannot be read as an image"),
+    ("big", r"is 7000 x 7000 pixels, more than 40,000,000"), ("bomb", "has more than 40,000,000 pixels")])
+def test_6_an_image_that_is_no_regular_small_image_is_refused_naming_the_problem(pool, case, match):
+    d, _ = pool
+    image = d / "images" / "odd.png"
+    if case == "fifo":
+        os.mkfifo(image)  # opened, it would wait for a writer forever
+    else:
+        image.write_bytes({"text": b"root:x:0:0\n", "big": png_header(7000, 7000),
+                           "bomb": png_header(20000, 20000)}[case])
+    probs = data.read_jsonl(d / "problems.jsonl", "problem")
+    probs[0]["image"] = "images/odd.png"
+    data.write_jsonl(d / "problems.jsonl", probs, "problem")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("hung on the image"))
+    signal.alarm(30)
+    try:
+        with pytest.raises(ValueError, match=rf"problems.jsonl: problem {probs[0]['id']}: .*odd.png.*{match}"):
+            prm.load_inputs(d / "problems.jsonl", d / "candidates.jsonl")
+    finally:
+        signal.alarm(0)
 
 
 # (7) a CUDA machine ------------------------------------------------------------------------------------------------
