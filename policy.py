@@ -3,6 +3,7 @@ continues a partial one from its steps so far (what the tree search and step sea
 
     policy.rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer", ...}]    # n continuations
     policy.rollout_many([(problem, prefix_steps, n, seed), ...])                   # many prefixes at once
+    policy.next_steps([(problem, prefix_steps, n, seed), ...])     # one more step each (search.py), "done" if last
 
 Two here: SyntheticPolicy, the suite's sampler (it knows each step's truth and errs at set rates, so every
 label can be checked), and VLMPolicy, any checkpoint the loader reads (the tiny base writes "Step k:" lines). A
@@ -126,6 +127,20 @@ def read_solution(text, prefix_steps=None):
     return {"text": text, "steps": all_steps, "answer": extract_answer(all_steps) if all_steps else None}
 
 
+def step_marker(k):
+    """What opens step k (from 1) after the steps before it, as the base writes solutions: where generation of one
+    more step stops (so the steps' texts, markers included, add up to the whole answer's)."""
+    return f"\nStep {k}: "
+
+
+def read_step(text, prefix_steps):
+    """A continuation stopped at the next step's marker -> {"text": all it wrote, "steps": the prefix and the new
+    step, "answer", "done"}: done when no marker follows the step (the policy ended the solution there, or ran
+    out of tokens)."""
+    step, marker, _ = text.partition("\nStep ")
+    return {**read_solution(step, prefix_steps), "text": text, "done": not marker}
+
+
 def solve(model, processor, images, questions, prefix_steps=None, max_new_tokens=96, temperature=0.0, seed=0):
     """Write solutions and read them: generate, cut the new text into steps, extract the final answer. With
     prefix_steps (one list of steps each) the model continues "Step 1: .. Step k+1: " and the prefix is kept
@@ -149,6 +164,17 @@ class SyntheticPolicy:
         """[(problem, prefix_steps, n, seed)] -> one list of rollouts each."""
         return [self.rollout(*r) for r in requests]
 
+    def next_steps(self, requests):
+        """rollout_many cut to one more step each, written as the base writes it (the step, then the next step's
+        marker unless it was the last) and read back by read_step."""
+        out = []
+        for (problem, prefix_steps, _, _), rollouts in zip(requests, self.rollout_many(requests)):
+            k = len(prefix_steps)
+            texts = ["".join(r["steps"][k:k + 1]) + (step_marker(k + 2) if len(r["steps"]) > k + 1 else "")
+                     for r in rollouts]
+            out.append([read_step(t, prefix_steps) for t in texts])
+        return out
+
 
 class VLMPolicy:
     """Any checkpoint the loader reads, continuing "Step 1: ... Step i+1: " sampled at a temperature."""
@@ -170,17 +196,29 @@ class VLMPolicy:
         """[(problem, prefix_steps, n, seed)] -> one list of rollouts ({"steps", "answer", "text": the new text})
         each, generated `rows` at a time across requests (one generate call serves many prefixes of many
         problems). Deterministic for the same requests."""
+        return self.continue_many(requests, rows, one_step=False)
+
+    def next_steps(self, requests, rows=None):
+        """rollout_many stopped at the next step's marker: one more step each, read by read_step. The same samples
+        as rollout_many's up to the stop (a test checks it)."""
+        return self.continue_many(requests, rows, one_step=True)
+
+    def continue_many(self, requests, rows, one_step):
+        """rollout_many (one_step False) and next_steps (True: each text stops at its next step's marker)."""
         rows = rows or self.batch_size
         flat = [(p, list(pre), seed_of(seed, p["id"], j, *pre)) for p, pre, n, seed in requests for j in range(n)]
-        out = []
+        texts = []
         for b in range(0, len(flat), rows):
             chunk = flat[b:b + rows]
-            images = [image_of(p) for p, _, _ in chunk]
-            out += solve(self.model, self.processor, images, [p["question"] for p, _, _ in chunk],
-                         [pre for _, pre, _ in chunk], self.max_new_tokens, self.temperature, seed=chunk[0][2])
+            # one-step generation stops at any of the chunk's next markers (prefixes of several lengths share it)
+            stop = sorted({step_marker(len(pre) + 2) for _, pre, _ in chunk}) if one_step else None
+            texts += generate(self.model, self.processor, [image_of(p) for p, _, _ in chunk],
+                              [p["question"] for p, _, _ in chunk], [continuation_head(pre) for _, pre, _ in chunk],
+                              self.max_new_tokens, self.temperature, seed=chunk[0][2], stop=stop)
+        read = read_step if one_step else read_solution
         res, i = [], 0
-        for _, _, n, _ in requests:
-            res.append([{"steps": s["steps"], "answer": s["answer"], "text": s["text"]} for s in out[i:i + n]])
+        for _, pre, n, _ in requests:
+            res.append([read(t, list(pre)) for t in texts[i:i + n]])
             i += n
         return res
 

@@ -312,9 +312,11 @@ def chat_prompt(processor, question):
 
 
 @torch.no_grad()
-def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0, logprobs=0):
+def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96, temperature=0.0, seed=0, logprobs=0,
+             stop=None):
     """Batched continuation of chat prompts (+ optional assistant prefixes); greedy at temperature 0, else sampled
-    with torch seeded by `seed` (same seed, same samples). Returns the new text of each; with logprobs=K also, per
+    with torch seeded by `seed` (same seed, same samples). stop: strings at which a text ends (kept in it; the
+    other texts go on, their samples unchanged). Returns the new text of each; with logprobs=K also, per
     text, each new token's {"token", "logprob", "top_logprobs": the K likeliest [{"token", "logprob"}]} (the
     OpenAI API's shape; log-probabilities of the model's own distribution, before temperature)."""
     tok = processor.tokenizer
@@ -326,6 +328,8 @@ def generate(model, processor, images, prompts, prefixes=None, max_new_tokens=96
     batch = {k: (v.to(dev, dt) if k == "pixel_values" else v.to(dev)) for k, v in batch.items()}
     torch.manual_seed(seed)
     kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+    if stop:
+        kw.update(stop_strings=list(stop), tokenizer=tok)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                          eos_token_id=tok.eos_token_id, output_logits=logprobs > 0, return_dict_in_generate=True, **kw)
     new = out.sequences[:, batch["input_ids"].shape[1]:]

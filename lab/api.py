@@ -5,6 +5,7 @@ and the judges run on them unchanged:
 
     python -m lab.api pool --url http://localhost:8000/v1 --n-problems 200 --n 16 --out out/v/pool   # candidates
     python -m lab.api label --policy http://localhost:8000/v1 --method mcts --n-problems 500 --out out/v/labels.jsonl
+    python -m lab.api search --policy http://localhost:8000/v1 --n-problems 40 --out out/v/search   # step search
     python -m lab.api judge --model http://localhost:8000/v1 --mode prm --problems P --candidates C --out j.jsonl
 
 Requests carry the image as a base64 data URL. A rollout continues a partial solution: the request ends with an
@@ -29,11 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 import judge
+import search
 import tree_search
 from common import cli, data, tasks
 from common.tasks import image_of
 from lab import serve
-from policy import candidate, continuation_head, read_solution
+from policy import candidate, continuation_head, read_solution, read_step, step_marker
 
 
 def is_url(name):
@@ -111,21 +113,34 @@ def texts(response, n):
     return [c["message"]["content"] for c in choices]
 
 
+def written(response, n):
+    """texts(), each with the stop string it stopped at put back (vLLM names it in stop_reason, SGLang in
+    matched_stop; both leave it out of the text): what the model wrote."""
+    choices = sorted(response["choices"], key=lambda c: c.get("index", 0))
+    out = []
+    for text, choice in zip(texts(response, n), choices):
+        stop = choice.get("stop_reason", choice.get("matched_stop"))
+        out.append(text + stop if isinstance(stop, str) and not text.endswith(stop) else text)
+    return out
+
+
 class ServedPolicy:
     """tree_search's policy from a server: rollout(problem, prefix_steps, n, seed) -> [{"steps", "answer", "text"}],
-    one request of n samples per prefix; rollout_many sends many prefixes at once."""
+    one request of n samples per prefix; rollout_many sends many prefixes at once; next_steps sends the next step's
+    marker as a stop string (one more step each, policy.read_step)."""
 
     def __init__(self, url, temperature=1.0, max_new_tokens=96, in_flight=16, model=""):
         self.client = Client(url, model, in_flight)
         self.temperature, self.max_new_tokens, self.images = temperature, max_new_tokens, {}
         self.problems_in_flight = in_flight  # tree_search labels this many problems at once
 
-    def body(self, problem, prefix_steps, n, seed):
+    def body(self, problem, prefix_steps, n, seed, **extra):
         if problem["id"] not in self.images:
             self.images[problem["id"]] = image_of(problem)
         head = continuation_head(prefix_steps)
         return self.client.body(messages(self.images[problem["id"]], problem["question"], head), n, self.temperature,
-                                self.max_new_tokens, tasks.seed_of(seed, problem["id"], *prefix_steps), prefix=True)
+                                self.max_new_tokens, tasks.seed_of(seed, problem["id"], *prefix_steps), prefix=True,
+                                **extra)
 
     def rollout(self, problem, prefix_steps, n, seed):
         return self.rollout_many([(problem, prefix_steps, n, seed)])[0]
@@ -133,6 +148,10 @@ class ServedPolicy:
     def rollout_many(self, requests):
         outs = self.client.chat([self.body(*r) for r in requests])
         return [[read_solution(t, list(pre)) for t in texts(o, n)] for (p, pre, n, _), o in zip(requests, outs)]
+
+    def next_steps(self, requests):
+        outs = self.client.chat([self.body(*r, stop=[step_marker(len(r[1]) + 2)]) for r in requests])
+        return [[read_step(t, list(pre)) for t in written(o, n)] for (_, pre, n, _), o in zip(requests, outs)]
 
 
 class ServedJudge:
@@ -232,13 +251,21 @@ def label_main(argv):
     return tree_search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size))
 
 
+def search_main(argv):
+    """python -m lab.api search: search.py's step search with a served policy (--policy URL), same flags."""
+    a = cli.parse_args(search.Args, argv, search.__doc__)
+    if not is_url(a.policy):
+        raise ValueError(f"--policy {a.policy}: expected the server's URL (python search.py for the others)")
+    return search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size))
+
+
 def judge_main(argv):
     """python -m lab.api judge: judge.py with a served judge (--model URL), same flags."""
     a = cli.parse_args(judge.Args, argv, judge.__doc__)
     return judge.main(a, ServedJudge(a.model, a.read))
 
 
-COMMANDS = {"pool": pool_main, "label": label_main, "judge": judge_main}
+COMMANDS = {"pool": pool_main, "label": label_main, "search": search_main, "judge": judge_main}
 
 
 def main(argv=None):

@@ -5,9 +5,10 @@ speaks, as `vllm serve` would: for the tests (offline, a free local port) and fo
 
 POST /v1/chat/completions takes messages (a user turn with one image as a data URL and text; optionally a final
 assistant turn to continue, with continue_final_message: true and add_generation_prompt: false), n, temperature,
-max_tokens, seed, logprobs and top_logprobs; GET /v1/models lists the model. Requests that arrive together are
-batched into one generate call (same temperature, max_tokens and logprobs), as an inference engine batches them;
-a batch is sampled with its first request's seed, so at temperature > 0 the samples depend on what arrived together.
+max_tokens, seed, logprobs, top_logprobs and stop (as vLLM: the text ends before it, stop_reason names it); GET
+/v1/models lists the model. Requests that arrive together are batched into one generate call (same temperature,
+max_tokens, logprobs and stop), as an inference engine batches them; a batch is sampled with its first request's
+seed, so at temperature > 0 the samples depend on what arrived together.
 """
 import argparse
 import base64
@@ -43,8 +44,21 @@ def parse(body):
             raise ValueError("a final assistant turn needs continue_final_message: true, add_generation_prompt: false")
         prefix = msgs[-1]["content"]
     n, top = int(body.get("n", 1)), max(1, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else 0
-    key = (float(body.get("temperature", 1.0)), int(body.get("max_tokens") or 96), top)
+    stop = body.get("stop") or []
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    if not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop: expected a string or a list of strings, got {json.dumps(body.get('stop'))[:60]}")
+    key = (float(body.get("temperature", 1.0)), int(body.get("max_tokens") or 96), top, stop)
     return image, question, prefix, n, int(body.get("seed") or 0), key
+
+
+def cut_at_stop(text, stop):
+    """(the text before the first of the stop strings in it, that string or None): what vLLM answers."""
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if not hits:
+        return text, None
+    at, first = min(hits)
+    return text[:at], first
 
 
 class Server(ThreadingHTTPServer):
@@ -70,10 +84,11 @@ class Server(ThreadingHTTPServer):
                 self.run([j for j in jobs if j["key"] == key], key)
 
     def run(self, jobs, key):
-        (temp, max_tokens, top), rows = key, [j for j in jobs for _ in range(j["n"])]
+        (temp, max_tokens, top, stop), rows = key, [j for j in jobs for _ in range(j["n"])]
         try:
             out = generate(self.model, self.processor, [j["image"] for j in rows], [j["question"] for j in rows],
-                             [j["prefix"] or "" for j in rows], max_tokens, temp, jobs[0]["seed"], logprobs=top)
+                           [j["prefix"] or "" for j in rows], max_tokens, temp, jobs[0]["seed"], logprobs=top,
+                           stop=stop)
             texts, lps = out if top else (out, [None] * len(rows))
             i = 0
             for j in jobs:
@@ -123,9 +138,11 @@ class Handler(BaseHTTPRequestHandler):
         job["done"].wait()
         if "error" in job:
             return self.reply(500, {"error": {"message": job["error"]}})
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                    **({"logprobs": {"content": lp}} if lp is not None else {})}
-                   for i, (text, lp) in enumerate(job["result"])]
+        choices = []
+        for i, (text, lp) in enumerate(job["result"]):
+            content, stop = cut_at_stop(text, job["key"][3])
+            choices.append({"index": i, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
+                            "stop_reason": stop, **({"logprobs": {"content": lp}} if lp is not None else {})})
         self.reply(200, {"object": "chat.completion", "model": s.name, "choices": choices})
 
 
