@@ -7,24 +7,27 @@ and the judges run on them unchanged:
     python -m lab.api label --policy http://localhost:8000/v1 --method mcts --n-problems 500 --out out/v/labels.jsonl
     python -m lab.api search --policy http://localhost:8000/v1 --n-problems 40 --out out/v/search   # step search
     python -m lab.api judge --model http://localhost:8000/v1 --mode prm --problems P --candidates C --out j.jsonl
+    ... --timeout 60      # every command: seconds a request may take in all (default 300)
 
 Requests carry the image as a base64 data URL. A rollout continues a partial solution: the request ends with an
 assistant message ("Step 1: ... Step k+1: ") and sets continue_final_message: true, add_generation_prompt: false
 (vLLM's and SGLang's request fields; the chat template then leaves the last turn open). The judge's logit score reads
 top_logprobs of the token after "Overall Score: ". Many requests are in flight at once (threads), so the server can
-batch them; a failed request is retried a bounded number of times, then the run stops with the URL and the reason
-(tree_search's --resume loses nothing). The standard library does it all (urllib, json, threads): the openai package
-would be one more dependency, and vLLM's continuation fields would still go in by hand (its extra_body).
+batch them; a failed request is retried a bounded number of times (after the server's Retry-After, if it
+sends one), then the run stops with the URL and the reason (tree_search's --resume loses nothing); --timeout
+bounds each request as a whole. The standard library does it all (http.client, json, threads): the
+openai package would be one more dependency, and vLLM's continuation fields would still go in by hand (its
+extra_body).
 """
 import argparse
 import base64
+import http.client
 import io
 import json
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
@@ -56,10 +59,33 @@ def messages(image, question, prefix=None):
     return [user] + ([{"role": "assistant", "content": prefix}] if prefix else [])
 
 
+TIMEOUT = 300.0  # seconds a request may take in all (--timeout): a 3B policy's 16 samples on a busy server
+MAX_RETRY_AFTER = 60.0  # seconds: a server's Retry-After is honoured up to this
+TIMEOUT_HELP = f"seconds a request may take in all, its reply included (default {TIMEOUT:g})"
+
+
+def retry_after(value):
+    """A Retry-After header's seconds, at most MAX_RETRY_AFTER; None when absent or not a number (a date)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) if math.isfinite(seconds) else None
+
+
+def completion(raw):
+    """A reply's bytes -> the chat completion; a ValueError when it is not JSON or not a completion."""
+    out = json.loads(raw)
+    if not (isinstance(out, dict) and isinstance(out.get("choices"), list) and out["choices"]
+            and all(isinstance((c.get("message") or {}).get("content"), str) for c in out["choices"])):
+        raise ValueError(f"not a chat completion: {json.dumps(out)[:200]}")
+    return out
+
+
 class Client:
     """POST /chat/completions with retries; chat(bodies) sends up to `in_flight` of them at once, answers in order."""
 
-    def __init__(self, url, model="", in_flight=16, retries=3, timeout=300.0, backoff=0.5):
+    def __init__(self, url, model="", in_flight=16, retries=3, timeout=TIMEOUT, backoff=0.5):
         self.url, self.model, self.in_flight = url.rstrip("/"), model, in_flight
         self.retries, self.timeout, self.backoff = retries, timeout, backoff
 
@@ -73,30 +99,64 @@ class Client:
         return {**b, **extra}
 
     def post(self, body):
-        """One request -> its parsed response; connection failures, 5xx, 429 and malformed answers are retried with
-        backoff, a 4xx is not; after the last attempt a ConnectionError (or ValueError) says what went wrong."""
-        last = ""
+        """One request -> its parsed response. Connection failures, timeouts, cut-off replies, 5xx, 429 and
+        malformed answers are retried after the server's Retry-After (bounded) or a growing backoff; a 4xx is
+        not. After the last attempt a ConnectionError (or ValueError) names the URL and what went wrong."""
+        last, wait = "", None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(self.url + "/chat/completions", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
+                time.sleep(wait if wait is not None else self.backoff * 2 ** (attempt - 1))
+            wait = None
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    out = json.loads(r.read())
-                if not (isinstance(out, dict) and isinstance(out.get("choices"), list) and out["choices"]
-                        and all(isinstance((c.get("message") or {}).get("content"), str) for c in out["choices"])):
-                    raise ValueError(f"not a chat completion: {json.dumps(out)[:200]}")
-                return out
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {e.read()[:300].decode(errors='replace')}"
-                if 400 <= e.code < 500 and e.code != 429:  # the request itself is wrong: retrying cannot help
-                    raise ValueError(f"{self.url}: {last}") from None
-            except (urllib.error.URLError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+                status, wait, raw = self.send(body)
+            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, cut short
+                last = f"{type(e).__name__}: {e}"
+                continue
+            if status >= 400:
+                last = f"HTTP {status}: {raw[:300].decode(errors='replace')}"
+                if status < 500 and status != 429:  # the request itself is wrong: retrying cannot help
+                    raise ValueError(f"{self.url}: {last}")
+                continue
+            try:
+                return completion(raw)
             except ValueError as e:  # not JSON, or not a chat completion
                 last = str(e)[:300]
         raise ConnectionError(f"{self.url}: no answer after {self.retries + 1} attempts; last: {last}")
+
+    def send(self, body):
+        """POST `body` -> (status, Retry-After seconds or None, the reply's bytes), all of it within
+        `timeout` seconds: each wait on the socket gets only the time left, so a dripped reply cannot outlast
+        it."""
+        deadline = time.monotonic() + self.timeout
+        late = f"no whole reply within {self.timeout:g} s (--timeout)"
+
+        def left():
+            seconds = deadline - time.monotonic()
+            if seconds <= 0:
+                raise TimeoutError(late)
+            return seconds
+        url = urllib.parse.urlsplit(self.url + "/chat/completions")
+        kind = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        connection = kind(url.netloc, timeout=left())
+        try:
+            connection.request("POST", url.path, json.dumps(body).encode(),
+                               {"Content-Type": "application/json"})
+            sock = connection.sock  # the reply reads through it (the connection may let go of it first)
+            sock.settimeout(left())
+            reply, chunks = connection.getresponse(), []
+            while True:
+                sock.settimeout(left())
+                chunk = reply.read1(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            if reply.length:  # the server closed before the length it announced
+                raise http.client.IncompleteRead(b"".join(chunks), reply.length)
+            return reply.status, retry_after(reply.headers.get("Retry-After")), b"".join(chunks)
+        except TimeoutError:  # the socket's own ("timed out") says less
+            raise TimeoutError(late) from None
+        finally:
+            connection.close()
 
     def chat(self, bodies):
         if len(bodies) <= 1 or self.in_flight <= 1:
@@ -129,8 +189,8 @@ class ServedPolicy:
     one request of n samples per prefix; rollout_many sends many prefixes at once; next_steps sends the next step's
     marker as a stop string (one more step each, policy.read_step)."""
 
-    def __init__(self, url, temperature=1.0, max_new_tokens=96, in_flight=16, model=""):
-        self.client = Client(url, model, in_flight)
+    def __init__(self, url, temperature=1.0, max_new_tokens=96, in_flight=16, model="", timeout=TIMEOUT):
+        self.client = Client(url, model, in_flight, timeout=timeout)
         self.temperature, self.max_new_tokens, self.images = temperature, max_new_tokens, {}
         self.problems_in_flight = in_flight  # tree_search labels this many problems at once
 
@@ -160,9 +220,10 @@ class ServedJudge:
     of the token after "Overall Score: " (a digit the server does not list counts 0; none listed: a failure); a
     reply without logprobs (a server that does not give them) is judged by generate."""
 
-    def __init__(self, url, mode="logits", max_new_tokens=256, in_flight=16, model=""):
+    def __init__(self, url, mode="logits", max_new_tokens=256, in_flight=16, model="", timeout=TIMEOUT):
         cli.choice(mode, judge.MODES, "judge mode")
-        self.client, self.mode, self.max_new_tokens = Client(url, model, in_flight), mode, max_new_tokens
+        self.client = Client(url, model, in_flight, timeout=timeout)
+        self.mode, self.max_new_tokens = mode, max_new_tokens
 
     def rate(self, images, prompts):
         return self.rate_as(self.mode, images, prompts)
@@ -228,10 +289,11 @@ def pool_main(argv):
     ap.add_argument("--in-flight", type=cli.within(int, 1), default=16, help="requests sent at once (default 16)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the problems and of each request (default 0)")
     ap.add_argument("--model", default="", help="the served model's name (vLLM: the name it was served under)")
+    ap.add_argument("--timeout", type=cli.within(float, 0.001), default=TIMEOUT, help=TIMEOUT_HELP)
     a = ap.parse_args(argv)
     data.check_out(a.out, folder=True)
     probs = tasks.make_problems(a.n_problems, a.seed, "test")
-    policy = ServedPolicy(a.url, a.temperature, a.max_new_tokens, a.in_flight, a.model)
+    policy = ServedPolicy(a.url, a.temperature, a.max_new_tokens, a.in_flight, a.model, a.timeout)
     outs = policy.rollout_many([(p, [], a.n, a.seed) for p in tqdm(probs, desc="requests")])
     tasks.write_problems(a.out, probs)
     cands = [candidate(p, f"{p['id']}-api{j:02d}", s, a.url) for p, sols in zip(probs, outs)
@@ -243,12 +305,23 @@ def pool_main(argv):
     return cands
 
 
+def take_timeout(argv):
+    """(--timeout of a command's flags, the other flags): the commands that take another script's flags take
+    this one too."""
+    ap = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    ap.add_argument("--timeout", type=cli.within(float, 0.001), default=TIMEOUT)
+    known, rest = ap.parse_known_args(argv)
+    return known.timeout, rest
+
+
 def label_main(argv):
     """python -m lab.api label: tree_search.py's labelling with a served policy (--policy URL), same flags."""
+    timeout, argv = take_timeout(argv)
     a = cli.parse_args(tree_search.Args, argv, tree_search.__doc__)
     if not a.policy.startswith(("http://", "https://")):
         raise ValueError(f"--policy {a.policy}: expected the server's URL (python tree_search.py for the others)")
-    return tree_search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size))
+    return tree_search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size,
+                                            timeout=timeout))
 
 
 def search_main(argv):
@@ -261,8 +334,9 @@ def search_main(argv):
 
 def judge_main(argv):
     """python -m lab.api judge: judge.py with a served judge (--model URL), same flags."""
+    timeout, argv = take_timeout(argv)
     a = cli.parse_args(judge.Args, argv, judge.__doc__)
-    return judge.main(a, ServedJudge(a.model, a.read))
+    return judge.main(a, ServedJudge(a.model, a.read, timeout=timeout))
 
 
 COMMANDS = {"pool": pool_main, "label": label_main, "search": search_main, "judge": judge_main}

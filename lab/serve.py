@@ -14,20 +14,44 @@ import argparse
 import base64
 import io
 import json
+import math
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from PIL import Image
-
-from common import cli
-from common.model import generate, load
+from common import cli, data
+from common.model import generate, load, neutralise
 
 MAX_ROWS = 128  # sequences per generate call
+# What a request's numbers may be: (name, default when absent or null, whole number?, least, most)
+LIMITS = (("n", 1, True, 1, MAX_ROWS), ("temperature", 1.0, False, 0.0, None),
+          ("max_tokens", 96, True, 1, None), ("top_logprobs", 0, True, 0, 20), ("seed", 0, True, None, None))
+
+
+def check(body):
+    """Every malformed request is refused with a ValueError (a 400) that names what is wrong, never a crash:
+    a JSON object whose messages are objects, a final assistant turn as a string, LIMITS' numbers finite and
+    in range (temperature NaN is no temperature)."""
+    if not isinstance(body, dict):
+        raise ValueError(f"expected a JSON object, got {type(body).__name__}")
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+        raise ValueError("messages: expected a list of objects")
+    if len(msgs) > 1 and not isinstance(msgs[-1].get("content"), str):
+        raise ValueError("the final assistant turn's content: expected a string")
+    for name, default, whole, low, high in LIMITS:
+        value = default if body.get(name) is None else body[name]
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or (whole and value != int(value)) or (low is not None and value < low)
+                or (high is not None and value > high)):
+            bounds = f" in [{low}, {high if high is not None else 'inf'}]" if low is not None else ""
+            raise ValueError(f"{name}: expected a {'whole' if whole else 'finite'} number{bounds}, got "
+                             f"{json.dumps(value)}")
 
 
 def parse(body):
     """A request -> (image, question, prefix or None, settings); a ValueError names what is wrong."""
+    check(body)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs or msgs[0].get("role") != "user":
         raise ValueError("messages: expected a user turn first")
@@ -35,14 +59,14 @@ def parse(body):
     urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
     if len(urls) != 1 or not urls[0].startswith("data:image/"):
         raise ValueError("messages[0]: expected one image as a data URL")
-    image = Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1]))).convert("RGB")
+    image = data.open_image(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1])), "messages[0]")
     question = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
     prefix = None
     if len(msgs) > 1:
         if not (msgs[-1].get("role") == "assistant" and body.get("continue_final_message")
                 and body.get("add_generation_prompt") is False):
             raise ValueError("a final assistant turn needs continue_final_message: true, add_generation_prompt: false")
-        prefix = msgs[-1]["content"]
+        prefix = neutralise(msgs[-1]["content"])  # as scoring reads answers (the question: generate does it)
     n, top = int(body.get("n", 1)), max(1, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else 0
     stop = body.get("stop") or []
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -130,7 +154,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             image, question, prefix, n, seed, key = parse(body)
-        except (ValueError, KeyError, TypeError, OSError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # any malformed body: a 400
             return self.reply(400, {"error": {"message": f"bad request: {e}"}})
         job = {"image": image, "question": question, "prefix": prefix, "n": n, "seed": seed, "key": key,
                "done": threading.Event()}
