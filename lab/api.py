@@ -326,10 +326,11 @@ def label_main(argv):
 
 def search_main(argv):
     """python -m lab.api search: search.py's step search with a served policy (--policy URL), same flags."""
+    timeout, argv = take_timeout(argv)
     a = cli.parse_args(search.Args, argv, search.__doc__)
     if not is_url(a.policy):
         raise ValueError(f"--policy {a.policy}: expected the server's URL (python search.py for the others)")
-    return search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size))
+    return search.main(a, ServedPolicy(a.policy, a.temperature, a.max_new_tokens, a.batch_size, timeout=timeout))
 
 
 def judge_main(argv):

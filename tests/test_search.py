@@ -188,9 +188,13 @@ def test_one_more_step_of_the_tiny_base_is_the_first_step_of_its_rollout():
             assert rollout["text"].startswith(one["text"]) and count(one["text"]) < count(rollout["text"]) + 1
 
 
-def test_one_more_step_through_the_api_equals_the_local_policy():
+def test_one_more_step_through_the_api_equals_the_local_policy(tmp_path):
     server = serve.start("tiny")
     try:
+        res = api.main(["search", "--policy", server.url, "--scorers", "oracle", "--k", "2", "--b", "1", "--pool",
+                        "2", "--n-problems", "2", "--prm", "none", "--orm", "none", "--out", str(tmp_path / "s"),
+                        "--timeout", "120"])  # the command line of a served search, end to end
+        assert res["problems"] == 2 and res["search"]["oracle b=1"]["tokens"] > 0
         problems = tasks.make_problems(2, 0, "test")
         requests = [(p, pre, 2, 0) for p in problems for pre in ([], [tasks.gold_steps(p)[0][0]])]
         served = api.ServedPolicy(server.url, 0.0, 64).next_steps(requests)
