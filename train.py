@@ -1,11 +1,14 @@
 """One training loop, three objectives: sft (pretrain the tiny base to solve the suite), prm (a soft label for every
-step), orm (one for the whole answer). Three reward heads (prm.py): "likelihood" (the default, what bench.py trains:
+step), orm (one for the whole answer). Four reward heads (prm.py): "likelihood" (the default, what bench.py trains:
 each step's own log-likelihood, calibrated here before the first step), "tag" (P("+") from the LM head at a step
-tag after each step) and "implicit" (sigmoid(beta * log-likelihood ratio to the start model of the answer so far)).
+tag after each step), "implicit" (sigmoid(beta * log-likelihood ratio to the start model of the answer so far)) and
+"separator" (a new linear layer at each step's last token; --probe trains it alone on the frozen base).
 
     python train.py --objective sft --model tiny-init --size deep --data synthetic --out checkpoints/tiny-base
     python train.py --objective prm --model tiny --data out/labels.jsonl --out out/prm
     python train.py --objective prm --head implicit --beta 0.1 ...     # the implicit head
+    python train.py --objective prm --head separator --probe ...       # a linear probe of the frozen base
+    python train.py --objective prm ... --keep-every 100               # OUT/step-N every 100 steps (learning curves)
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
 
