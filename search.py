@@ -33,8 +33,8 @@ bench's reward models, 32 test problems (2 minutes of CPU time on 2 cores; 4 min
     | majority N=8 | 349 | 0 | 0.745 [0.602, 0.876] | 0.613 [0.456, 0.764] |
     ...
     | search | tokens | N | best_of_n_prm | best_of_n_orm | majority | weighted_vote |
-    | prm b=2 | 349 | 8.0 | -0.012 [-0.038, +0.012] | -0.060 [-0.143, -0.000] | -0.057 [...] | -0.064 [..] |
-    | oracle b=2 | 349 | 8.0 | +0.269 [+0.130, +0.420] | +0.221 [+0.096, +0.358] | +0.224 [...] | +0.218 [..] |
+    | prm b=2 | 349 | 8.0 | -0.012 [-0.038, +0.012] | -0.060 [-0.143, -0.000] | -0.057 [..] | -0.064 [..] |
+    | oracle b=2 | 349 | 8.0 | +0.269 [+0.130, +0.420] | +0.221 [+0.096, +0.358] | +0.224 [..] | +0.218 [..] |
 """
 import json
 import math
@@ -106,7 +106,7 @@ class Args:
                                     "score depends on what else was read with it)"})
     strength: str = field(default="default", metadata={
         "choices": list(STRENGTHS), "help": "the synthetic policy's strength"})
-    split: str = field(default="test", metadata={"choices": list(tasks.SPLITS), "help": "the problems' split"})
+    split: str = field(default="test", metadata={"choices": list(tasks.SPLITS), "help": "problems' split"})
     seed: int = field(default=0, metadata={"help": "seed of the problems, pools, proposals and bootstrap"})
     out: str = field(default="out/search", metadata={
         "help": "output folder: rows.jsonl (per problem), table.md, search.png"})
@@ -412,6 +412,19 @@ def summary(rows, bon_agg="mean", seed=0):
                                                          seed=seed)
         out["search"][method] = res
     return out
+
+
+def compare(rows, a, b, target="correct", seed=0):
+    """Search method a minus search method b ("prm b=2" vs "orm b=2": which scorer guides better), paired over
+    the problems both searched, with its 95% interval over contents (metrics.verdict reads it)."""
+    found = {}
+    for r in rows:
+        if r["method"] in (a, b):
+            found.setdefault(r["method"], {})[r["problem"]] = r
+    both = sorted(set(found.get(a, {})) & set(found.get(b, {})))
+    worth = bon.TARGETS[target]
+    return metrics.paired([worth(found[a][p]) for p in both], [worth(found[b][p]) for p in both],
+                          [found[a][p]["content"] for p in both], seed=seed)
 
 
 def interval_text(ci, signed=False):

@@ -128,6 +128,16 @@ def test_best_of_n_at_a_fractional_n_mixes_the_two_whole_n():
     assert base.at_tokens("x", "max:orm", 9.0, "correct") == pytest.approx(1.0)  # past the pool: the pool
 
 
+def test_compare_pairs_two_searches_problem_by_problem():
+    def right(method, i):  # PRM-guided: right on every second problem; ORM-guided: on every fourth
+        return i % (2 if method == "prm b=2" else 4) == 0
+    rows = [{"problem": f"p{i}", "content": f"c{i}", "method": m, "correct": right(m, i),
+             "first_error": -1 if right(m, i) else 0} for i in range(40) for m in ("prm b=2", "orm b=2")]
+    diff = search.compare(rows, "prm b=2", "orm b=2")
+    assert diff["mean"] == pytest.approx(0.5 - 0.25) and diff["n"] == 40 and diff["lo"] <= 0.25 <= diff["hi"]
+    assert search.compare(rows, "prm b=2", "orm b=2", "faithful")["mean"] == pytest.approx(0.25)
+
+
 def test_the_oracle_on_partial_solutions():
     p = tasks.make_problems(1, 0, "test")[0]
     gold = [text for text, _, _ in tasks.gold_steps(p)]
@@ -191,9 +201,10 @@ def test_one_more_step_of_the_tiny_base_is_the_first_step_of_its_rollout():
 def test_one_more_step_through_the_api_equals_the_local_policy(tmp_path):
     server = serve.start("tiny")
     try:
-        res = api.main(["search", "--policy", server.url, "--scorers", "oracle", "--k", "2", "--b", "1", "--pool",
-                        "2", "--n-problems", "2", "--prm", "none", "--orm", "none", "--out", str(tmp_path / "s"),
-                        "--timeout", "120"])  # the command line of a served search, end to end
+        # the command line of a served search, end to end
+        res = api.main(["search", "--policy", server.url, "--scorers", "oracle", "--k", "2", "--b", "1",
+                        "--pool", "2", "--n-problems", "2", "--prm", "none", "--orm", "none",
+                        "--out", str(tmp_path / "s"), "--timeout", "120"])
         assert res["problems"] == 2 and res["search"]["oracle b=1"]["tokens"] > 0
         problems = tasks.make_problems(2, 0, "test")
         requests = [(p, pre, 2, 0) for p in problems for pre in ([], [tasks.gold_steps(p)[0][0]])]
