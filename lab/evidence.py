@@ -654,7 +654,8 @@ def read_rows(path):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     ap.add_argument(
         "rows", help="per_problem.jsonl written by bench.py (its per_step.jsonl beside it: the F1 rows)"
     )
@@ -665,7 +666,7 @@ def main(argv=None):
         default="base",
         help="base (the headline: the base's own answers) | synthetic | " "judged | half_a | half_b",
     )
-    ap.add_argument("--n", type=int, default=16, help="N of Best-of-N")
+    ap.add_argument("--n", type=cli.within(int, 1), default=16, help="N of Best-of-N")
     ap.add_argument("--part", default="all", choices=PARTS, help="problems: all | visual | text")
     a = ap.parse_args(argv)
     rows = read_rows(a.rows)
@@ -676,6 +677,10 @@ def main(argv=None):
     )  # the run's bootstrap seed and least sample: the same intervals as its results.json
     metrics.MIN_CLUSTERS = meta.get("min_clusters") or metrics.MIN_CLUSTERS
     if a.a and a.b:
+        pools = sorted({pool for pool, _ in ix})
+        cli.choice(a.pool, pools, "--pool")
+        for flag, method in (("--a", a.a), ("--b", a.b)):  # a misspelt method would compare nothing
+            cli.choice(method, sorted({m for pool, m in ix if pool == a.pool}), f"{flag} (pool {a.pool})")
         c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed)
         print(
             f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
