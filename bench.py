@@ -37,6 +37,7 @@ import bon
 import judge
 import orm
 import prm
+import search
 import steps
 import train
 import tree_search
@@ -88,6 +89,8 @@ class Args:
     batch_size: int = field(default=32, metadata={"range": (1, None), "help": "PRM / ORM batch size"})
     judge_n: int = field(default=16, metadata={"range": (1, None),
                                                "help": "test (and dev) problems scored by the judges (slow)"})
+    search_n: int = field(default=32, metadata={"range": (1, None), "help": "test problems of the step search "
+                          "(the first N; search.py): k=4 proposals, beam widths 1 and 2, against Best-of-N"})
     temperature: float = field(default=1.0, metadata={"range": (0.0, None),
                                                       "help": "tiny-base policy sampling temperature"})
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
@@ -101,7 +104,8 @@ class Args:
 ON_GPU = torch.cuda.is_available()  # a GPU takes larger batches and trains all four reward models at once
 SCORE_BATCH, GEN_BATCH = (256, 512) if ON_GPU else (32, 128)  # answers per scoring pass, solutions per generate call
 TRAIN_PROCS = 4 if ON_GPU else 2  # reward models trained at once
-QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8)
+QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8, search_n=8)
+SEARCH = dict(k=4, widths=(1, 2), pool=16)  # the step search's settings (search.py); b = 2 is the one compared
 SPLITS = ("train", "tune", "dev", "test")
 TAU_LABELS = ("mc", "mcts")  # the labellers that read a prefix as right when its value > tau
 MODELS = {"prm": ("prm", None), "orm": ("orm", None), "prm_visual": ("prm", "visual"), "prm_text": ("prm", "text")}
@@ -314,6 +318,26 @@ def stage_scores(a, st, P, pools, ck):
     return st.run("scores", {"judge_n": a.judge_n}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
 
 
+def stage_search(a, st, P, ck):
+    """Step search on the first search_n test problems with every scorer (search.py), from the tiny base's steps,
+    and Best-of-N from 16 of its whole answers: -> search.py's rows."""
+    def make():
+        readers = search.load_readers(a.base, str(ck["prm"]), str(ck["orm"]))
+        policy = VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH)
+        return search.run(rendered(P["test"][:a.search_n]), policy, readers, seed=a.seed, progress=True, **SEARCH)
+    return st.run("search", {"n": a.search_n, **SEARCH, "seed": a.seed, "temperature": a.temperature},
+                  make, after=("problems", "train_prm", "train_orm"))
+
+
+def search_results(rows, head, seed):
+    """The search's tables (search.summary) and the two comparisons its findings read, at b = 2."""
+    level = evidence.adjusted_level()
+    res = {**search.summary(rows, head, seed, adjusted=level), "k": SEARCH["k"]}
+    comps = {"search_prm_vs_orm": search.compare(rows, "prm b=2", "orm b=2", seed=seed, adjusted=level),
+             "search_prm_vs_best_of_n": res["search"]["prm b=2"]["vs"]["best_of_n_prm"]["correct"]}
+    return res, {k: {**c, "n": c.get("n") or 0} for k, c in comps.items()}
+
+
 def choose_head(P, pools, scores):
     """The PRM's aggregation: the best Best-of-16 on the tune split's headline pool (exact; ties: the first in
     AGGS)."""
@@ -344,6 +368,7 @@ def run(a):
         return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
     ck = stage_train(a, st)
     scores = stage_scores(a, st, P, pools, ck)
+    search_rows = stage_search(a, st, P, ck)
     n_lab = a.n_test if a.label_policy == "base" else (200 if a.quick else 500)  # the test problems (VLM: slow)
     labelling = st.run("labelling", {"n": n_lab, "rollouts": a.rollouts, "tau": tau["tau"], "seed": a.seed,
                                      "policy": a.label_policy, "base": a.base, "temperature": a.temperature},
@@ -356,12 +381,14 @@ def run(a):
     spd = {**spd, "served_rollouts_per_s": st.run("served", {"base": a.base},
                                                   lambda: api.benchmark(a.base, rendered(P["test"][:8])))}
     head, tune_acc = choose_head(P, pools, scores)
+    search_table, search_comps = search_results(search_rows, head, a.seed)
     rows = evidence.problem_rows(a, P, pools, scores, head)
     fe_items, auc_items = evidence.step_items(P, pools, scores)
     res = {"config": asdict(a), "seconds": round(st.seconds() + time.time() - t0 - st.this_run, 1),
            "seconds_this_run": round(time.time() - t0, 1), "stage_seconds": st.stage_seconds(),
            "machine": report.machine(),
-           **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed),
+           **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed, search_comps),
+           "search": search_table,
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": {**label_stats, "vs_oracle": train_label_quality(st, P, tau)}},
            "speed": spd,

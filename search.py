@@ -370,11 +370,12 @@ class Baselines:
         return (1 - weight) * value + weight * self.at_n(pid, rule, below + 1, target)
 
 
-def summary(rows, bon_agg="mean", seed=0):
+def summary(rows, bon_agg="mean", seed=0, adjusted=None):
     """The numbers of the tables and the plot: {"problems", "per_answer": mean tokens of a pool answer,
     "search": {method: {"scorer", "b", "tokens", "scored", "correct", "faithful" (intervals), "n_equal",
     "vs": {baseline: {"correct", "faithful": paired intervals at equal tokens}}}},
-    "bon": {baseline: {"N": {"tokens", "scored", "correct", "faithful"}}}}."""
+    "bon": {baseline: {"N": {"tokens", "scored", "correct", "faithful"}}}}. adjusted: a second level for the
+    paired intervals (metrics.paired), as bench's multiplicity adjustment asks."""
     pools = {r["problem"]: r["pool"] for r in rows if r["method"] == "pool"}
     clusters = {r["problem"]: r["content"] for r in rows}
     answers = [c for pool in pools.values() for c in pool]
@@ -384,7 +385,8 @@ def summary(rows, bon_agg="mean", seed=0):
 
     def interval(values, problems):
         return metrics.bootstrap(values, [clusters[p] for p in problems], seed=seed)
-    out = {"problems": len(pools), "per_answer": per_answer, "search": {}, "bon": {}}
+    out = {"problems": len(pools), "pool": min(map(len, pools.values())), "per_answer": per_answer, "search": {},
+           "bon": {}}
     for name, rule in rules.items():
         out["bon"][name] = {}
         for n in [n for n in NS if n <= min(map(len, pools.values()))]:
@@ -409,12 +411,12 @@ def summary(rows, bon_agg="mean", seed=0):
             for target in bon.TARGETS:
                 equal = [baselines.at_tokens(p, rule, res["n_equal"], target) for p in done]
                 res["vs"][name][target] = metrics.paired(worth[target], equal, [clusters[p] for p in done],
-                                                         seed=seed)
+                                                         seed=seed, adjusted=adjusted)
         out["search"][method] = res
     return out
 
 
-def compare(rows, a, b, target="correct", seed=0):
+def compare(rows, a, b, target="correct", seed=0, adjusted=None):
     """Search method a minus search method b ("prm b=2" vs "orm b=2": which scorer guides better), paired over
     the problems both searched, with its 95% interval over contents (metrics.verdict reads it)."""
     found = {}
@@ -424,7 +426,7 @@ def compare(rows, a, b, target="correct", seed=0):
     both = sorted(set(found.get(a, {})) & set(found.get(b, {})))
     worth = bon.TARGETS[target]
     return metrics.paired([worth(found[a][p]) for p in both], [worth(found[b][p]) for p in both],
-                          [found[a][p]["content"] for p in both], seed=seed)
+                          [found[a][p]["content"] for p in both], seed=seed, adjusted=adjusted)
 
 
 def interval_text(ci, signed=False):
@@ -440,7 +442,7 @@ def table(rows, bon_agg="mean", seed=0, res=None):
     """The tables as markdown: every method's tokens, scored and accuracies; then each search minus each
     baseline at equal generated tokens, for final-answer accuracy and for faithful accuracy."""
     res = res or summary(rows, bon_agg, seed)
-    pool_size = min(len(r["pool"]) for r in rows if r["method"] == "pool")
+    pool_size = res["pool"]
     lines = [f"{res['problems']} problems; a whole answer is {res['per_answer']:.1f} generated tokens on "
              "average. Per problem: tokens generated, solutions scored; [95% bootstrap interval, contents]",
              "", "| method | tokens | scored | accuracy | faithful |", "|---|---:|---:|---:|---:|"]

@@ -213,6 +213,10 @@ FINDINGS = [
     ("unclear step divisions hurt a PRM (writer's steps > 24-character chunks)", ("steps_vs_chunks",), "all"),
     ("... and hurt most on visual items", ("chunks_hurt_visual_more",), "all"),
     ("weighting key steps beats equal weights", ("key_vs_equal",), "all"),
+    # not the paper's: what step scores are for beyond Best-of-N, steering the policy while it writes (search.py)
+    ("step search: a PRM guides the policy better than an ORM read on the prefix", ("search_prm_vs_orm",), "all"),
+    ("step search guided by the PRM beats the PRM's Best-of-N at equal generated tokens",
+     ("search_prm_vs_best_of_n",), "all"),
     (
         "a PRM trained on one domain generalises poorly; mixed data helps",
         ("mixed_vs_visual_only_on_text", "mixed_vs_text_only_on_visual"),
@@ -554,8 +558,9 @@ def step_tables(fe_items, auc_items, seed):
     return step, fresh
 
 
-def results_from(a, rows, fe_items, auc_items, head, seed):
-    """Every table, comparison and verdict from the per-problem rows and step items (one seed, or pooled seeds)."""
+def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
+    """Every table, comparison and verdict from the per-problem rows and step items (one seed, or pooled seeds);
+    `more`: comparisons made elsewhere (the step search's) that findings read too."""
     ix, rules = index(rows), method_sets(head)
     iv = {
         pool: table(
@@ -583,7 +588,7 @@ def results_from(a, rows, fe_items, auc_items, head, seed):
     ha = {(r["problem"], r["method"]): r["acc"] for r in rows if r["pool"] == "half_a"}
     top = str(min(8, a.pool // 2))
     kept = sorted(bon.prefers_prm({p: ha[(p, "prm_head")][top] - ha[(p, "orm")][top] for p in half}))
-    comps = with_f1(comparisons(ix, 16, kept, seed), fe_items, seed)
+    comps = {**with_f1(comparisons(ix, 16, kept, seed), fe_items, seed), **(more or {})}
     step, fresh = step_tables(fe_items, auc_items, seed)
 
     def gain_at_16(part, method):  # over one random sample

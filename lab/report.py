@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import search
 from common import data
 from common.metrics import verdict
 
@@ -79,6 +80,8 @@ COMPARISONS = {
     "faithful_prm_vs_base_likelihood": "faithful@16 (base's answers): PRM vs the base's own step likelihood (min)",
     "faithful_prm_vs_majority": "faithful@16 (base's answers): PRM vs majority vote",
     "synthetic_faithful_prm_vs_orm": "faithful@16 (synthetic pools): PRM vs ORM",
+    "search_prm_vs_orm": "step search (b=2, base's steps): PRM-guided vs ORM-guided",
+    "search_prm_vs_best_of_n": "step search (b=2): PRM-guided vs the PRM's Best-of-N at equal tokens",
 }
 
 # the ViLBench filter's two groups of items, and the comparison measured on each
@@ -572,8 +575,29 @@ def report(r, a, curve):
     title = f"Judges (the base prompted with the rubric) on {a.judge_n} test problems"
     sections.append(section(title, table))
 
+    if r.get("search"):
+        sections.append(search_section(r["search"]))
     sections.append(speed_section(r["speed"]))
     return "\n".join(sections)
+
+
+def search_text(res):
+    """The step search in a few sentences for the README: each scorer at b = 2 against the PRM's Best-of-N."""
+    searched = {m: v for m, v in res["search"].items() if v["b"] == 2}
+    if not searched:
+        return ""
+    said = "; ".join(f"{v['scorer']} {search.interval_text(v['correct'])}" for v in searched.values())
+    return (f"Step search (search.py; the first {res['problems']} test problems, k={res.get('k', '-')} proposals a "
+            f"step, beam width 2, about {next(iter(searched.values()))['tokens']:.0f} generated tokens a problem): "
+            f"final-answer accuracy by the scorer that guides it: {said}. Accuracy against generated tokens, "
+            "every method: `results/search.png`; the tables: `results/report.md`.")
+
+
+def search_section(res):
+    """The step search against Best-of-N at equal generated tokens (search.py's tables)."""
+    title = (f"Step search at test time (search.py: k={res.get('k', '-')} proposals a step, the tiny base's "
+             f"steps, the first {res['problems']} test problems)")
+    return section(title, search.table(None, res=res) + "\n\nPlot: search.png.")
 
 
 # -----------------------------------------------------------------------------
@@ -663,6 +687,8 @@ def update_readme(r, a, path=ROOT / "README.md"):
                 lambda method, column: readme_cell(base, method, column)), "",
              f1_intro,
              md(list(r["step"]), ["F1"], lambda method, column: f1_ci(r["step"][method])), ""]
+    if r.get("search"):
+        block += [search_text(r["search"]), ""]
 
     text = path.read_text()
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -726,13 +752,18 @@ def write_outputs(res, rows, fe_items, auc_items, a, out):
     # a --seeds run tunes the aggregation per seed: no one head to name in the legend
     head = "tuned per seed" if res.get("seeds") else res["head"]
     curve = plot(res["intervals"]["base"]["all"], out / "bon_curve.png", a, head)
+    pictures = ["bon_curve.png"]
+    if res.get("search"):
+        search.plot(res["search"], out / "search.png", f"step search vs Best-of-N at equal generated tokens: the "
+                    f"tiny base's steps, {res['search']['problems']} test problems, seed {a.seed}")
+        pictures.append("search.png")
     text = report(res, a, curve)
     (out / "report.md").write_text(text)
     print(text)
     if a.readme:
         update_readme(res, a)
         (ROOT / "results").mkdir(exist_ok=True)
-        for name in ("results.json", "report.md", "bon_curve.png"):
+        for name in ("results.json", "report.md", *pictures):
             shutil.copy(out / name, ROOT / "results" / name)
 
 

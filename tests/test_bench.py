@@ -24,18 +24,19 @@ from lab import evidence
 from common import metrics
 from common import model as vlm
 import prm
+import search
 from lab import report
 from common import tasks
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_train=12, n_tune=4, n_dev=4, n_test=6, steps=4, judge_n=2, batch_size=8)
+SMALL = dict(n_train=12, n_tune=4, n_dev=4, n_test=6, steps=4, judge_n=2, batch_size=8, search_n=2)
 # The aggregations written out here as the reference; one a fork adds to bon.AGGREGATIONS is read from there.
 AGG = {"min": min, "mean": lambda s: sum(s) / len(s), "prod": math.prod, "last": lambda s: s[-1],
        "last2": lambda s: sum(s[-2:]) / len(s[-2:]), "last3": lambda s: sum(s[-3:]) / len(s[-3:])}
 AGG.update({g: f for g, f in bon.AGGREGATIONS.items() if g not in AGG})
 STAGES = ("problems", "pools", "tau", "labels", "train_prm", "train_orm", "train_prm_visual", "train_prm_text",
-          "scores", "labelling", "speed")
+          "scores", "search", "labelling", "speed")
 
 
 def best_of(pairs):
@@ -236,6 +237,16 @@ def test_bench_small_run_recomputed_cached_and_relabelled(tmp_path, capsys, monk
                               for f in ("visual", "text"))
     assert (tmp_path / "report.md").read_text().startswith("# Bench report")
     assert (tmp_path / "bon_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # the step search on the first search_n test problems: its table, plot and the two comparisons its findings read
+    assert saved["search"]["problems"] == a.search_n and "prm b=2" in saved["search"]["search"]
+    assert (tmp_path / "search.png").read_bytes()[:4] == b"\x89PNG" and "Step search at test time" in \
+        (tmp_path / "report.md").read_text()
+    rows = json.loads((tmp_path / "search.json").read_text())["out"]
+    assert saved["comparisons"]["search_prm_vs_orm"] == json.loads(json.dumps(
+        search.compare(rows, "prm b=2", "orm b=2", seed=a.seed, adjusted=evidence.adjusted_level())))
+    found = {v["finding"]: v for v in saved["verdicts"]}
+    assert found["step search: a PRM guides the policy better than an ORM read on the prefix"]["comparisons"] == [
+        "search_prm_vs_orm"]
     # evidence.py redoes a comparison from the kept rows alone: the same difference and interval as results.json
     out = subprocess.run([sys.executable, "-m", "lab.evidence", str(tmp_path / "per_problem.jsonl"), "--a",
                           "prm_head", "--b", "orm", "--pool", "synthetic"], capture_output=True, text=True, timeout=300,
@@ -249,6 +260,8 @@ def test_bench_small_run_recomputed_cached_and_relabelled(tmp_path, capsys, monk
                            env={**os.environ, "PYTHONPATH": str(ROOT)})  # + per_step.jsonl: F1 rows
     assert every.returncode == 0, every.stderr
     for k, c in saved["comparisons"].items():
+        if k.startswith("search_"):  # read off the step search's rows (OUT/search.json), not the per-problem rows
+            continue
         assert f"{k:38s} {evidence.said(c)}  n={c['n']}  {metrics.verdict(c)}" in every.stdout, k
     # a rerun with nothing changed recomputes nothing: no stage file rewritten, the same numbers
     before, files = stage_files(tmp_path), mtimes(tmp_path, ["*.json", "*.jsonl", "*/model.safetensors"])
