@@ -168,14 +168,17 @@ def curve(a, head, source, labels, tune, dev):
     done = run_folder(a, head, source) / "points.json"
     if done.exists() and json.loads(done.read_text())["settings"] == settings:
         print(f"[curves] {head} {source}: read back from {done}")
-        return json.loads(done.read_text())["points"]
+        kept = json.loads(done.read_text())
+        return kept["points"], kept["seconds"]
+    t0 = time.time()
     folder, points = train_run(a, head, labels), []
     for snap in sorted(folder.glob("step-*")):
         model, processor = prm.load(str(snap), device="cpu")
         points.append({"step": int(snap.name.removeprefix("step-")), **point(model, processor, tune, dev)})
         print(f"[curves] {head} {source} step {points[-1]['step']}: {json.dumps(points[-1])}")
-    done.write_text(json.dumps({"settings": settings, "points": points}, indent=1))
-    return points
+    seconds = round(time.time() - t0, 1)
+    done.write_text(json.dumps({"settings": settings, "points": points, "seconds": seconds}, indent=1))
+    return points, seconds
 
 
 def table(res):
@@ -211,7 +214,7 @@ def plot(res, path):
 
     panels = [("first_error_f1", "first-error F1", "content_free_f1"), ("fresh_auc", "fresh-step AUC", None),
               ("bo16", "Best-of-16 accuracy", "majority_bo16"), ("faithful16", "faithful@16", "majority_faithful16")]
-    fig = Figure(figsize=(11, 7.5))
+    fig = Figure(figsize=(13, 7.5))
     axes = fig.subplots(2, 2)
     for ax, (key, title, ref) in zip(axes.flat, panels):
         for run in res["runs"]:  # a colour per head, a line style per label source
@@ -225,10 +228,15 @@ def plot(res, path):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("fine-tuning step (0: the head before training)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    handles = {}  # one legend for the four panels: every line once, the references after them
+    for ax in axes.flat:
+        for line in ax.get_lines():
+            handles.setdefault(line.get_label(), line)
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="center right",
+               title="head, label source (colour: head; line: labels)", title_fontsize=8)
     fig.suptitle(f"Learning curves on the tune split (the tiny base's own answers, {res['tune_problems']} problems; "
                  f"F1 threshold chosen on dev)", x=0.01, ha="left", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(path, dpi=110)
 
 
@@ -250,12 +258,17 @@ def main(a: Args):
         cli.choice(head, (*prm.HEADS, "separator_probe"), "--heads")
     for head in heads:
         for source, path in files.items():
-            res["runs"].append({"head": head, "labels": source, "points": curve(a, head, source, path, tune, dev)})
-    res["seconds"] = round(time.time() - t0, 1)
+            points, seconds = curve(a, head, source, path, tune, dev)
+            res["runs"].append({"head": head, "labels": source, "points": points, "seconds": seconds})
+    res["seconds"] = round(time.time() - t0, 1)  # this call; each run's own time is in its entry
+    runs_seconds = sum(run["seconds"] for run in res["runs"])
     (out / "curves.json").write_text(json.dumps(res, indent=1))
     (out / "curves.md").write_text(f"# Learning curves on tune\n\n`python -m lab.curves --bench {a.bench} --heads "
-                                   f"{a.heads} --labels {a.labels} --steps {a.steps} --every {a.every}` "
-                                   f"({res['seconds']:.0f} s)\n\n{table(res)}\n\n## Each label source against the "
+                                   f"{a.heads} --labels {a.labels} --steps {a.steps} --every {a.every}`: "
+                                   f"{len(res['runs'])} runs, {runs_seconds:.0f} s of wall time in all (each run "
+                                   f"trains and reads its models; this call {res['seconds']:.0f} s). Tune: "
+                                   f"{res['tune_problems']} problems, {len(tune[1])} answers of the base; no "
+                                   f"intervals (the test split's comparisons in bench carry them)\n\n{table(res)}\n\n## Each label source against the "
                                    f"oracle (the same train solutions)\n\n{label_table(res['labels'])}\n")
     plot(res, out / "curves.png")
     print(table(res))
