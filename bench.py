@@ -17,8 +17,9 @@ Headline: the pools are the tiny base's own answers and the PRM's labels come fr
 answers and rollouts (on-policy, as the paper's policies are at least as strong as its PRM's base); the synthetic
 sampler's pools (a weaker policy) carry the other findings. Stages, each cached under --out with the settings that
 made it (a changed setting recomputes that stage and every later one): problems -> pools -> tau (tune) -> labels
--> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) -> scores -> tables. The last stdout line
-is one JSON object with the headline numbers.
+-> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) -> scores, and the step search (search.py,
+on the first --search-n test problems) -> tables. The last stdout line is one JSON object with the headline
+numbers.
 """
 import itertools
 import json
