@@ -19,6 +19,7 @@ Label sources (all of the same sampled train solutions, bench's OUT/labels.jsonl
 Their accuracy against the oracle, with the lucky solutions (a right answer after a wrong step) apart, is in
 curves.json ("labels").
 """
+
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,18 +35,33 @@ from lab.evidence import content_free_rule
 
 SOURCES = ("mcts", "oracle", "consensus")
 LINES = {"mcts": "-", "oracle": ":", "consensus": "-."}
-NAMES = {"likelihood": "likelihood head", "separator": "separator head", "tag": "tag head",
-         "implicit": "implicit head", "separator_probe": "separator probe (base frozen)"}
+NAMES = {
+    "likelihood": "likelihood head",
+    "separator": "separator head",
+    "tag": "tag head",
+    "implicit": "implicit head",
+    "separator_probe": "separator probe (base frozen)",
+}
 
 
 @dataclass
 class Args:
-    bench: str = field(default="out/bench", metadata={"help": "a bench.py output folder: its problems, pools, labels"})
-    out: str = field(default="out/curves", metadata={"help": "output folder: curves.json, curves.md, curves.png"})
-    heads: str = field(default="likelihood,separator", metadata={
-        "help": "comma-separated heads (prm.HEADS), or separator_probe: the separator head on the frozen base"})
-    labels: str = field(default="mcts,oracle,consensus", metadata={"help": "comma-separated label sources: mcts | "
-                        "oracle | consensus"})
+    bench: str = field(
+        default="out/bench", metadata={"help": "a bench.py output folder: its problems, pools, labels"}
+    )
+    out: str = field(
+        default="out/curves", metadata={"help": "output folder: curves.json, curves.md, curves.png"}
+    )
+    heads: str = field(
+        default="likelihood,separator",
+        metadata={
+            "help": "comma-separated heads (prm.HEADS), or separator_probe: the separator head on the frozen base"
+        },
+    )
+    labels: str = field(
+        default="mcts,oracle,consensus",
+        metadata={"help": "comma-separated label sources: mcts | " "oracle | consensus"},
+    )
     # bench.py's reward-model settings (its --steps, --lr, --batch-size)
     steps: int = field(default=400, metadata={"range": (1, None), "help": "fine-tuning steps"})
     every: int = field(default=100, metadata={"range": (1, None), "help": "read the model every N steps"})
@@ -64,17 +80,28 @@ def oracle_records(problems, records):
     return out
 
 
-def consensus_records(problems, records):
+def consensus_records(problems, records, source, out):
     """The MCTS labels kept where the base's own step likelihood agrees on the first error (tree_search.consensus).
-    """
+    The base reads every labelled solution once: OUT/consensus.json names the labels file it kept them from
+    (its SHA-256), and a later call with the same labels reads the kept records back."""
+    made, kept_file = Path(out) / "consensus.json", Path(out) / "labels_consensus.jsonl"
+    source_sha256 = data.file_hash(source)
+    if made.exists() and kept_file.exists():
+        done = json.loads(made.read_text())
+        if done["source_sha256"] == source_sha256:
+            kept_ids = {r["id"] for r in data.read_jsonl(kept_file, "labelled")}
+            return [r for r in records if r["id"] in kept_ids], done["stats"]
     model, processor = prm.load("tiny", device="cpu")
-    likelihoods = step_likelihood(model, processor, [tasks.render(problems[r["meta"]["problem_id"]]) for r in records],
-                                  [r["prompt"] for r in records], [r["completions"] for r in records])
-    return tree_search.consensus(records, likelihoods)
+    images = [tasks.render(problems[r["meta"]["problem_id"]]) for r in records]
+    prompts = [r["prompt"] for r in records]
+    steps = [r["completions"] for r in records]
+    kept, stats = tree_search.consensus(records, step_likelihood(model, processor, images, prompts, steps))
+    made.write_text(json.dumps({"source_sha256": source_sha256, "stats": stats}))
+    return kept, stats
 
 
 def label_files(a, problems):
-    """{source: path of its labelled JSONL} in OUT, each written from bench's labels."""
+    """{source: (path of its labelled JSONL in OUT, its records)}, each made from bench's labels."""
     src = Path(a.bench) / "labels.jsonl"
     if not src.exists():
         raise FileNotFoundError(f"{src}: no labels; run python bench.py --tune-only --out {a.bench} first")
@@ -84,15 +111,20 @@ def label_files(a, problems):
         cli.choice(source, SOURCES, "--labels")
     by_source = {"mcts": records, "oracle": oracle_records(problems, records)}
     if "consensus" in sources:
-        by_source["consensus"], stats = consensus_records(problems, records)
-        print(f"[curves] consensus: {stats['kept']} of {stats['of']} labelled solutions kept (the base's step "
-              f"likelihood below {stats['threshold']:.4f} puts the first error where the tree search does)")
+        by_source["consensus"], stats = consensus_records(problems, records, src, a.out)
+        print(
+            f"[curves] consensus: {stats['kept']} of {stats['of']} labelled solutions kept (the base's step "
+            f"likelihood below {stats['threshold']:.4f} puts the first error where the tree search does)"
+        )
     files = {}
     for source in sources:
-        files[source] = Path(a.out) / f"labels_{source}.jsonl"
+        path = Path(a.out) / f"labels_{source}.jsonl"
         # images stay where bench wrote them: absolute paths, so the file reads from OUT
-        data.write_jsonl(files[source], [{**r, "images": [str((Path(a.bench) / r["images"][0]).resolve())]}
-                                         for r in by_source[source]], "labelled")
+        absolute = [
+            {**r, "images": [str((Path(a.bench) / r["images"][0]).resolve())]} for r in by_source[source]
+        ]
+        data.write_jsonl(path, absolute, "labelled")
+        files[source] = (path, by_source[source])
     return files
 
 
@@ -104,26 +136,47 @@ def train_run(a, head, labels):
     """Fine-tune one PRM with bench's settings, keeping the model every a.every steps. -> its folder."""
     probe = head == "separator_probe"
     out = run_folder(a, head, Path(labels).stem.removeprefix("labels_"))
-    args = train.Args(objective="prm", model="tiny", data=str(labels), out=str(out), max_steps=a.steps,
-                      warmup=a.steps // 10, lr=a.lr, batch_size=a.batch_size, seed=a.seed, eval_every=a.steps,
-                      save_every=a.steps, keep_every=a.every, head="separator" if probe else head, probe=probe,
-                      overwrite=True)
+    args = train.Args(
+        objective="prm",
+        model="tiny",
+        data=str(labels),
+        out=str(out),
+        max_steps=a.steps,
+        warmup=a.steps // 10,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        eval_every=a.steps,
+        save_every=a.steps,
+        keep_every=a.every,
+        head="separator" if probe else head,
+        probe=probe,
+        overwrite=True,
+    )
     train.main(args)
     return out
 
 
 def read_pool(model, processor, problems, cands):
     """{candidate id: step scores} of one pool."""
-    scores, _ = prm.score_steps(model, processor, [tasks.render(problems[c["problem_id"]]) for c in cands],
-                                [problems[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands])
+    scores, _ = prm.score_steps(
+        model,
+        processor,
+        [tasks.render(problems[c["problem_id"]]) for c in cands],
+        [problems[c["problem_id"]]["question"] for c in cands],
+        [c["steps"] for c in cands],
+    )
     return {c["id"]: s for c, s in zip(cands, scores) if s is not None}
 
 
 def best_of_16(problems, cands, scores, target):
     """Best-of-16 on the pool by each aggregation (exact over subsets): -> (best value, its aggregation)."""
     pools = bon.make_pools(problems, cands, {"prm": scores})
-    acc = {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}", target), "max", 16)[0] for pool in pools.values())
-           / len(pools) for g in bon.AGGS}
+    acc = {
+        g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}", target), "max", 16)[0] for pool in pools.values())
+        / len(pools)
+        for g in bon.AGGS
+    }
     best = max(bon.AGGS, key=lambda g: acc[g])  # ties: the first in AGGS
     return round(acc[best], 4), best
 
@@ -132,7 +185,9 @@ def point(model, processor, tune, dev):
     """Every measure of one model on tune (problems, candidates) with the F1 threshold chosen on dev."""
     dev_scores = read_pool(model, processor, *dev)
     kept = [c for c in dev[1] if c["id"] in dev_scores]
-    threshold = metrics.choose_threshold([dev_scores[c["id"]] for c in kept], [c["first_error"] for c in kept])
+    threshold = metrics.choose_threshold(
+        [dev_scores[c["id"]] for c in kept], [c["first_error"] for c in kept]
+    )
     probs, cands = tune
     scores = read_pool(model, processor, probs, cands)
     kept = [c for c in cands if c["id"] in scores]
@@ -140,9 +195,15 @@ def point(model, processor, tune, dev):
     fresh = [x for c in kept for x in fresh_items(c, probs[c["problem_id"]], scores[c["id"]])]
     bo16, agg = best_of_16(list(probs.values()), cands, scores, "correct")
     faithful, agg_f = best_of_16(list(probs.values()), cands, scores, "faithful")
-    return {"first_error_f1": round(f1["f1"], 4), "threshold": threshold,
-            "fresh_auc": round(metrics.auc([x["score"] for x in fresh], [x["label"] for x in fresh]), 4),
-            "bo16": bo16, "bo16_aggregation": agg, "faithful16": faithful, "faithful16_aggregation": agg_f}
+    return {
+        "first_error_f1": round(f1["f1"], 4),
+        "threshold": threshold,
+        "fresh_auc": round(metrics.auc([x["score"] for x in fresh], [x["label"] for x in fresh]), 4),
+        "bo16": bo16,
+        "bo16_aggregation": agg,
+        "faithful16": faithful,
+        "faithful16_aggregation": agg_f,
+    }
 
 
 def references(tune, dev_problems, dev_cands):
@@ -154,17 +215,29 @@ def references(tune, dev_problems, dev_cands):
     pred = [rule.get(probs[c["problem_id"]]["family"], -1) for c in cands]
 
     def majority(target):
-        return round(sum(bon.at_n(bon.prepare(pool, "majority", target), "majority", 16)[0]
-                         for pool in pools.values()) / len(pools), 4)
-    return {"majority_bo16": majority("correct"), "majority_faithful16": majority("faithful"),
-            "content_free_f1": round(metrics.f1_of_predictions(pred, [c["first_error"] for c in cands]), 4)}
+        return round(
+            sum(bon.at_n(bon.prepare(pool, "majority", target), "majority", 16)[0] for pool in pools.values())
+            / len(pools),
+            4,
+        )
+
+    return {
+        "majority_bo16": majority("correct"),
+        "majority_faithful16": majority("faithful"),
+        "content_free_f1": round(metrics.f1_of_predictions(pred, [c["first_error"] for c in cands]), 4),
+    }
 
 
 def curve(a, head, source, labels, tune, dev):
     """One run's points, trained and read, or read back from OUT/RUN/points.json when a run with the same settings
     and labels left it there (two processes with other --heads can share OUT; a killed run redoes one run)."""
-    settings = {"head": head, "labels": source, "labels_sha256": data.file_hash(labels), "bench": a.bench,
-                **{k: getattr(a, k) for k in ("steps", "every", "lr", "batch_size", "seed")}}
+    settings = {
+        "head": head,
+        "labels": source,
+        "labels_sha256": data.file_hash(labels),
+        "bench": a.bench,
+        **{k: getattr(a, k) for k in ("steps", "every", "lr", "batch_size", "seed")},
+    }
     done = run_folder(a, head, source) / "points.json"
     if done.exists() and json.loads(done.read_text())["settings"] == settings:
         print(f"[curves] {head} {source}: read back from {done}")
@@ -184,22 +257,30 @@ def curve(a, head, source, labels, tune, dev):
 def table(res):
     """The curves as one markdown table: a row per (head, labels, step)."""
     ref = res["references"]
-    lines = ["| head | labels | step | first-error F1 | fresh-step AUC | Best-of-16 | faithful@16 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| head | labels | step | first-error F1 | fresh-step AUC | Best-of-16 | faithful@16 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in res["runs"]:
         for p in run["points"]:
-            lines.append(f"| {NAMES.get(run['head'], run['head'])} | {run['labels']} | {p['step']} | "
-                         f"{p['first_error_f1']:.3f} | {p['fresh_auc']:.3f} | {p['bo16']:.3f} ({p['bo16_aggregation']}) "
-                         f"| {p['faithful16']:.3f} |")
-    lines.append(f"| majority vote (no model) | - | - | - | - | {ref['majority_bo16']:.3f} | "
-                 f"{ref['majority_faithful16']:.3f} |")
+            lines.append(
+                f"| {NAMES.get(run['head'], run['head'])} | {run['labels']} | {p['step']} | "
+                f"{p['first_error_f1']:.3f} | {p['fresh_auc']:.3f} | {p['bo16']:.3f} ({p['bo16_aggregation']}) "
+                f"| {p['faithful16']:.3f} |"
+            )
+    lines.append(
+        f"| majority vote (no model) | - | - | - | - | {ref['majority_bo16']:.3f} | "
+        f"{ref['majority_faithful16']:.3f} |"
+    )
     lines.append(f"| content-free rule (no model) | - | - | {ref['content_free_f1']:.3f} | - | - | - |")
     return "\n".join(lines)
 
 
 def label_table(quality):
-    lines = ["| labels | part | records | first error as the oracle's | step labels as the oracle's |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| labels | part | records | first error as the oracle's | step labels as the oracle's |",
+        "|---|---|---|---|---|",
+    ]
     for source, parts in quality.items():
         for part, q in parts.items():
             agree = "-" if q["first_error_agreement"] is None else f"{q['first_error_agreement']:.3f}"
@@ -212,19 +293,32 @@ def plot(res, path):
     """Four panels, one line per (head, labels), the label-free references dashed."""
     from matplotlib.figure import Figure  # here: importing this module needs no matplotlib
 
-    panels = [("first_error_f1", "first-error F1", "content_free_f1"), ("fresh_auc", "fresh-step AUC", None),
-              ("bo16", "Best-of-16 accuracy", "majority_bo16"), ("faithful16", "faithful@16", "majority_faithful16")]
+    panels = [
+        ("first_error_f1", "first-error F1", "content_free_f1"),
+        ("fresh_auc", "fresh-step AUC", None),
+        ("bo16", "Best-of-16 accuracy", "majority_bo16"),
+        ("faithful16", "faithful@16", "majority_faithful16"),
+    ]
     fig = Figure(figsize=(13, 7.5))
     axes = fig.subplots(2, 2)
     for ax, (key, title, ref) in zip(axes.flat, panels):
         for run in res["runs"]:  # a colour per head, a line style per label source
             colour = f"C{list(NAMES).index(run['head'])}"
-            ax.plot([p["step"] for p in run["points"]], [p[key] for p in run["points"]],
-                    LINES[run["labels"]], marker="o", color=colour,
-                    label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels")
+            ax.plot(
+                [p["step"] for p in run["points"]],
+                [p[key] for p in run["points"]],
+                LINES[run["labels"]],
+                marker="o",
+                color=colour,
+                label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels",
+            )
         if ref:
-            ax.axhline(res["references"][ref], color="grey", linestyle="--",
-                       label="content-free rule" if ref == "content_free_f1" else "majority vote")
+            ax.axhline(
+                res["references"][ref],
+                color="grey",
+                linestyle="--",
+                label="content-free rule" if ref == "content_free_f1" else "majority vote",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("fine-tuning step (0: the head before training)")
         ax.grid(alpha=0.3)
@@ -232,10 +326,21 @@ def plot(res, path):
     for ax in axes.flat:
         for line in ax.get_lines():
             handles.setdefault(line.get_label(), line)
-    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="center right",
-               title="head, label source (colour: head; line: labels)", title_fontsize=8)
-    fig.suptitle(f"Learning curves on the tune split (the tiny base's own answers, {res['tune_problems']} problems; "
-                 f"F1 threshold chosen on dev)", x=0.01, ha="left", fontsize=10)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        fontsize=8,
+        loc="center right",
+        title="head, label source (colour: head; line: labels)",
+        title_fontsize=8,
+    )
+    fig.suptitle(
+        f"Learning curves on the tune split (the tiny base's own answers, {res['tune_problems']} problems; "
+        f"F1 threshold chosen on dev)",
+        x=0.01,
+        ha="left",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(path, dpi=110)
 
@@ -249,27 +354,35 @@ def main(a: Args):
     dev = (problems["dev"], data.read_jsonl(bench / "cands_dev_base.jsonl", "candidate"))
     files = label_files(a, problems["train"])
     tau = json.loads((bench / "tau.json").read_text())["out"]["tau"] if (bench / "tau.json").exists() else 0.0
-    res = {"settings": asdict(a), "tune_problems": len(tune[0]), "runs": [],
-           "references": references(tune, read["dev"], dev[1]),
-           "labels": {source: tree_search.label_quality(problems["train"], data.read_jsonl(path, "labelled"),
-                                                        tau or 0.0) for source, path in files.items()}}
+    res = {
+        "settings": asdict(a),
+        "tune_problems": len(tune[0]),
+        "runs": [],
+        "references": references(tune, read["dev"], dev[1]),
+        "labels": {
+            source: tree_search.label_quality(problems["train"], records, tau or 0.0)
+            for source, (_, records) in files.items()
+        },
+    }
     heads = a.heads.split(",")
     for head in heads:
         cli.choice(head, (*prm.HEADS, "separator_probe"), "--heads")
     for head in heads:
-        for source, path in files.items():
+        for source, (path, _) in files.items():
             points, seconds = curve(a, head, source, path, tune, dev)
             res["runs"].append({"head": head, "labels": source, "points": points, "seconds": seconds})
     res["seconds"] = round(time.time() - t0, 1)  # this call; each run's own time is in its entry
     runs_seconds = sum(run["seconds"] for run in res["runs"])
     (out / "curves.json").write_text(json.dumps(res, indent=1))
-    (out / "curves.md").write_text(f"# Learning curves on tune\n\n`python -m lab.curves --bench {a.bench} --heads "
-                                   f"{a.heads} --labels {a.labels} --steps {a.steps} --every {a.every}`: "
-                                   f"{len(res['runs'])} runs, {runs_seconds:.0f} s of wall time in all (each run "
-                                   f"trains and reads its models; this call {res['seconds']:.0f} s). Tune: "
-                                   f"{res['tune_problems']} problems, {len(tune[1])} answers of the base; no "
-                                   f"intervals (the test split's comparisons in bench carry them)\n\n{table(res)}\n\n## Each label source against the "
-                                   f"oracle (the same train solutions)\n\n{label_table(res['labels'])}\n")
+    command = (f"python -m lab.curves --bench {a.bench} --heads {a.heads} --labels {a.labels} "
+               f"--steps {a.steps} --every {a.every}")
+    summary = (f"{len(res['runs'])} runs, {runs_seconds:.0f} s of wall time in all (each run trains and reads its "
+               f"models; this call {res['seconds']:.0f} s). Tune: {res['tune_problems']} problems, {len(tune[1])} "
+               "answers of the base; no intervals (the test split's comparisons in bench carry them)")
+    (out / "curves.md").write_text(
+        f"# Learning curves on tune\n\n`{command}`: {summary}\n\n{table(res)}\n\n"
+        f"## Each label source against the oracle (the same train solutions)\n\n{label_table(res['labels'])}\n"
+    )
     plot(res, out / "curves.png")
     print(table(res))
     return res

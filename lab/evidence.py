@@ -437,9 +437,7 @@ def step_items(problems, pools, scores):
             one = metrics.choose_threshold(*zip(*[d[:2] for d in dev])) if dev else 0.5
             thresholds = {name: {f: one for f in ("visual", "text")}}
             if pool == "base":  # beside one threshold, one per family (both chosen on dev): one may hurt a family
-                thresholds[name.replace("@", "_per_family@")] = {
-                    f: metrics.choose_threshold(*zip(*[d[:2] for d in dev if d[2] == f]))
-                    if any(d[2] == f for d in dev) else one for f in ("visual", "text")}
+                thresholds[name.replace("@", "_per_family@")] = family_thresholds(dev, one)
             for c in pools[("test", pool)]:
                 s = scores[f"test_{pool}"][key].get(c["id"])
                 if s is None:
@@ -485,6 +483,16 @@ def step_items(problems, pools, scores):
                 }
             )
     return fe_items, auc_items
+
+
+def family_thresholds(dev, fallback):
+    """{family: the threshold chosen on that family's dev solutions alone} from dev (score, first error, family)
+    triples; `fallback` for a family with none."""
+    out = {}
+    for family in ("visual", "text"):
+        own = [(scores, first_error) for scores, first_error, f in dev if f == family]
+        out[family] = metrics.choose_threshold(*zip(*own)) if own else fallback
+    return out
 
 
 def content_free_rule(problems, candidates, guesses=(-1, 0, 1, 2, 3)):
