@@ -24,6 +24,9 @@ from common.tiny import SIZES, STEP_TAG, image_text_processor, tiny_init
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 TINY_BASE = ROOT / "checkpoints" / "tiny-base"
+# The checkpoints the project ships, by short name; each folder's README.md says how it was made.
+SHIPPED = {"tiny": TINY_BASE,  # the pretrained base every reward model starts from
+           "tiny-strong": ROOT / "checkpoints" / "tiny-strong"}  # a stronger policy: the base trained longer
 
 # The step-tag convention (docs/DESIGN.md): a tag token after every step; the tag head reads a step's score as
 # softmax([logit("+"), logit("-")])[0] at its tag. "+" and "-" are ordinary tokens in every tokenizer.
@@ -80,16 +83,17 @@ def token_ids(processor):
 
 
 def resolve(name):
-    """What load() reads: "tiny-init"; "tiny" (the shipped base); a local folder (absolute, so a checkpoint naming it
-    loads from anywhere); a hub id. A missing name that looks local ("out/prm", "./x", "x") fails at once."""
+    """What load() reads: "tiny-init"; a shipped checkpoint by its short name ("tiny": the base, SHIPPED); a local
+    folder (absolute, so a checkpoint naming it loads from anywhere); a hub id. A missing name that looks local
+    ("out/prm", "./x", "x") fails at once."""
     if name == "tiny-init":
         return name
-    if name == "tiny":
-        if not (TINY_BASE / "config.json").exists():
-            raise FileNotFoundError(f"the tiny base is missing at {TINY_BASE}; make it with the command in "
-                                    f"{TINY_BASE / 'README.md'} (python train.py --objective sft --model tiny-init "
-                                    f"--data synthetic --out {TINY_BASE})")
-        return str(TINY_BASE)
+    if name in SHIPPED:
+        folder = SHIPPED[name]
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"the shipped checkpoint {name!r} is missing at {folder}; make it with the "
+                                    f"command in {folder / 'README.md'}")
+        return str(folder)
     p = Path(name).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists():

@@ -64,11 +64,11 @@ def test_save_load_identical_logits(tmp_path):
 
 
 def test_missing_tiny_base_error_says_how(monkeypatch, tmp_path):
-    monkeypatch.setattr(vlm, "TINY_BASE", tmp_path / "nothing")
+    monkeypatch.setitem(vlm.SHIPPED, "tiny", tmp_path / "nothing")
     try:
         vlm.load("tiny", device="cpu")
     except FileNotFoundError as e:
-        assert "train.py --objective sft" in str(e)
+        assert str(tmp_path / "nothing" / "README.md") in str(e)  # the card holds the command that makes it
     else:
         raise AssertionError("expected FileNotFoundError")
 
