@@ -55,6 +55,8 @@ class Args:
     seed: int = field(default=0, metadata={"help": "seed of problems, pools, labels, training, bootstrap"})
     seeds: str = field(default="", metadata={"help": "comma-separated seeds: the pipeline once per seed, pooled"})
     base: str = field(default="tiny", metadata={"help": "the base model the reward models start from"})
+    strong: str = field(default="tiny-strong", metadata={"help": "the stronger policy (not the reward models' base) "
+                        "whose answers make the second headline pool: the paper's setting"})
     n_train: int = field(default=2000, metadata={"range": (1, None),
                                                  "help": "train problems (tree-search labels)"})
     n_tune: int = field(default=80, metadata={"range": (1, None),
@@ -64,8 +66,10 @@ class Args:
     n_test: int = field(default=200, metadata={"range": (1, None),
                                                "help": "test problems (everything reported)"})
     pool: int = field(default=16, metadata={"range": (1, None), "help": "candidates per problem and policy"})
-    labels: str = field(default="mcts", metadata={"help": "how train labels are made (tree_search.LABELLERS): mcts | "
-                        "mc (tree search) | oracle (the suite's exact labels)", "choices": list(tree_search.LABELLERS)})
+    labels: str = field(default="mcts", metadata={"help": "how train labels are made: mcts | mc (tree search: "
+                        "tree_search.LABELLERS) | oracle (the suite's exact labels) | consensus (the MCTS labels of "
+                        "the solutions where the base's step likelihood agrees on the first error)",
+                        "choices": [*tree_search.LABELLERS, "consensus"]})
     hard_labels: bool = field(default=False, metadata={"help": "train on 1/0 labels (tree_search.hard_labels) "
                               "instead of the soft Monte-Carlo values"})
     label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
@@ -171,27 +175,36 @@ def rendered(probs):
     return [{k: v for k, v in p.items() if k != "image"} for p in probs]
 
 
-def base_policy_pool(a, probs, policy):
-    """The tiny base's own answers, sampled at a temperature: a real model's mistakes, not the sampler's."""
-    sols = policy.rollout_many([(p, [], a.pool, tasks.seed_of(a.seed, "base-pool")) for p in rendered(probs)])
-    return [candidate(p, f"{p['id']}-b{j:02d}", s, "tiny-base") for p, ss in zip(probs, sols)
+# The pools of answers the reward models rank, by who writes them. "base" and "strong" are the two headlines: the
+# reward models' own base, and a stronger policy that is not their base (the paper's setting: ViLPRM, fine-tuned
+# from a 3B model, ranks the answers of GPT-4o and o1). "synthetic": the weak and strong samplers, a weaker policy.
+POOL_KINDS = ("base", "strong", "synthetic")
+HEADLINE_POOLS = ("base", "strong")
+POOL_TAG = {"base": "b", "strong": "t"}  # in candidate ids ("w" and "s" are the weak and strong samplers')
+
+
+def policy_pool(a, probs, policy, kind, writer):
+    """A VLM policy's own answers, `pool` a problem sampled at a temperature: a real model's mistakes."""
+    sols = policy.rollout_many([(p, [], a.pool, tasks.seed_of(a.seed, f"{kind}-pool")) for p in rendered(probs)])
+    return [candidate(p, f"{p['id']}-{POOL_TAG[kind]}{j:02d}", s, writer) for p, ss in zip(probs, sols)
             for j, s in enumerate(ss) if s["steps"]]
 
 
 def stage_pools(a, st, P):
-    """`pool` candidates per tune/dev/test problem: "base" (the tiny base's own answers: the headline, a policy as
-    strong as the reward models' base) and "synthetic" (half weak, half strong sampler: a weaker policy)."""
-    names = [(s, k) for k in ("base", "synthetic") for s in ("tune", "dev", "test")]
+    """`pool` candidates per problem for each of POOL_KINDS: tune, dev and test; the strong policy's on dev and test
+    only (nothing is chosen on its tune answers)."""
+    names = [(s, k) for k in POOL_KINDS for s in ("tune", "dev", "test") if (s, k) != ("tune", "strong")]
 
     def make():
-        base = VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH)
+        writers = {"base": a.base, "strong": a.strong}
+        policies = {kind: VLMPolicy(name, a.temperature, batch_size=GEN_BATCH) for kind, name in writers.items()}
         for split, kind in names:
             cands = ([c for p in P[split] for s in ("weak", "strong") for c in candidates(p, a.pool // 2, a.seed, s)]
-                     if kind == "synthetic" else base_policy_pool(a, P[split], base))
+                     if kind == "synthetic" else policy_pool(a, P[split], policies[kind], kind, writers[kind]))
             data.write_jsonl(st.out / f"cands_{split}_{kind}.jsonl", cands, "candidate")
         return {f"{s}_{k}": True for s, k in names}
-    st.run("pools", {"pool": a.pool, "base": a.base, "temperature": a.temperature, "pools": names}, make,
-           after=("problems",))
+    st.run("pools", {"pool": a.pool, "base": a.base, "strong": a.strong, "temperature": a.temperature,
+                     "pools": names}, make, after=("problems",))
     return {n: data.read_jsonl(st.out / f"cands_{n[0]}_{n[1]}.jsonl", "candidate") for n in names}
 
 
@@ -203,12 +216,13 @@ def stage_tau(a, st):
     def make():
         pol = label_policy(a)
         res = {str(t): tree_search.evaluate(n, a.seed, a.rollouts, samples=a.samples, tau=t, split="tune",
-                                            methods=(a.labels,), policy=pol)[a.labels] for t in taus}
+                                            methods=(labeller,), policy=pol)[labeller] for t in taus}
         return {"tau": max(taus, key=lambda t: res[str(t)]["first_error_agreement"]), "grid": res}
-    if a.labels not in TAU_LABELS:
+    labeller = labeller_of(a)
+    if labeller not in TAU_LABELS:
         return {"tau": None, "grid": {}}
     return st.run("tau", {"taus": taus, "n": n, "rollouts": a.rollouts, "samples": a.samples, "seed": a.seed,
-                          "labels": a.labels, "policy": a.label_policy, "base": a.base,
+                          "labels": labeller, "policy": a.label_policy, "base": a.base,
                           "temperature": a.temperature}, make)
 
 
@@ -219,11 +233,30 @@ def label_policy(a):
         SyntheticPolicy()
 
 
+def labeller_of(a):
+    """The tree search or oracle that makes the labels (--labels consensus filters the MCTS labels)."""
+    return "mcts" if a.labels == "consensus" else a.labels
+
+
+def consensus_labels(a, P, recs):
+    """The labelled solutions where a second source, the base's own step likelihood, puts the first error where the
+    labels do (tree_search.consensus, as Athena-PRM and VL-PRMs keep what two sources agree on)."""
+    problems = {p["id"]: p for p in P["train"]}
+    model, processor = prm.load(a.base)
+    images = [tasks.render(problems[r["meta"]["problem_id"]]) for r in recs]
+    likelihoods = controls.step_likelihood(model, processor, images, [r["prompt"] for r in recs],
+                                           [r["completions"] for r in recs], batch_size=SCORE_BATCH)
+    return tree_search.consensus(recs, likelihoods)
+
+
 def stage_labels(a, st, P, tau):
     def make():
         probs = rendered(P["train"])
-        labeller = tree_search.LABELLERS[a.labels]
+        labeller = tree_search.LABELLERS[labeller_of(a)]
         recs, stats = labeller(probs, label_policy(a), a.rollouts, a.seed, a.samples, tau, True)
+        if a.labels == "consensus":
+            recs, stats["consensus"] = consensus_labels(a, P, recs)
+            stats["records"] = len(recs)
         if a.hard_labels:
             recs = [{**r, "labels": tree_search.hard_labels(r, tau)} for r in recs]
         fam = {p["id"]: p["family"] for p in P["train"]}
@@ -236,7 +269,7 @@ def stage_labels(a, st, P, tau):
                 "policy": a.label_policy, "base": a.base, "temperature": a.temperature}
     if a.hard_labels:
         settings["hard_labels"] = True
-    return st.run("labels", settings, make, after=("problems",) + (("tau",) if a.labels in TAU_LABELS else ()))
+    return st.run("labels", settings, make, after=("problems",) + (("tau",) if labeller_of(a) in TAU_LABELS else ()))
 
 
 def train_args(a, st, name):
@@ -291,7 +324,7 @@ def score_sets(a, P, split, kind, cands, models, prior):
     sets["orm"] = {i: s for i, s in zip(sets["orm_steps"], orm.from_steps(list(sets["orm_steps"].values())))}
     sets["base_likelihood"] = {i: s for i, s in zip(ids, controls.step_likelihood(*models["base"], ims, qs, st))
                                if s is not None}
-    if kind == "base":  # the headline pool: the PRM against what one gets for free (majority, ORM, the base itself)
+    if kind in HEADLINE_POOLS:  # the PRM against what one gets for free (majority, ORM, the base itself)
         return sets
     sets["prm_blank"] = score("prm", images=controls.blank(ims))
     sets["prior"] = dict(zip(ids, controls.prior_scores(prior, st)))
@@ -376,7 +409,7 @@ def run(a):
                        lambda: tree_search.evaluate(n_lab, a.seed, a.rollouts, tau=tau["tau"] or 0, split="test",
                                                     methods=("mcts",) if a.label_policy == "base" else ("mc", "mcts"),
                                                     policy=label_policy(a)),
-                       after=("tau",) if a.labels in TAU_LABELS else ())
+                       after=("tau",) if labeller_of(a) in TAU_LABELS else ())
     spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
                  after=("pools", "train_prm"))
     spd = {**spd, "served_rollouts_per_s": st.run("served", {"base": a.base},
@@ -393,7 +426,7 @@ def run(a):
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": {**label_stats, "vs_oracle": train_label_quality(st, P, tau)}},
            "speed": spd,
-           "world": {kind: tasks.world(P["test"], pools[("test", kind)]) for kind in ("base", "synthetic")},
+           "world": {kind: tasks.world(P["test"], pools[("test", kind)]) for kind in POOL_KINDS},
            "pools": {f"{s}_{k}": len(v) for (s, k), v in pools.items()}}
     return res, rows, fe_items, auc_items
 

@@ -132,15 +132,28 @@ def other_cuts():
     return [cut for cut in CUTS if cut != "steps"] + ["split"]
 
 
+# The headline pools and the prefix of their comparisons' keys: the base's own answers, a stronger policy's.
+HEADLINES = {"base": "headline", "strong": "strong"}
+
+
+def headline(ix, pool, n=16, seed=0):
+    """A headline pool's comparisons: the PRM against what one gets for free (majority vote, the ORM, the base's
+    own step likelihood), and the PRM-weighted vote against majority."""
+    return {
+        "prm_vs_majority": compare(ix, pool, "prm_head", "majority", n, seed=seed),
+        "prm_vs_orm": compare(ix, pool, "prm_head", "orm", n, seed=seed),
+        "prm_vs_base_likelihood": compare(ix, pool, "prm_head", "base_likelihood_min", n, seed=seed),
+        "weighted_vs_majority": compare(ix, pool, "weighted_prm", "majority", n, seed=seed),
+    }
+
+
 def comparisons(ix, n=16, kept=None, seed=0):
     """Every paired comparison the README makes. Methods ending in _head use the aggregation chosen on tune."""
-    PRM, SYN, BASE = "prm_head", "synthetic", "base"  # the tuned PRM; the two pools
+    PRM, SYN = "prm_head", "synthetic"  # the tuned PRM; the synthetic samplers' pool
     c = {
-        # the headline: the tiny base's own answers (a policy as strong as the reward models' base)
-        "headline_prm_vs_majority": compare(ix, BASE, PRM, "majority", n, seed=seed),
-        "headline_prm_vs_orm": compare(ix, BASE, PRM, "orm", n, seed=seed),
-        "headline_prm_vs_base_likelihood": compare(ix, BASE, PRM, "base_likelihood_min", n, seed=seed),
-        "headline_weighted_vs_majority": compare(ix, BASE, "weighted_prm", "majority", n, seed=seed),
+        # the two headlines: the tiny base's own answers (a policy as strong as the reward models' base), and a
+        # stronger policy's (the paper's setting)
+        **{f"{name}_{key}": comp for pool, name in HEADLINES.items() for key, comp in headline(ix, pool, n, seed).items()},
         "prm_vs_orm": compare(ix, SYN, PRM, "orm", n, seed=seed),
         "prm_vs_orm_visual": compare(ix, SYN, PRM, "orm", n, "visual", seed=seed),
         "prm_vs_orm_text": compare(ix, SYN, PRM, "orm", n, "text", seed=seed),
@@ -163,6 +176,10 @@ def comparisons(ix, n=16, kept=None, seed=0):
             ix, "base_faithful", PRM, "base_likelihood_min", n, seed=seed
         ),
         "faithful_prm_vs_majority": compare(ix, "base_faithful", PRM, "majority", n, seed=seed),
+        "strong_faithful_prm_vs_orm": compare(ix, "strong_faithful", PRM, "orm", n, seed=seed),
+        "strong_faithful_prm_vs_base_likelihood": compare(
+            ix, "strong_faithful", PRM, "base_likelihood_min", n, seed=seed
+        ),
         "synthetic_faithful_prm_vs_orm": compare(ix, "synthetic_faithful", PRM, "orm", n, seed=seed),
         "mixed_vs_visual_only_on_text": compare(ix, SYN, PRM, "prm_visual_head", n, "text", seed=seed),
         "mixed_vs_text_only_on_visual": compare(ix, SYN, PRM, "prm_text_head", n, "visual", seed=seed),
@@ -196,6 +213,17 @@ FINDINGS = [
     (
         "... and finds the first wrong step better than the ORM and the base's likelihood (first-error F1)",
         ("headline_f1_prm_vs_orm", "headline_f1_prm_vs_base_likelihood"),
+        "all",
+    ),
+    (
+        "the paper's setting: a PRM fine-tuned from the small base picks a stronger policy's answers better than "
+        "majority vote, an ORM, the base's likelihood",
+        ("strong_prm_vs_majority", "strong_prm_vs_orm", "strong_prm_vs_base_likelihood"),
+        "all",
+    ),
+    (
+        "... and finds the stronger policy's first wrong step better than the ORM and the base's likelihood",
+        ("strong_f1_prm_vs_orm", "strong_f1_prm_vs_base_likelihood"),
         "all",
     ),
     ("neither ORM nor PRM wins everywhere", ("prm_vs_orm_visual", "prm_vs_orm_text"), "split"),
@@ -367,9 +395,11 @@ def method_sets(head):
         "synthetic": syn,
         "judged": judged,
         "base": base,
+        "strong": base,
         "half_a": half,
         "half_b": half,
         "base_faithful": faithful,
+        "strong_faithful": faithful,
         "synthetic_faithful": faithful,
     }
 
@@ -403,6 +433,9 @@ def problem_rows(a, problems, pools, scores, head):
     half_a, half_b = halves(cands)
     parts.update(half_a=(problems["test"], half_a, synthetic), half_b=(problems["test"], half_b, synthetic))
     parts.update(base_faithful=parts["base"], synthetic_faithful=parts["synthetic"])
+    if ("test", "strong") in pools:  # a stronger policy's answers: the second headline
+        parts.update(strong=(problems["test"], pools[("test", "strong")], scores["test_strong"]))
+        parts.update(strong_faithful=parts["strong"])
     for name, (probs, cs, sets) in parts.items():
         pp = bon.make_pools(probs, cs, sets)
         meta_p = {pid: {**meta[pid], "pool": name} for pid in pp}
@@ -413,7 +446,7 @@ def problem_rows(a, problems, pools, scores, head):
 
 def step_items(problems, pools, scores):
     """First-error inputs per test candidate (the threshold chosen on dev) and fresh-step inputs per kind, for each
-    pool; keys of the headline (base) pool end in "@base", and there each verifier is read a second time with a
+    pool; keys of a headline pool end in "@base" or "@strong", and there each verifier is read a second time with a
     threshold per family ("prm_per_family@base": visual and text thresholds, each chosen on dev)."""
     keys = {
         "synthetic": {
@@ -424,7 +457,8 @@ def step_items(problems, pools, scores):
             "base_likelihood": "base_likelihood",
             "judge_prm": "judge_prm",
         },
-        "base": {"prm@base": "prm", "orm@base": "orm_steps", "base_likelihood@base": "base_likelihood"},
+        **{pool: {f"prm@{pool}": "prm", f"orm@{pool}": "orm_steps", f"base_likelihood@{pool}": "base_likelihood"}
+           for pool in HEADLINES if ("test", pool) in pools},
     }
     probs = {p["id"]: p for p in problems["test"]}
     family = {p["id"]: p["family"] for split in ("dev", "test") for p in problems[split]}
@@ -436,7 +470,7 @@ def step_items(problems, pools, scores):
                    if c["id"] in dv]
             one = metrics.choose_threshold(*zip(*[d[:2] for d in dev])) if dev else 0.5
             thresholds = {name: {f: one for f in ("visual", "text")}}
-            if pool == "base":  # beside one threshold, one per family (both chosen on dev): one may hurt a family
+            if pool in HEADLINES:  # beside one threshold, one per family (both chosen on dev): one may hurt a family
                 thresholds[name.replace("@", "_per_family@")] = family_thresholds(dev, one)
             for c in pools[("test", pool)]:
                 s = scores[f"test_{pool}"][key].get(c["id"])
@@ -463,7 +497,8 @@ def step_items(problems, pools, scores):
                     {"key": name, "problem": p["id"], "content": content(p), **x}
                     for x in fresh_items(c, p, s)
                 ]
-    for pool, name in (("synthetic", "content_free"), ("base", "content_free@base")):
+    for pool in keys:
+        name = "content_free" if pool == "synthetic" else f"content_free@{pool}"
         rule = content_free_rule(problems["dev"], pools[("dev", pool)])
         words = ", ".join(
             f"{family}: {'none' if at == -1 else f'step {at + 1}'}" for family, at in rule.items()
@@ -515,9 +550,10 @@ def content_free_rule(problems, candidates, guesses=(-1, 0, 1, 2, 3)):
 
 
 def with_f1(comps, fe_items, seed=0):
-    """comps plus the headline's first-error F1 comparisons: the PRM vs each free verifier, on the base's answers."""
-    for free in ("orm", "base_likelihood", "content_free"):
-        comps[f"headline_f1_prm_vs_{free}"] = f1_difference(fe_items, "prm@base", f"{free}@base", seed)
+    """comps plus the headlines' first-error F1 comparisons: the PRM vs each free verifier, on each headline pool."""
+    for pool, name in HEADLINES.items():
+        for free in ("orm", "base_likelihood", "content_free"):
+            comps[f"{name}_f1_prm_vs_{free}"] = f1_difference(fe_items, f"prm@{pool}", f"{free}@{pool}", seed)
     return {k: v for k, v in comps.items() if v["n"]}
 
 
@@ -579,6 +615,7 @@ def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
             seed=seed,
         )
         for pool in rules
+        if any(k[0] == pool for k in ix)  # a run without a pool (no stronger policy) has no table for it
     }
 
     def mean(pool, part, methods=None):  # the table's means alone: {method: {"N": mean}}
@@ -606,9 +643,11 @@ def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
         "bon": b,
         "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
         "bon_base_policy": {p: mean("base", p) for p in PARTS},
+        "bon_strong_policy": {p: mean("strong", p) for p in PARTS if "strong" in iv},
         "intervals": iv,
         "head": head,
-        "faithful": {pool: {p: mean(f"{pool}_faithful", p) for p in PARTS} for pool in ("base", "synthetic")},
+        "faithful": {pool: {p: mean(f"{pool}_faithful", p) for p in PARTS}
+                     for pool in ("base", "strong", "synthetic") if f"{pool}_faithful" in iv},
         "hybrid": mean(
             "synthetic", "all", ("prm_min", "prm_mean", "prm_last", "prm_last2", "prm_last3", "orm")
         ),

@@ -80,6 +80,16 @@ COMPARISONS = {
     "faithful_prm_vs_base_likelihood": "faithful@16 (base's answers): PRM vs the base's own step likelihood (min)",
     "faithful_prm_vs_majority": "faithful@16 (base's answers): PRM vs majority vote",
     "synthetic_faithful_prm_vs_orm": "faithful@16 (synthetic pools): PRM vs ORM",
+    "strong_prm_vs_majority": "stronger policy's answers: PRM vs majority vote",
+    "strong_prm_vs_orm": "stronger policy's answers: PRM vs ORM",
+    "strong_prm_vs_base_likelihood": "stronger policy's answers: PRM vs the base's own step likelihood (min)",
+    "strong_weighted_vs_majority": "stronger policy's answers: PRM-weighted vote vs majority",
+    "strong_f1_prm_vs_orm": "stronger policy's answers: first-error F1, PRM vs ORM",
+    "strong_f1_prm_vs_base_likelihood": "stronger policy's answers: first-error F1, PRM vs the base's likelihood",
+    "strong_f1_prm_vs_content_free": "stronger policy's answers: first-error F1, PRM vs the content-free rule",
+    "strong_faithful_prm_vs_orm": "faithful@16 (stronger policy's answers): PRM vs ORM",
+    "strong_faithful_prm_vs_base_likelihood":
+        "faithful@16 (stronger policy's answers): PRM vs the base's own step likelihood (min)",
     "search_prm_vs_orm": "step search (b=2, base's steps): PRM-guided vs ORM-guided",
     "search_prm_vs_best_of_n": "step search (b=2): PRM-guided vs the PRM's Best-of-N at equal tokens",
 }
@@ -356,27 +366,32 @@ def seeds_section(seeds):
     return section(title, md(list(stats), columns, cell))
 
 
-def headline_section(base, head):
-    """Best-of-N on the base's own answers; at N=16 also per family (visual, text)."""
+# the two headline pools as their titles name them
+HEADLINE_WORDS = {"base": "the tiny base's own answers (a policy exactly as strong as the reward models' base)",
+                  "strong": "the stronger policy's answers (not the reward models' base: the paper's setting)"}
+
+
+def headline_section(pool, cells, head):
+    """Best-of-N on a headline pool; at N=16 also per family (visual, text)."""
 
     def cell(method, column):
         if column in ("visual 16", "text 16"):
             family = column.split()[0]
-            return f3(base[family][method]["16"]["mean"])
-        return bon_cell(base["all"], method, column)
+            return f3(cells[family][method]["16"]["mean"])
+        return bon_cell(cells["all"], method, column)
 
-    rows = [m for m in HEADLINE if m in base["all"]]
+    rows = [m for m in HEADLINE if m in cells["all"]]
     columns = ["1", "4", "16 [95% CI]", "visual 16", "text 16"]
-    title = ("Headline: Best-of-N on the tiny base's own answers (a policy exactly as strong "
-             f"as the reward models' base; prm_head = prm_{head})")
+    title = f"Headline: Best-of-N on {HEADLINE_WORDS[pool]}; prm_head = prm_{head}"
     return section(title, md(rows, columns, cell))
 
 
 def faithful_section(intervals, head):
     """faithful@N: the same picks, worth 1 only when every step is right by the oracle (a lucky answer, right
-    after a wrong step, is worth 0), on both pools."""
+    after a wrong step, is worth 0), on every pool."""
     rows, body = [m for m in HEADLINE if m in intervals.get("base_faithful", {}).get("all", {})], []
-    for pool, words in (("base_faithful", "the base's own answers"), ("synthetic_faithful", "the synthetic pools")):
+    for pool, words in (("base_faithful", "the base's own answers"), ("strong_faithful", "the stronger policy's answers"),
+                        ("synthetic_faithful", "the synthetic pools")):
         if pool in intervals:
             body.append(f"On {words}:\n\n" + md(rows, ["1", "4", "16 [95% CI]"],
                                                  lambda method, n: bon_cell(intervals[pool]["all"], method, n)))
@@ -424,6 +439,10 @@ def labelling_section(r, a):
     body = (f"{table}\n\nTau grid on tune ({a.labels}, first-error agreement): {grid}. "
             f"Train labels: {train['records']} records, "
             f"{train['rollouts_per_solution']} rollouts per solution.")
+    if "consensus" in train:  # --labels consensus: the MCTS labels the base's likelihood agrees with
+        kept = train["consensus"]
+        body += (f" Consensus: {kept['kept']} of {kept['of']} MCTS-labelled solutions kept, where the base's step "
+                 f"likelihood (below {kept['threshold']:.4f} reads as wrong) puts the first error where the labels do.")
     if "vs_oracle" in train:
         body += "\n\n" + train_labels_text(train["vs_oracle"])
     title = ("Labelling: tau chosen on tune, cost and quality on test problems "
@@ -522,7 +541,9 @@ def report(r, a, curve):
         sections.append(seeds_section(r["seeds"]))
     sections.append(section("The paper's findings: verdicts", verdict_table(r)))
     sections.append(section("Paired comparisons", comparison_table(r)))
-    sections.append(headline_section(intervals["base"], head))
+    for pool in HEADLINE_WORDS:
+        if pool in intervals:
+            sections.append(headline_section(pool, intervals[pool], head))
     if r.get("world"):
         sections.append(world_section(r["world"]))
     if "base_faithful" in intervals:
@@ -616,17 +637,19 @@ def readme_cell(pools, method, column):
     return f3(cell["mean"])
 
 
-def lucky_text(r):
-    """One sentence on how the base's right answers are reached (empty when the run has no world statistics)."""
-    world = r.get("world", {}).get("base")
+def lucky_text(r, pool="base"):
+    """One sentence on how a headline pool's right answers are reached (empty when the run has no world
+    statistics); for the base's pool also how the train labels read its lucky answers."""
+    world = r.get("world", {}).get(pool)
     if not world:
         return ""
     kinds = ", ".join(f"{kind} {world[kind]['lucky']:.2f}" for kind in world if kind != "all")
-    text = (f"Of the base's right test answers, a share {world['all']['lucky']:.2f} are *lucky*: the right final "
+    writer = {"base": "the base's", "strong": "the stronger policy's"}[pool]
+    text = (f"Of {writer} right test answers, a share {world['all']['lucky']:.2f} are *lucky*: the right final "
             f"answer after a step the oracle marks wrong (by kind: {kinds}); accuracy@N counts them right, "
             "faithful@N does not.")
     labels = r.get("labelling", {}).get("train_labels", {}).get("vs_oracle")
-    if labels and labels["lucky"]["records"]:
+    if pool == "base" and labels and labels["lucky"]["records"]:
         lucky, rest = labels["lucky"], labels["rest"]
         text += (f" The PRM learns from such answers too: {lucky['records']} of the {labels['all']['records']} "
                  f"labelled train solutions are lucky, and the tree search's labels put their first error where the "
@@ -646,22 +669,38 @@ def rule_text(r):
             "for \"neither wins everywhere\": holds when the two resolve in opposite directions).\n")
 
 
+def headline_table(r, pool):
+    """A headline pool's README table: accuracy at N = 1, 4, 16, per family at 16 and, where the run has it,
+    faithful@16 (the same picks, worth 1 only when every step is right)."""
+    cells = dict(r["intervals"][pool])
+    columns = ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"]
+    if f"{pool}_faithful" in r["intervals"]:
+        cells["faithful"] = r["intervals"][f"{pool}_faithful"]["all"]
+        columns.append("faithful N=16")
+    rows = [m for m in HEADLINE if m in cells["all"]]
+    return md(rows, columns, lambda method, column: readme_cell(cells, method, column))
+
+
+def strong_intro(r, a):
+    """The second headline's first lines: who wrote the answers and how often it is right against the base."""
+    world = r.get("world", {})
+    right = (f" (one answer right {world['strong']['all']['right']:.2f} of the time, the base's "
+             f"{world['base']['all']['right']:.2f})" if "strong" in world and "base" in world else "")
+    return (f"The paper's setting: Best-of-N on a stronger policy's answers, `{a.strong}`{right}, {a.pool} a "
+            "problem at the same temperature; the same reward models (fine-tuned from the tiny base on labels of "
+            "the base's own answers), the same rows:\n" + lucky_text(r, "strong"))
+
+
 def update_readme(r, a, path=ROOT / "README.md"):
     """Replace the README's results block (between the bench markers) with this run's
     verdicts and headline tables."""
-    base = dict(r["intervals"]["base"])  # the headline pool; the synthetic pools' tables are in report.md
-    columns = ["all N=1", "all N=4", "all N=16", "visual N=16", "text N=16"]
-    if "base_faithful" in r["intervals"]:  # the same picks, worth 1 only when every step is right
-        base["faithful"] = r["intervals"]["base_faithful"]["all"]
-        columns.append("faithful N=16")
-    headline_rows = [m for m in HEADLINE if m in base["all"]]
 
     quick = " --quick" if a.quick else ""
     seeds = f" --seeds {a.seeds}" if a.seeds else ""
     run = (f"`python bench.py{quick}{seeds}` (seed {a.seeds or a.seed}): "
            f"{r['seconds'] / 60:.1f} minutes on {r.get('machine') or machine()}. "
            f"Test: {a.n_test} problems (content-disjoint from train, tune and dev). "
-           f"Headline pools: {a.pool} answers per problem sampled from the tiny base "
+           f"Headline pools: {a.pool} answers per problem sampled from the tiny base (and from a stronger policy) "
            f"(temperature {a.temperature}); PRM and ORM ({a.head} head) fine-tuned "
            f"{a.steps} steps from the same base on {a.labels} labels of {a.n_train} train "
            f"problems ({a.label_policy} policy: its own answers and rollouts); "
@@ -677,16 +716,16 @@ def update_readme(r, a, path=ROOT / "README.md"):
                                       if "base_faithful" in r["intervals"] else "") + "):\n"
                       + lucky_text(r))
     f1_intro = ("First-error F1 (ProcessBench; threshold from dev) [95% CI] "
-                "(@base: on the base's own answers):\n")
+                "(@base: on the base's own answers; @strong: on the stronger policy's):\n")
     # the block's lines; "" is the blank line after a table
     block = [run,
              "The paper's findings:\n", rule_text(r),
              verdict_table(r), "",
-             headline_intro,
-             md(headline_rows, columns,
-                lambda method, column: readme_cell(base, method, column)), "",
-             f1_intro,
-             md(list(r["step"]), ["F1"], lambda method, column: f1_ci(r["step"][method])), ""]
+             headline_intro, headline_table(r, "base"), ""]
+    if "strong" in r["intervals"]:
+        block += [strong_intro(r, a), headline_table(r, "strong"), ""]
+    block += [f1_intro,
+              md(list(r["step"]), ["F1"], lambda method, column: f1_ci(r["step"][method])), ""]
     if r.get("search"):
         block += [search_text(r["search"]), ""]
 
@@ -716,9 +755,10 @@ def spread(heads):
 
 
 def headline(res):
-    """The last stdout line: the headline numbers (the base's own answers; syn_: the
-    synthetic pools) as one JSON object."""
+    """The last stdout line: the headline numbers (the base's own answers; strong_: the stronger policy's; syn_:
+    the synthetic pools) as one JSON object."""
     base, synthetic, step = res["bon_base_policy"]["all"], res["bon"]["all"], res["step"]
+    strong = res.get("bon_strong_policy", {}).get("all", {})  # the stronger policy's answers (a run may have none)
 
     def f1(method):  # None where the run has no F1 for the method
         return step.get(method, {}).get("first_error_f1")
@@ -732,6 +772,9 @@ def headline(res):
             "prm_f1": f1("prm@base"),
             "orm_f1": f1("orm@base"),
             "base_likelihood_f1": f1("base_likelihood@base"),
+            **{f"strong_{m}@16": round(strong[m]["16"], 4) for m in at_16 if m in strong},
+            **({"strong_prm_f1": f1("prm@strong"), "strong_base_likelihood_f1": f1("base_likelihood@strong")}
+               if strong else {}),
             **{f"syn_{m}@16": round(synthetic[m]["16"], 4) for m in synthetic_at_16},
             "syn_prm_f1": f1("prm"),
             "verdicts": {v["finding"]: v["verdict"] for v in res["verdicts"]},

@@ -102,8 +102,12 @@ def check_numbers(out, a):
     assert all(p["split"] == s and tasks.split_of(p) == s for s in bench.SPLITS for p in P[s].values())
     assert saved["pools"] == {"tune_synthetic": a.n_tune * a.pool, "dev_synthetic": a.n_dev * a.pool,
                               "test_synthetic": a.n_test * a.pool,
-                              **{f"{s}_base": len(cands[f"{s}_base"]) for s in ("tune", "dev", "test")}}
-    assert all(c["policy"] == "tiny-base" for s in ("tune", "dev", "test") for c in cands[f"{s}_base"])
+                              **{f"{s}_base": len(cands[f"{s}_base"]) for s in ("tune", "dev", "test")},
+                              **{f"{s}_strong": len(cands[f"{s}_strong"]) for s in ("dev", "test")}}
+    assert all(c["policy"] == a.base for s in ("tune", "dev", "test") for c in cands[f"{s}_base"])
+    assert all(c["policy"] == a.strong for s in ("dev", "test") for c in cands[f"{s}_strong"])
+    # the two policies write different answers to the same problems (not one pool under two names)
+    assert [c["steps"] for c in cands["test_base"]] != [c["steps"] for c in cands["test_strong"]]
     pools = by_problem(cands["test_synthetic"], test)
     # the aggregation: the best Best-of-16 on the tune split's headline pool (the whole pool: an argmax by hand)
     tune = by_problem(cands["tune_base"], [p for p in P["tune"] if any(c["problem_id"] == p for c in cands["tune_base"])])
@@ -134,15 +138,16 @@ def check_numbers(out, a):
             only = [pid for pid in ids if pid in judged] if m.startswith("judge") else ids
             want = sum(f(pools[pid]) for pid in only) / len(only)
             assert saved["bon"][part][m]["16"] == pytest.approx(want, abs=1e-12), (part, m)
-        base = by_problem(cands["test_base"], [pid for pid in ids if any(c["problem_id"] == pid
-                                                                         for c in cands["test_base"])])
-        B = scores["test_base"]
-        for m, f in {"prm_head": lambda pool: argmax(pool, B["prm"], AGG[head]),
-                     "base_likelihood_min": lambda pool: argmax(pool, B["base_likelihood"], min),
-                     "orm": lambda pool: argmax(pool, B["orm"]), "majority": lambda pool: vote(pool, lambda c: 1.0),
-                     "weighted_prm": lambda pool: vote(pool, lambda c: min(B["prm"][c["id"]]))}.items():
-            assert saved["bon_base_policy"][part][m]["16"] == pytest.approx(
-                sum(f(pool) for pool in base.values()) / len(base), abs=1e-12), (part, m)
+        for kind in ("base", "strong"):  # the two headline pools
+            pool_of = by_problem(cands[f"test_{kind}"], [pid for pid in ids if any(c["problem_id"] == pid
+                                                                                  for c in cands[f"test_{kind}"])])
+            B = scores[f"test_{kind}"]
+            for m, f in {"prm_head": lambda pool: argmax(pool, B["prm"], AGG[head]),
+                         "base_likelihood_min": lambda pool: argmax(pool, B["base_likelihood"], min),
+                         "orm": lambda pool: argmax(pool, B["orm"]), "majority": lambda pool: vote(pool, lambda c: 1.0),
+                         "weighted_prm": lambda pool: vote(pool, lambda c: min(B["prm"][c["id"]]))}.items():
+                assert saved[f"bon_{kind}_policy"][part][m]["16"] == pytest.approx(
+                    sum(f(pool) for pool in pool_of.values()) / len(pool_of), abs=1e-12), (kind, part, m)
     assert saved["hybrid"]["prm_last2"] == saved["bon"]["all"]["prm_last2"]
     assert saved["segmentation"]["steps_min"] == saved["bon"]["all"]["prm_min"]
     # every cell of every pool: the mean of its per-problem rows, with the bootstrap interval over them (clusters:
@@ -196,7 +201,8 @@ def check_numbers(out, a):
     f1s = {}
     for name, key, pool in (("prm", "prm", "synthetic"), ("orm", "orm_steps", "synthetic"),
                             ("prior", "prior", "synthetic"), ("prm@base", "prm", "base"),
-                            ("base_likelihood@base", "base_likelihood", "base")):
+                            ("base_likelihood@base", "base_likelihood", "base"), ("prm@strong", "prm", "strong"),
+                            ("orm@strong", "orm_steps", "strong")):
         part = lambda cs, sc: ([sc[c["id"]] for c in cs if c["id"] in sc],  # noqa: E731
                                [c["first_error"] for c in cs if c["id"] in sc])
         t = metrics.choose_threshold(*part(cands[f"dev_{pool}"], scores[f"dev_{pool}"][key]))
@@ -209,6 +215,7 @@ def check_numbers(out, a):
         f1s[name] = f1["f1"]
     assert comps["headline_f1_prm_vs_base_likelihood"]["mean"] == pytest.approx(
         f1s["prm@base"] - f1s["base_likelihood@base"], abs=1e-12)  # paired over the same answers
+    assert comps["strong_f1_prm_vs_orm"]["mean"] == pytest.approx(f1s["prm@strong"] - f1s["orm@strong"], abs=1e-12)
     steps = [json.loads(line) for line in (out / "per_step.jsonl").read_text().splitlines()]
     fe = [s for s in steps if s["metric"] == "first_error" and s["key"] == "prm"]
     assert metrics.first_error_f1_ci([s["pred"] for s in fe], [s["true"] for s in fe])["mean"] == pytest.approx(
