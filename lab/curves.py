@@ -31,7 +31,7 @@ import train
 import tree_search
 from common import cli, data, metrics, tasks
 from lab.controls import fresh_items, step_likelihood
-from lab.evidence import content_free_rule
+from lab.evidence import content, content_free_rule
 
 SOURCES = ("mcts", "oracle", "consensus")
 LINES = {"mcts": "-", "oracle": ":", "consensus": "-."}
@@ -170,19 +170,26 @@ def read_pool(model, processor, problems, cands):
 
 
 def best_of_16(problems, cands, scores, target):
-    """Best-of-16 on the pool by each aggregation (exact over subsets): -> (best value, its aggregation)."""
+    """Best-of-16 on the pool by each aggregation (exact over subsets): -> ({problem: accuracy} of the best
+    aggregation, its name)."""
     pools = bon.make_pools(problems, cands, {"prm": scores})
-    acc = {
-        g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}", target), "max", 16)[0] for pool in pools.values())
-        / len(pools)
+    by_problem = {
+        g: {pid: bon.at_n(bon.prepare(pool, f"max:prm:{g}", target), "max", 16)[0] for pid, pool in pools.items()}
         for g in bon.AGGS
     }
-    best = max(bon.AGGS, key=lambda g: acc[g])  # ties: the first in AGGS
-    return round(acc[best], 4), best
+    best = max(bon.AGGS, key=lambda g: sum(by_problem[g].values()))  # ties: the first in AGGS
+    return by_problem[best], best
+
+
+def interval(ci):
+    """[lo, hi] of a metrics interval, rounded (None where it has none)."""
+    return None if ci.get("lo") is None else [round(ci["lo"], 4), round(ci["hi"], 4)]
 
 
 def point(model, processor, tune, dev):
-    """Every measure of one model on tune (problems, candidates) with the F1 threshold chosen on dev."""
+    """Every measure of one model on tune (problems, candidates) with the F1 threshold chosen on dev, each with
+    its 95% bootstrap interval over tune's contents; "items": what a paired comparison with another step reads
+    (each answer's predicted first error, each problem's Best-of-16 and faithful@16)."""
     dev_scores = read_pool(model, processor, *dev)
     kept = [c for c in dev[1] if c["id"] in dev_scores]
     threshold = metrics.choose_threshold(
@@ -191,19 +198,54 @@ def point(model, processor, tune, dev):
     probs, cands = tune
     scores = read_pool(model, processor, probs, cands)
     kept = [c for c in cands if c["id"] in scores]
-    f1 = metrics.first_error_f1([scores[c["id"]] for c in kept], [c["first_error"] for c in kept], threshold)
-    fresh = [x for c in kept for x in fresh_items(c, probs[c["problem_id"]], scores[c["id"]])]
+    pred = {c["id"]: metrics.predicted_first_error(scores[c["id"]], threshold) for c in kept}
+    contents = [content(probs[c["problem_id"]]) for c in kept]
+    f1 = metrics.first_error_f1_ci(list(pred.values()), [c["first_error"] for c in kept], contents)
+    fresh = [(x, content(probs[c["problem_id"]])) for c in kept
+             for x in fresh_items(c, probs[c["problem_id"]], scores[c["id"]])]
+    auc = metrics.auc_ci([x["score"] for x, _ in fresh], [x["label"] for x, _ in fresh], [k for _, k in fresh])
     bo16, agg = best_of_16(list(probs.values()), cands, scores, "correct")
     faithful, agg_f = best_of_16(list(probs.values()), cands, scores, "faithful")
+
+    def mean_ci(by_problem):  # a per-problem mean and its interval over contents
+        ci = metrics.bootstrap(list(by_problem.values()), [content(probs[pid]) for pid in by_problem])
+        return round(ci["mean"], 4), interval(ci)
+
+    (bo16_mean, bo16_ci), (faithful_mean, faithful_ci) = mean_ci(bo16), mean_ci(faithful)
     return {
-        "first_error_f1": round(f1["f1"], 4),
+        "first_error_f1": round(f1["mean"], 4),
+        "first_error_f1_ci": interval(f1),
         "threshold": threshold,
-        "fresh_auc": round(metrics.auc([x["score"] for x in fresh], [x["label"] for x in fresh]), 4),
-        "bo16": bo16,
+        "fresh_auc": round(auc["mean"], 4),
+        "fresh_auc_ci": interval(auc),
+        "bo16": bo16_mean,
+        "bo16_ci": bo16_ci,
         "bo16_aggregation": agg,
-        "faithful16": faithful,
+        "faithful16": faithful_mean,
+        "faithful16_ci": faithful_ci,
         "faithful16_aggregation": agg_f,
+        "items": {"pred": pred, "bo16": bo16, "faithful16": faithful},
     }
+
+
+def change(first, last, tune):
+    """The last point minus the first, paired: first-error F1 over the same answers, Best-of-16 and faithful@16
+    over the same problems (95% intervals over tune's contents)."""
+    probs, cands = tune
+    answers = [c for c in cands if c["id"] in first["items"]["pred"] and c["id"] in last["items"]["pred"]]
+    f1 = metrics.first_error_f1_ci(
+        [last["items"]["pred"][c["id"]] for c in answers],
+        [c["first_error"] for c in answers],
+        [content(probs[c["problem_id"]]) for c in answers],
+        pred_b=[first["items"]["pred"][c["id"]] for c in answers],
+    )
+    out = {"first_error_f1": {"mean": round(f1["mean"], 4), "ci": interval(f1)}}
+    for key in ("bo16", "faithful16"):
+        ids = sorted(first["items"][key])
+        ci = metrics.paired([last["items"][key][p] for p in ids], [first["items"][key][p] for p in ids],
+                            [content(probs[p]) for p in ids])
+        out[key] = {"mean": round(ci["mean"], 4), "ci": interval(ci)}
+    return out
 
 
 def references(tune, dev_problems, dev_cands):
@@ -228,9 +270,13 @@ def references(tune, dev_problems, dev_cands):
     }
 
 
+MEASURES = 2  # the version of what point() measures: a cached run with another is read again (not retrained)
+
+
 def curve(a, head, source, labels, tune, dev):
     """One run's points, trained and read, or read back from OUT/RUN/points.json when a run with the same settings
-    and labels left it there (two processes with other --heads can share OUT; a killed run redoes one run)."""
+    and labels left it there (two processes with other --heads can share OUT; a killed run redoes one run). A run
+    whose models were kept but read with an older point() is read again without training."""
     settings = {
         "head": head,
         "labels": source,
@@ -238,24 +284,40 @@ def curve(a, head, source, labels, tune, dev):
         "bench": a.bench,
         **{k: getattr(a, k) for k in ("steps", "every", "lr", "batch_size", "seed")},
     }
-    done = run_folder(a, head, source) / "points.json"
-    if done.exists() and json.loads(done.read_text())["settings"] == settings:
+    done, folder = run_folder(a, head, source) / "points.json", run_folder(a, head, source)
+    kept = json.loads(done.read_text()) if done.exists() else {}
+    trained = kept.get("settings") == settings  # the same models: the kept snapshots can be read again
+    if trained and kept.get("measures") == MEASURES:
         print(f"[curves] {head} {source}: read back from {done}")
-        kept = json.loads(done.read_text())
         return kept["points"], kept["seconds"]
     t0 = time.time()
-    folder, points = train_run(a, head, labels), []
-    for snap in sorted(folder.glob("step-*")):
+    snapshots = sorted(folder.glob("step-*"))
+    if not (trained and len(snapshots) == a.steps // a.every + 1):
+        train_run(a, head, labels)
+        snapshots = sorted(folder.glob("step-*"))
+    points = []
+    for snap in snapshots:
         model, processor = prm.load(str(snap), device="cpu")
         points.append({"step": int(snap.name.removeprefix("step-")), **point(model, processor, tune, dev)})
-        print(f"[curves] {head} {source} step {points[-1]['step']}: {json.dumps(points[-1])}")
-    seconds = round(time.time() - t0, 1)
-    done.write_text(json.dumps({"settings": settings, "points": points, "seconds": seconds}, indent=1))
+        print(f"[curves] {head} {source} step {points[-1]['step']}: "
+              f"{json.dumps({k: v for k, v in points[-1].items() if k != 'items'})}")
+    seconds = round(time.time() - t0, 1) + (kept.get("seconds", 0.0) if trained else 0.0)  # training included
+    done.write_text(json.dumps({"settings": settings, "measures": MEASURES, "points": points, "seconds": seconds}))
     return points, seconds
 
 
+def with_ci(value, ci):
+    """0.784 [0.741, 0.822]; the value alone where it has no interval."""
+    return f"{value:.3f}" if ci is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def signed(change):
+    ci = change["ci"]
+    return f"{change['mean']:+.3f}" + ("" if ci is None else f" [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+
+
 def table(res):
-    """The curves as one markdown table: a row per (head, labels, step)."""
+    """The curves as one markdown table: a row per (head, labels, step), each measure with its 95% interval."""
     ref = res["references"]
     lines = [
         "| head | labels | step | first-error F1 | fresh-step AUC | Best-of-16 | faithful@16 |",
@@ -265,14 +327,31 @@ def table(res):
         for p in run["points"]:
             lines.append(
                 f"| {NAMES.get(run['head'], run['head'])} | {run['labels']} | {p['step']} | "
-                f"{p['first_error_f1']:.3f} | {p['fresh_auc']:.3f} | {p['bo16']:.3f} ({p['bo16_aggregation']}) "
-                f"| {p['faithful16']:.3f} |"
+                f"{with_ci(p['first_error_f1'], p.get('first_error_f1_ci'))} | "
+                f"{with_ci(p['fresh_auc'], p.get('fresh_auc_ci'))} | "
+                f"{with_ci(p['bo16'], p.get('bo16_ci'))} ({p['bo16_aggregation']}) | "
+                f"{with_ci(p['faithful16'], p.get('faithful16_ci'))} |"
             )
     lines.append(
         f"| majority vote (no model) | - | - | - | - | {ref['majority_bo16']:.3f} | "
         f"{ref['majority_faithful16']:.3f} |"
     )
     lines.append(f"| content-free rule (no model) | - | - | {ref['content_free_f1']:.3f} | - | - | - |")
+    return "\n".join(lines)
+
+
+def change_table(res):
+    """Each run's last point minus its step 0, paired, with 95% intervals: did fine-tuning move it?"""
+    lines = [
+        "| head | labels | steps | first-error F1 | Best-of-16 | faithful@16 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in res["runs"]:
+        c = run["change"]
+        lines.append(
+            f"| {NAMES.get(run['head'], run['head'])} | {run['labels']} | 0 -> {run['points'][-1]['step']} | "
+            f"{signed(c['first_error_f1'])} | {signed(c['bo16'])} | {signed(c['faithful16'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -290,7 +369,8 @@ def label_table(quality):
 
 
 def plot(res, path):
-    """Four panels, one line per (head, labels), the label-free references dashed."""
+    """Four panels, one line per (head, labels) with its 95% interval as a faint band, the label-free references
+    dashed."""
     from matplotlib.figure import Figure  # here: importing this module needs no matplotlib
 
     panels = [
@@ -312,6 +392,10 @@ def plot(res, path):
                 color=colour,
                 label=f"{NAMES.get(run['head'], run['head'])}, {run['labels']} labels",
             )
+            spans = [p.get(f"{key}_ci") for p in run["points"]]
+            if all(spans):  # the 95% interval as a band of the line's colour
+                ax.fill_between([p["step"] for p in run["points"]], [lo for lo, _ in spans],
+                                [hi for _, hi in spans], color=colour, alpha=0.08, linewidth=0)
         if ref:
             ax.axhline(
                 res["references"][ref],
@@ -370,7 +454,9 @@ def main(a: Args):
     for head in heads:
         for source, (path, _) in files.items():
             points, seconds = curve(a, head, source, path, tune, dev)
-            res["runs"].append({"head": head, "labels": source, "points": points, "seconds": seconds})
+            res["runs"].append({"head": head, "labels": source, "change": change(points[0], points[-1], tune),
+                                "points": [{k: v for k, v in p.items() if k != "items"} for p in points],
+                                "seconds": seconds})
     res["seconds"] = round(time.time() - t0, 1)  # this call; each run's own time is in its entry
     runs_seconds = sum(run["seconds"] for run in res["runs"])
     (out / "curves.json").write_text(json.dumps(res, indent=1))
@@ -378,9 +464,11 @@ def main(a: Args):
                f"--steps {a.steps} --every {a.every}")
     summary = (f"{len(res['runs'])} runs, {runs_seconds:.0f} s of wall time in all (each run trains and reads its "
                f"models; this call {res['seconds']:.0f} s). Tune: {res['tune_problems']} problems, {len(tune[1])} "
-               "answers of the base; no intervals (the test split's comparisons in bench carry them)")
+               "answers of the base; 95% bootstrap intervals over tune's contents (no multiplicity adjustment: "
+               "the curves choose settings, the test split's comparisons in bench carry the findings)")
     (out / "curves.md").write_text(
         f"# Learning curves on tune\n\n`{command}`: {summary}\n\n{table(res)}\n\n"
+        f"## From step 0 to the last step, paired\n\n{change_table(res)}\n\n"
         f"## Each label source against the oracle (the same train solutions)\n\n{label_table(res['labels'])}\n"
     )
     plot(res, out / "curves.png")
