@@ -8,14 +8,19 @@ Two ways to read the rating: "logits", the expected score over the tokens "1".."
 (deterministic, never fails to parse), and "generate", the reply written out and its last "Overall Score: N"
 parsed. A judge is any object with rate(images, prompts) -> (scores in [0, 1] or None, parse failures): Judge here
 for a local model, lab/api.py's ServedJudge for one behind vLLM or SGLang.
+
+The tiny base never learned to judge. rating_examples turns a sampled solution into rubric ratings with a
+general judge's noise (RATING_NOISE); train.py --data synthetic-judge trains on them beside solving, which
+made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures them on dev).
 """
+import random
 import re
 from dataclasses import dataclass, field
 
 import torch
 
 import prm
-from common import cli
+from common import cli, tasks
 from common.model import encode, generate, hidden_states, load, unwrap
 from common.tasks import format_steps
 
@@ -33,6 +38,59 @@ def prompt(question, steps, upto=None):
         return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
     return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question,
                          solution=format_steps(steps[:upto + 1]))
+
+
+# A general judge's ratings: the probability of each score 1..5 given what the oracle knows of the rated
+# work. A VLM judge has a judging skill from its general training but is no oracle (ViLBench: its Best-of-N
+# gains are small and uneven), so its ratings are drawn with noise: right work scores 4-5 nine times in ten,
+# wrong work 1-2 four times in five, and one rating in ten to twenty lands on the far side; a lucky answer
+# (right, through a wrong step) sits in between, as its answer is right and its reasoning is not. A judge
+# trained on these learns the oracle's ranking, not its certainty.
+# fork here: a sharper or noisier judge (python -m lab.judges measures it)
+RATING_NOISE = {"right": (0.02, 0.03, 0.07, 0.28, 0.60),   # mean 4.41
+                "lucky": (0.10, 0.20, 0.40, 0.20, 0.10),   # mean 3.00
+                "wrong": (0.55, 0.27, 0.08, 0.06, 0.04)}   # mean 1.77
+SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads the digit right after it
+
+
+def verdicts(problem, solution):
+    """What the oracle knows of a solution, as RATING_NOISE rows: [(k, verdict of step k)] for PRM mode
+    (a step after the first error is wrong, as tasks.step_labels has it), then (None, verdict of the whole
+    answer) for ORM mode: right (every step right), lucky (the answer right through a wrong step) or wrong."""
+    steps = solution["steps"]
+    labels = tasks.step_labels(problem, steps)
+    out = [(k, "right" if label == 1.0 else "wrong") for k, label in enumerate(labels)]
+    if not solution["correct"]:
+        whole = "wrong"
+    else:
+        whole = "right" if tasks.first_error(problem, steps) == -1 else "lucky"
+    return out + [(None, whole)]
+
+
+def rating_examples(problem, solution, seed=0):
+    """A judge's training examples for one sampled solution (a policy.candidates record: "steps", "correct")
+    of a train problem: [(prompt, target)], one PRM-mode example a step up to the first wrong one
+    (prompt(question, steps, upto=k)), then the ORM-mode one (prompt(question, steps)); each target
+    "Overall Score: N", N drawn from RATING_NOISE. Deterministic in (seed, problem id, steps)."""
+    if "facts" not in problem:
+        raise ValueError(f"problem {problem.get('id')!r}: rating examples need a suite problem (the oracle "
+                         "knows its steps)")
+    split = tasks.split_of(problem)
+    if split != "train":  # a judge trained on tune/dev/test contents would be measured on what it saw
+        raise ValueError(f"problem {problem['id']!r} has {split} contents: a judge's rating examples come "
+                         "from train contents only")
+    rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
+    first_error = tasks.first_error(problem, solution["steps"])
+    out = []
+    for k, verdict in verdicts(problem, solution):
+        if k is not None and first_error != -1 and k > first_error:
+            # a step after the first error is labelled wrong only because an earlier one is: rated low, it
+            # would teach the judge to fault a step that may be right on its own (train.py's likelihood loss
+            # leaves these steps out for the same reason); the first-error F1 reads no step after it either
+            continue
+        score = rng.choices(range(1, 6), weights=RATING_NOISE[verdict])[0]
+        out.append((prompt(problem["question"], solution["steps"], upto=k), f"{SCORE_PREFIX}{score}"))
+    return out
 
 
 def parse_score(reply):
@@ -53,23 +111,32 @@ class Judge:
     def rate(self, images, prompts):
         """(E - 1) / 4 of a 1-5 score: logits mode reads the expectation, generate mode the parsed reply (a reply
         without a score is a parse failure: None, counted)."""
-        tok = self.processor.tokenizer
-        digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+        if self.mode == "logits":
+            p = self.score_probs(images, prompts)  # (N, 5)
+            return (((p * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist(), 0
         scores, failures = [], 0
         for j in range(0, len(prompts), self.batch_size):
             ims, ps = images[j:j + self.batch_size], prompts[j:j + self.batch_size]
-            if self.mode == "generate":
-                for text in generate(self.model, self.processor, ims, ps, max_new_tokens=self.max_new_tokens):
-                    scores.append(parse_score(text))
-                    failures += scores[-1] is None
-                continue
-            batch, _, _ = encode(self.processor, ims, ps, ["Overall Score: "] * len(ps), max_len=10**6)
+            for text in generate(self.model, self.processor, ims, ps, max_new_tokens=self.max_new_tokens):
+                scores.append(parse_score(text))
+                failures += scores[-1] is None
+        return scores, failures
+
+    @torch.no_grad()
+    def score_probs(self, images, prompts):
+        """(N, 5) the model's distribution over the scores 1..5 as the next token after "Overall Score: " (the
+        logits of the other tokens left out): what logits mode reads."""
+        tok = self.processor.tokenizer
+        digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+        out = []
+        for j in range(0, len(prompts), self.batch_size):
+            ims, ps = images[j:j + self.batch_size], prompts[j:j + self.batch_size]
+            batch, _, _ = encode(self.processor, ims, ps, [SCORE_PREFIX] * len(ps), max_len=10**6)
             hs = hidden_states(self.model, batch)  # (B, S, H): read after the last real token of each row
             last = batch["attention_mask"].sum(1).to(hs.device) - 1
             w = unwrap(self.model).lm_head.weight[digits]  # (5, H)
-            p = torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1)  # (B, 5)
-            scores += (((p * torch.arange(1, 6, device=p.device)).sum(-1) - 1) / 4).tolist()
-        return scores, failures
+            out.append(torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1).cpu())  # (B, 5)
+        return torch.cat(out) if out else torch.zeros(0, 5)
 
 
 def judge_steps(judge, images, questions, steps):

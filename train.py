@@ -10,6 +10,7 @@ tag after each step), "implicit" (sigmoid(beta * log-likelihood ratio to the sta
     python train.py --objective prm --head separator --probe ...       # a linear probe of the frozen base
     python train.py --objective prm ... --keep-every 100               # OUT/step-N every 100 steps (learning curves)
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
+    python train.py --objective sft --model tiny --data synthetic-judge --out out/judge   # a judge
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
 
 Checkpoints are HF folders (model + processor + train_config.json) that model.load reads; DIR/last holds the
@@ -34,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import judge
+import policy
 import prm
 from common import checkpoint, cli, data, metrics, recipe, tasks
 from common.answers import match_answer, numbers
@@ -49,7 +52,12 @@ class Args:
     model: str = field(default="tiny-init", metadata={"help": "tiny-init | tiny | a checkpoint folder or hub id"})
     size: str = field(default="small", metadata={"help": "tiny-init size preset: small | deep (the shipped base) | base",
                                                  "choices": ["small", "deep", "base"]})
-    data: str = field(default="synthetic", metadata={"help": "synthetic (fresh problems every batch) | a JSONL file"})
+    data: str = field(default="synthetic", metadata={
+        "help": "synthetic (fresh problems every batch) | synthetic-judge (sft: the same, a share of them "
+                "rated instead of solved) | a JSONL file"})
+    rating_share: float = field(default=0.5, metadata={
+        "range": (0.0, 1.0), "help": "--data synthetic-judge: the share of each batch that is rating "
+                                     "examples (judge.rating_examples; the rest: solving)"})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
     max_steps: int = field(default=3000, metadata={"range": (1, None), "help": "optimizer steps"})
@@ -84,13 +92,15 @@ class Args:
 # What makes the weights: --resume continues only a run made with the same values, and the same --data and
 # --eval-data content (their hashes). Not here: how often it saves or evaluates, and how (device, checkpointing).
 RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
-            "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe")
+            "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
+            "rating_share")
+SYNTHETIC = ("synthetic", "synthetic-judge")  # the --data made in code, fresh every batch (no file)
 
 
 def run_settings(a):
     """The settings OUT/settings.json holds: RUN_KEYS and the SHA-256 of each data file."""
     files = {f"{k}_sha256": data.file_hash(getattr(a, k)) for k in ("data", "eval_data")
-             if getattr(a, k) not in ("", "synthetic")}
+             if getattr(a, k) not in ("", *SYNTHETIC)}
     return {**{k: getattr(a, k) for k in RUN_KEYS}, **files}
 
 
@@ -114,6 +124,21 @@ def synthetic_sft(step, n, seed, eos):
     fmts = [rng.choice(["step", "step", "numbered", "plain"]) for _ in probs]
     texts = [tasks.format_steps([s for s, _, _ in tasks.gold_steps(p)], f) + eos for p, f in zip(probs, fmts)]
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
+
+
+def synthetic_judge(step, n, seed, eos, rating_share):
+    """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
+    rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
+    synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
+    rate. Train contents only, and it depends only on (seed, step), so a resume sees the same batches."""
+    images, questions, texts = synthetic_sft(step, n, seed, eos)
+    probs = synthetic_problems(step, n, seed)  # the problems synthetic_sft drew
+    rng = random.Random(tasks.seed_of(seed, "judge", step))
+    for i in sorted(rng.sample(range(n), round(rating_share * n))):
+        solution = policy.candidates(probs[i], 1, seed, rng.choice(["weak", "strong"]))[0]
+        questions[i], target = rng.choice(judge.rating_examples(probs[i], solution, seed))
+        texts[i] = target + eos
+    return images, questions, texts
 
 
 def load_labelled(path):
@@ -333,7 +358,7 @@ def load_model(a, device):
 def load_rows(a, processor, rows=None):
     """(train rows, dev rows) from --data (its rows, when main has read them: load_labelled; dev: --eval-data, else a
     stable 10% of the records by index hash)."""
-    if a.data == "synthetic":
+    if a.data in SYNTHETIC:
         return [], []
     rows = rows if rows is not None else load_labelled(a.data)
     if a.eval_data:
@@ -356,8 +381,13 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
     assert micro >= 1, "batch_size must be >= world_size * grad_accum"
     for k in range(a.grad_accum):
         lo, idx = (k * world + rank) * micro, None
-        if a.data == "synthetic":
-            items = [x[lo:lo + micro] for x in synthetic_sft(step, a.batch_size, a.seed, processor.tokenizer.eos_token)]
+        if a.data in SYNTHETIC:
+            eos = processor.tokenizer.eos_token
+            if a.data == "synthetic-judge":
+                whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share)
+            else:
+                whole = synthetic_sft(step, a.batch_size, a.seed, eos)
+            items = [x[lo:lo + micro] for x in whole]
         else:
             epoch = step * a.batch_size // len(rows)
             order = random.Random(tasks.seed_of(a.seed, "epoch", epoch)).sample(range(len(rows)), len(rows))
@@ -413,12 +443,17 @@ def main(a: Args):
     cli.choice(a.head, prm.HEADS, "--head"), cli.choice(a.objective, ("sft", "prm", "orm"), "--objective")
     if a.probe and (a.head != "separator" or a.objective == "sft"):
         raise ValueError("--probe trains the separator head alone: give --head separator and --objective prm or orm")
+    if a.data == "synthetic-judge" and a.objective != "sft":
+        raise ValueError("--data synthetic-judge is a stream of texts to write (solutions and ratings): give "
+                         "--objective sft")
+    if not 0.0 <= a.rating_share <= 1.0:  # main() called in-process skips the command line's range check
+        raise ValueError(f"--rating-share {a.rating_share}: expected a share from 0 to 1")
     rank, world, device = recipe.setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
     if not a.eval_only:  # before any expensive work: where the model goes, and what it learns from
         data.check_out(a.out, folder=True)
-    rows = load_labelled(a.data) if a.data != "synthetic" and not a.eval_only else None
+    rows = load_labelled(a.data) if a.data not in SYNTHETIC and not a.eval_only else None
     if a.resume and a.overwrite:
         raise ValueError("--resume continues the run in --out, --overwrite starts it over: give one")
     if not a.eval_only and rank == 0:  # before the model loads: OUT's checkpoint, if any, is of this run

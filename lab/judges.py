@@ -1,0 +1,187 @@
+"""Judges that learned to judge, measured on dev: how well each one solves, how well it rates others' answers.
+
+    python -m lab.judges                      # out/judges/{judges.json, judges.md}
+    python -m lab.judges --judges tiny,tiny-judge-short --dev-n 8 --tune-n 8 --eval-n 16    # a quick look
+
+For each judge (a shipped short name or a checkpoint folder; "tiny", the base that never learned to judge, is
+the reference) and a pool of synthetic candidates a problem (policy.candidates, half weak, half strong), the
+judge rates every step (PRM mode, judge.judge_steps) and every whole answer (ORM mode, judge.judge_answers),
+read by logits (the expected 1-5 score after "Overall Score: "). From those scores:
+- solving: the judge's own greedy final-answer accuracy on dev problems (train.evaluate_sft, answer_all);
+- PRM first-error F1 (ProcessBench): the threshold chosen on the tune pool (metrics.choose_threshold), never
+  on dev, then the F1 on the dev pool;
+- ORM answer AUC on the dev pool: how well the answer score ranks right answers above wrong ones;
+- Best-of-16 on the dev pool: the exact expected accuracy of the pick from 16 (bon.problem_rows, bon.at_n) by
+  the ORM score, by the PRM steps' minimum and by the hybrid (the mean of the last 2 step scores), against one
+  random sample (the pool's mean accuracy) and the majority answer.
+
+Expected output of the default run (judges.md; 333 s on 2 CPU cores beside another job, OMP_NUM_THREADS=1):
+
+| judge | solving | PRM F1 (threshold) | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| tiny | 0.635 | 0.201 (0.24) | 0.473 | 0.518 | 0.812 | 0.229 | 0.183 | 0.125 |
+| tiny-judge-short | 0.531 | 0.438 (0.50) | 0.570 | 0.518 | 0.812 | 0.229 | 0.208 | 0.146 |
+| tiny-judge-long | 0.490 | 0.409 (0.56) | 0.534 | 0.518 | 0.812 | 0.188 | 0.267 | 0.250 |
+| tiny-judge-strong | 0.385 | 0.343 (0.47) | 0.559 | 0.518 | 0.812 | 0.250 | 0.243 | 0.229 |
+| tiny-judge-strong-long | 0.469 | 0.454 (0.58) | 0.521 | 0.518 | 0.812 | 0.250 | 0.246 | 0.229 |
+
+no judge beats one random sample in Best-of-16 in any mode.
+
+(the last five columns: Best-of-16.) Rating training doubles the first-error F1 of the base and lifts its
+answer AUC above 0.5, but no judge picks better than one random sample: a problem's right answers are mostly
+one text (8.3 right a dev problem, 1.5 distinct), so they share one score, while its wrong answers are diverse
+(7.7, 5.4 distinct), and the top of several noisy wrong scores outbids the one right score unless the ranking
+is strong. The stronger solver (tiny-strong) did not make a better short-trained judge (F1 0.343 against
+0.438).
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+import bon
+import judge
+import policy
+import train
+from common import cli, metrics, tasks
+from common.model import load
+
+# The Best-of-N rules read (bon.py's rule syntax) over the score keys judge_pools writes.
+RULES = {"random": "random", "majority": "majority", "orm": "max:judge_orm", "prm_min": "max:judge_prm:min",
+         "hybrid_last2": "max:judge_prm:last2"}
+N = 16  # Best-of-16: the whole pool
+# The base that never learned to judge (the reference), then the shipped judges (common.model.SHIPPED)
+JUDGES = ("tiny", "tiny-judge-short", "tiny-judge-long", "tiny-judge-strong", "tiny-judge-strong-long")
+
+
+@dataclass
+class Args:
+    judges: str = field(default=",".join(JUDGES),
+                        metadata={"help": "comma-separated judges: shipped short names (model.SHIPPED) or "
+                                          "checkpoint folders"})
+    dev_n: int = field(default=48, metadata={"range": (1, None), "help": "dev problems judged"})
+    tune_n: int = field(default=32, metadata={"range": (1, None),
+                                              "help": "tune problems judged (they choose the PRM threshold)"})
+    candidates: int = field(default=16, metadata={"range": (2, None),
+                                                  "help": "candidates a problem (even: half weak)"})
+    eval_n: int = field(default=96, metadata={"range": (1, None),
+                                              "help": "dev problems of the solving accuracy (evaluate_sft)"})
+    seed: int = field(default=0, metadata={"help": "seed of the problems and candidates"})
+    batch_size: int = field(default=16, metadata={"range": (1, None),
+                                                  "help": "judge prompts per forward pass"})
+    out: str = field(default="out/judges", metadata={"help": "output folder: judges.json, judges.md"})
+    device: str = field(default="", metadata={"type": cli.device,
+                                              "help": "cpu | cuda (default: cuda if available)"})
+
+
+def make_pool(split, n, k, seed):
+    """n problems of `split` and k candidates each from the synthetic sampler, half weak and half strong."""
+    problems = tasks.make_problems(n, seed, split)
+    cands = []
+    for p in problems:
+        for strength in ("weak", "strong"):
+            cands += policy.candidates(p, k // 2, seed, strength)
+    return problems, cands
+
+
+def judge_pool(j, problems, cands, chunk=32):
+    """Every candidate rated by judge j: ({candidate id: [a score a step]}, {candidate id: its answer's
+    score}), `chunk` candidates at a time (a progress bar over the chunks)."""
+    probs = {p["id"]: p for p in problems}
+    images = {pid: tasks.render(p) for pid, p in probs.items()}
+    step_scores, answer_scores = {}, {}
+    for i in tqdm(range(0, len(cands), chunk), desc=f"judging {len(cands)} answers", leave=False):
+        part = [c for c in cands[i:i + chunk] if c["steps"]]
+        args = ([images[c["problem_id"]] for c in part], [probs[c["problem_id"]]["question"] for c in part],
+                [c["steps"] for c in part])
+        steps, _ = judge.judge_steps(j, *args)
+        answers, _ = judge.judge_answers(j, *args)
+        step_scores.update({c["id"]: s for c, s in zip(part, steps)})
+        answer_scores.update({c["id"]: s for c, s in zip(part, answers)})
+    return step_scores, answer_scores
+
+
+def first_error_f1(tune, tune_steps, dev, dev_steps):
+    """ProcessBench F1 on dev, its threshold chosen on tune: {"f1", "threshold", "acc_error", ...}."""
+    def scored(cands, steps):
+        kept = [c for c in cands if c["id"] in steps]
+        return [steps[c["id"]] for c in kept], [c["first_error"] for c in kept]
+    threshold = metrics.choose_threshold(*scored(tune[1], tune_steps))
+    res = metrics.first_error_f1(*scored(dev[1], dev_steps), threshold)
+    return {**res, "threshold": threshold}
+
+
+def best_of_n(problems, cands, step_scores, answer_scores, n=N):
+    """{rule name: the mean over problems of the exact expected accuracy of its pick from n}."""
+    pools = bon.make_pools(problems, cands, {"judge_prm": step_scores, "judge_orm": answer_scores})
+    rows = bon.problem_rows(pools, RULES, ns=(n,))
+    return {name: sum(r["acc"][str(n)] for r in rows if r["method"] == name) / len(pools) for name in RULES}
+
+
+def measure(name, a, tune, dev):
+    """One judge's row: its solving accuracy on dev and its judging quality on the tune and dev pools."""
+    t0 = time.time()
+    model, processor = load(name, device=a.device or None)
+    j = judge.Judge(model, processor, "logits", a.batch_size)
+    tune_steps, _ = judge_pool(j, *tune)
+    dev_steps, dev_answers = judge_pool(j, *dev)
+    solving = train.evaluate_sft(model, processor, train.Args(eval_n=a.eval_n), a.eval_n)
+    rated = [c for c in dev[1] if c["id"] in dev_answers]
+    auc = metrics.auc_fast([dev_answers[c["id"]] for c in rated], [c["correct"] for c in rated])
+    return {"judge": name, "solving": solving["answer_all"],
+            "prm_f1": first_error_f1(tune, tune_steps, dev, dev_steps), "orm_auc": auc,
+            "bon": best_of_n(*dev, dev_steps, dev_answers), "seconds": round(time.time() - t0, 1)}
+
+
+def table(rows):
+    """The markdown table of judges.md: one row a judge."""
+    lines = ["| judge | solving (dev answers) | PRM first-error F1 (threshold) | ORM answer AUC | "
+             "Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        f1 = f"{r['prm_f1']['f1']:.3f} ({r['prm_f1']['threshold']:.2f})"
+        bo16 = " | ".join(f"{r['bon'][k]:.3f}" for k in RULES)
+        lines.append(f"| {r['judge']} | {r['solving']:.3f} | {f1} | {r['orm_auc']:.3f} | {bo16} |")
+    return "\n".join(lines)
+
+
+def beats_random(rows):
+    """[(judge, mode, its Best-of-16, random's)] wherever a judge's pick beats one random sample."""
+    return [(r["judge"], mode, r["bon"][mode], r["bon"]["random"]) for r in rows
+            for mode in ("orm", "prm_min", "hybrid_last2") if r["bon"][mode] > r["bon"]["random"]]
+
+
+def main(a: Args):
+    if a.candidates % 2:
+        raise ValueError(f"--candidates {a.candidates}: expected an even number (half weak, half strong)")
+    names = [x.strip() for x in a.judges.split(",") if x.strip()]
+    if not names:
+        raise ValueError("--judges: give at least one judge")
+    t0, out = time.time(), Path(a.out)
+    tune = make_pool("tune", a.tune_n, a.candidates, a.seed)
+    dev = make_pool("dev", a.dev_n, a.candidates, a.seed)
+    rows = []
+    for name in tqdm(names, desc="judges"):
+        rows.append(measure(name, a, tune, dev))
+        tqdm.write(f"{name}: {json.dumps(rows[-1])}")
+    wins = beats_random(rows)
+    if wins:
+        verdict = "beats one random sample in Best-of-16: " + "; ".join(
+            f"{j} {mode} {x:.3f} > {y:.3f}" for j, mode, x, y in wins)
+    else:
+        verdict = "no judge beats one random sample in Best-of-16 in any mode"
+    out.mkdir(parents=True, exist_ok=True)
+    res = {"settings": asdict(a), "judges": rows, "beats_random": wins, "seconds": round(time.time() - t0, 1)}
+    (out / "judges.json").write_text(json.dumps(res, indent=1))
+    text = (f"Judges on dev ({a.dev_n} problems x {a.candidates} candidates, half weak and half strong; PRM "
+            f"threshold chosen on {a.tune_n} tune problems; solving: {a.eval_n} dev problems). Scores read "
+            f"by logits.\n\n{table(rows)}\n\n{verdict}.\n")
+    (out / "judges.md").write_text(text)
+    print(f"\n{text}\nwrote {out / 'judges.json'} and {out / 'judges.md'} ({res['seconds']:.0f}s)")
+    return res
+
+
+if __name__ == "__main__":
+    cli.run(main, Args, __doc__)

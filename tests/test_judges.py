@@ -1,0 +1,271 @@
+"""Judges that learned to judge: the rating examples (noisy but ordered, deterministic, train contents
+only), the judge training stream (train.py --data synthetic-judge: its batches, exact resume, --rating-share
+checked), the judge's logits and generate modes against each other, lab.judges on literal pools."""
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import judge
+import policy
+import train
+from common import cli, tasks
+from common.model import SHIPPED, load
+from lab import judges
+
+ROOT = Path(__file__).resolve().parents[1]
+EOS = "<|im_end|>"
+
+
+def gold(prob):
+    return [text for text, _, _ in tasks.gold_steps(prob)]
+
+
+def score_of(target):
+    assert target.startswith(judge.SCORE_PREFIX) and len(target) == len(judge.SCORE_PREFIX) + 1, target
+    return int(target[-1])
+
+
+def test_verdicts_read_the_oracle_for_each_step_and_the_answer():
+    prob = tasks.make_problem("v", 0, kind="count_add")  # count, count, add, answer
+    steps = gold(prob)
+    assert judge.verdicts(prob, {"steps": steps, "correct": True}) == [
+        (0, "right"), (1, "right"), (2, "right"), (3, "right"), (None, "right")]
+    a, b = prob["facts"][prob["facts"]["A"]], prob["facts"][prob["facts"]["B"]]
+    miscount = [steps[0].replace(str(a), str(a + 1)), steps[1], f"{a + 1} + {b} = {a + b}.", steps[3]]
+    # the first count is wrong, the sum is wrong for the claimed count, and the answer is right: lucky
+    assert judge.verdicts(prob, {"steps": miscount, "correct": True}) == [
+        (0, "wrong"), (1, "wrong"), (2, "wrong"), (3, "wrong"), (None, "lucky")]
+    wrong_sum = steps[:2] + [f"{a} + {b} = {a + b + 1}.", f"The answer is {a + b + 1}."]
+    assert judge.verdicts(prob, {"steps": wrong_sum, "correct": False}) == [
+        (0, "right"), (1, "right"), (2, "wrong"), (3, "wrong"), (None, "wrong")]
+
+
+def rated_targets(n_problems=300, seed=0):
+    """{("prm" | "orm", verdict): [score, ...]} over weak and strong sampled solutions of train problems."""
+    out = {}
+    for i in range(n_problems):
+        prob = tasks.make_problem(f"t{i}", seed)
+        for strength in ("weak", "strong"):
+            for sol in policy.candidates(prob, 2, seed, strength):
+                verdict_of = {judge.prompt(prob["question"], sol["steps"], upto=k):
+                              ("orm" if k is None else "prm", v) for k, v in judge.verdicts(prob, sol)}
+                for prompt, target in judge.rating_examples(prob, sol):
+                    out.setdefault(verdict_of[prompt], []).append(score_of(target))
+    return out
+
+
+def test_rating_targets_are_noisy_but_ordered():
+    got = rated_targets()
+    mean = {k: statistics.mean(v) for k, v in got.items()}
+    assert mean["prm", "right"] > 3.8 > 2.4 > mean["prm", "wrong"]
+    assert mean["orm", "right"] > mean["orm", "lucky"] > mean["orm", "wrong"]
+    assert len(got["orm", "lucky"]) >= 10  # enough lucky answers to read their mean
+    for mode in ("prm", "orm"):  # noisy, not the oracle's truth: right work rated low, wrong work high
+        assert any(s <= 2 for s in got[mode, "right"]) and any(s >= 4 for s in got[mode, "wrong"])
+    for verdict in ("right", "wrong"):  # drawn from RATING_NOISE: each score's share near its weight
+        scores = got["prm", verdict]
+        for s, weight in zip(range(1, 6), judge.RATING_NOISE[verdict]):
+            assert scores.count(s) / len(scores) == pytest.approx(weight, abs=0.04)
+
+
+def test_rating_examples_are_the_rubric_prompts_up_to_the_first_error_and_deterministic_per_seed():
+    prob = tasks.make_problem("d", 3)
+    sols = policy.candidates(prob, 12, 3, "weak")
+    for sol in sols:  # every step of a faithful solution; up to the first wrong step of the others
+        steps, fe = sol["steps"], tasks.first_error(prob, sol["steps"])
+        rated = range(len(steps)) if fe == -1 else range(fe + 1)
+        prm_prompts = [judge.prompt(prob["question"], steps, upto=k) for k in rated]
+        assert [p for p, _ in judge.rating_examples(prob, sol, seed=3)] == (
+            prm_prompts + [judge.prompt(prob["question"], steps)])
+    assert {tasks.first_error(prob, s["steps"]) for s in sols} >= {-1, 0}  # both kinds were checked
+    assert all(judge.rating_examples(prob, s, seed=3) == judge.rating_examples(prob, s, seed=3) for s in sols)
+    other = [judge.rating_examples(prob, s, seed=4) for s in sols]
+    assert other != [judge.rating_examples(prob, s, seed=3) for s in sols]  # another seed, other draws
+
+
+def test_rating_examples_refuse_a_problem_outside_the_train_contents():
+    for split in ("tune", "dev", "test"):
+        prob = tasks.make_problems(1, 0, split)[0]
+        with pytest.raises(ValueError, match=f"{split} contents"):
+            judge.rating_examples(prob, policy.candidates(prob, 1, 0, "weak")[0])
+
+
+def test_judge_batch_rates_a_share_and_solves_the_rest_as_synthetic_sft():
+    n = 16
+    solving = train.synthetic_sft(5, n, 0, EOS)
+    images, questions, texts = train.synthetic_judge(5, n, 0, EOS, 0.25)
+    rated = [i for i, t in enumerate(texts) if t.startswith(judge.SCORE_PREFIX)]
+    assert len(rated) == 4
+    for i in range(n):
+        assert images[i].tobytes() == solving[0][i].tobytes()  # the same problem in every row
+        if i not in rated:
+            assert (questions[i], texts[i]) == (solving[1][i], solving[2][i])
+    probs = train.synthetic_problems(5, n, 0)
+    for i in rated:  # a rubric prompt about this row's train problem, its target one rating and the end token
+        assert tasks.split_of(probs[i]) == "train" and f"Question: {probs[i]['question']}" in questions[i]
+        assert questions[i].startswith(judge.RUBRIC.split("{what}")[0])
+        score_of(texts[i].removesuffix(EOS))
+    assert train.synthetic_judge(5, n, 0, EOS, 0.0)[1:] == solving[1:]
+    assert all(t.startswith(judge.SCORE_PREFIX) for t in train.synthetic_judge(5, n, 0, EOS, 1.0)[2])
+    again = train.synthetic_judge(5, n, 0, EOS, 0.25)
+    assert again[1:] == (questions, texts)  # depends only on (seed, step)
+    assert train.synthetic_judge(6, n, 0, EOS, 0.25)[1] != questions
+
+
+def judge_args(out, **kw):
+    base = dict(objective="sft", model="tiny-init", data="synthetic-judge", out=str(out), max_steps=6,
+                batch_size=4, eval_every=10**6, save_every=3, eval_n=2, warmup=2, lr=3e-3, rating_share=0.5)
+    base.update(kw)
+    return train.Args(**base)
+
+
+def test_judge_stream_resumes_exactly_and_refuses_another_share(tmp_path, monkeypatch):
+    full = train.main(judge_args(tmp_path / "full"))
+    real = train.lr_at
+
+    def crash(step, a):  # the checkpoint of step 3 is on disk, step 4 is lost
+        if step == 4:
+            raise KeyboardInterrupt
+        return real(step, a)
+    monkeypatch.setattr(train, "lr_at", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(judge_args(tmp_path / "run"))
+    monkeypatch.setattr(train, "lr_at", real)
+    with pytest.raises(ValueError, match="rating_share 0.5 -> 0.25"):
+        train.main(judge_args(tmp_path / "run", resume=True, rating_share=0.25))
+    resumed = train.main(judge_args(tmp_path / "run", resume=True))
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "run" / "settings.json").read_text())["rating_share"] == 0.5
+
+
+@pytest.mark.parametrize("share", ["-0.1", "1.5", "nan"])
+def test_a_rating_share_out_of_range_is_refused(share, capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(train.Args, ["--rating-share", share])
+    assert "--rating-share" in capsys.readouterr().err
+    assert cli.parse_args(train.Args, ["--rating-share", "1"]).rating_share == 1.0
+
+
+def test_bad_judge_settings_are_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="--rating-share 1.5"):  # main called in-process, no command line
+        train.main(judge_args(tmp_path / "a", rating_share=1.5))
+    with pytest.raises(ValueError, match="--objective sft"):
+        train.main(judge_args(tmp_path / "b", objective="prm"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def dev_prompts(n_problems=4):
+    """Rubric prompts (PRM and ORM mode) about sampled answers to dev problems, with their images."""
+    images, prompts = [], []
+    for prob in tasks.make_problems(n_problems, 0, "dev"):
+        for sol in policy.candidates(prob, 1, 0, "weak") + policy.candidates(prob, 1, 0, "strong"):
+            for k in (0, len(sol["steps"]) - 1, None):
+                images.append(tasks.render(prob))
+                prompts.append(judge.prompt(prob["question"], sol["steps"], upto=k))
+    return images, prompts
+
+
+def assert_modes_agree(model, processor):
+    """Greedy generation writes "Overall Score: " then the digit the logits mode finds likeliest of 1..5."""
+    images, prompts = dev_prompts()
+    probs = judge.Judge(model, processor, "logits", batch_size=8).score_probs(images, prompts)  # (N, 5)
+    replies = judge.generate(model, processor, images, prompts, max_new_tokens=len(judge.SCORE_PREFIX) + 1)
+    assert all(r.startswith(judge.SCORE_PREFIX) for r in replies), replies
+    written = [score_of(r) for r in replies]
+    assert written == (probs.argmax(-1) + 1).tolist()
+    generating = judge.Judge(model, processor, "generate", batch_size=8, max_new_tokens=20)
+    scores, failures = generating.rate(images, prompts)
+    assert failures == 0 and [round(4 * s) + 1 for s in scores] == written  # generate mode parses that digit
+    return written
+
+
+def test_a_quickly_trained_judge_writes_the_digit_its_logits_rank_first(tmp_path):
+    model = train.main(judge_args(tmp_path / "quick", model="tiny", rating_share=1.0, max_steps=48,
+                                  batch_size=8, lr=5e-3, warmup=4, save_every=10**6))
+    _, processor = load("tiny", device="cpu")
+    assert_modes_agree(model.eval(), processor)
+
+
+SHIPPED_JUDGES = sorted(name for name in SHIPPED if name.startswith("tiny-judge"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_JUDGES)
+def test_a_shipped_judge_writes_the_digit_its_logits_rank_first(name):
+    model, processor = load(name, device="cpu")
+    written = assert_modes_agree(model, processor)
+    assert len(set(written)) > 1  # a judge that rates every answer alike would agree trivially
+
+
+@pytest.mark.parametrize("name", SHIPPED_JUDGES)
+def test_a_shipped_judge_folder_is_a_model_with_its_card(name):
+    folder = SHIPPED[name]
+    card = (folder / "README.md").read_text()
+    cfg = json.loads((folder / "train_config.json").read_text())
+    assert (cfg["objective"], cfg["data"]) == ("sft", "synthetic-judge")
+    for words in ("--objective sft --model", "--data synthetic-judge", f"trained {cfg['steps_done']} steps",
+                  "python -m lab.judges", f"| {name} |"):
+        assert words in card  # how it was made, and its own row of dev numbers
+    for key in ("rating_share", "max_steps", "batch_size", "lr", "warmup", "seed"):  # the card's command
+        flag = "--" + key.replace("_", "-")
+        given = re.search(rf"{flag} (\S+)", card)
+        assert float(given[1] if given else getattr(train.Args(), key)) == cfg[key], flag
+    assert not (folder / "last").exists()  # no optimizer state
+    assert not list(folder.glob("step-*"))  # no snapshots
+
+
+def test_best_of_n_on_literal_pools():
+    problems = [{"id": "p", "answer": "3"}, {"id": "q", "answer": "5"}]
+    cands = [{"id": "p1", "problem_id": "p", "answer": "3", "steps": ["a", "b"], "correct": True},
+             {"id": "p2", "problem_id": "p", "answer": "4", "steps": ["a", "b"], "correct": False},
+             {"id": "q1", "problem_id": "q", "answer": "5", "steps": ["a", "b"], "correct": True},
+             {"id": "q2", "problem_id": "q", "answer": "6", "steps": ["a", "b"], "correct": False},
+             {"id": "q3", "problem_id": "q", "answer": "6", "steps": ["a", "b"], "correct": False}]
+    steps = {"p1": [0.9, 0.2], "p2": [0.5, 0.5], "q1": [0.1, 0.9], "q2": [0.8, 0.8], "q3": [0.8, 0.8]}
+    answers = {"p1": 0.9, "p2": 0.1, "q1": 0.4, "q2": 0.4, "q3": 0.2}
+    got = judges.best_of_n(problems, cands, steps, answers, n=16)
+    # random: (1/2 + 1/3) / 2; majority: p a tie of two answers (1/2), q picks 6 (0); ORM: p1 (1), q a tie of
+    # q1 and q2 (1/2); PRM min: p2 (0), q2 or q3 (0); hybrid (mean of the last 2): p2 0.5 < p1 0.55 (1),
+    # q2 0.8 > q1 0.5 (0)
+    assert got == pytest.approx({"random": 5 / 12, "majority": 1 / 4, "orm": 3 / 4, "prm_min": 0.0,
+                                 "hybrid_last2": 1 / 2})
+    rows = [{"judge": "j", "bon": got}]
+    assert judges.beats_random(rows) == [("j", "orm", got["orm"], got["random"]),
+                                         ("j", "hybrid_last2", got["hybrid_last2"], got["random"])]
+
+
+def test_first_error_f1_chooses_its_threshold_on_tune_only():
+    tune = ([], [{"id": "a", "first_error": 1}, {"id": "b", "first_error": -1}])
+    dev = ([], [{"id": "c", "first_error": 0}, {"id": "d", "first_error": -1}])
+    # on tune every threshold in (0.3, 0.6] finds both: the middle of that range, 0.45; on dev it misses c's
+    # first error (c's 0.5 is above it): F1 0. A threshold chosen on dev would be 0.6 and read F1 1.
+    tune_steps, dev_steps = {"a": [0.9, 0.3], "b": [0.9, 0.6]}, {"c": [0.5, 0.1], "d": [0.7, 0.8]}
+    got = judges.first_error_f1(tune, tune_steps, dev, dev_steps)
+    assert got["threshold"] == 0.45
+    assert (got["acc_error"], got["acc_correct"], got["f1"]) == (0.0, 1.0, 0.0)
+
+
+def test_lab_judges_runs_end_to_end_on_a_tiny_model(tmp_path):
+    res = judges.main(judges.Args(judges="tiny-init", dev_n=2, tune_n=2, candidates=2, eval_n=2,
+                                  out=str(tmp_path)))
+    row = res["judges"][0]
+    assert row["judge"] == "tiny-init" and set(row["bon"]) == set(judges.RULES)
+    assert 0.0 <= row["orm_auc"] <= 1.0 and 0.0 <= row["prm_f1"]["f1"] <= 1.0
+    assert json.loads((tmp_path / "judges.json").read_text())["judges"][0]["bon"] == pytest.approx(row["bon"])
+    assert "| tiny-init |" in (tmp_path / "judges.md").read_text()
+    with pytest.raises(ValueError, match="even"):
+        judges.main(judges.Args(judges="tiny-init", candidates=3, out=str(tmp_path)))
+
+
+def test_lab_judges_help_explains_its_measures():
+    r = subprocess.run([sys.executable, "-m", "lab.judges", "--help"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    for words in ("--dev-n", "--tune-n", "--judges", "Best-of-16", "first-error F1", "tune"):
+        assert words in r.stdout
