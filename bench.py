@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import bon
 import judge
@@ -43,6 +44,7 @@ import steps
 import train
 import tree_search
 from common import cli, data, tasks
+from common.model import load
 from lab import api, controls, evidence, report, speed
 from policy import SyntheticPolicy, VLMPolicy, candidate, candidates
 
@@ -92,10 +94,13 @@ class Args:
     lr: float = field(default=1e-4, metadata={"range": (0.0, None),
                                               "help": "PRM / ORM learning rate (chosen on tune)"})
     batch_size: int = field(default=32, metadata={"range": (1, None), "help": "PRM / ORM batch size"})
-    judge_n: int = field(default=16, metadata={"range": (1, None),
-                                               "help": "test (and dev) problems scored by the judges (slow)"})
+    judges: str = field(default="tiny-judge-short,tiny-judge-long,tiny-judge-strong", metadata={
+        "help": "the judge table's VLM judges (model.SHIPPED names or folders), each in ORM mode, PRM mode and the "
+                "hybrid over the stronger policy's answers"})
+    judges_n: int = field(default=32, metadata={"range": (2, None), "help": "test problems of the judge table "
+                          "(half of each family); dev: half as many, where the best judge is chosen"})
     search_n: int = field(default=32, metadata={"range": (1, None), "help": "test problems of the step search "
-                          "(the first N; search.py): k=4 proposals, beam widths 1 and 2, against Best-of-N"})
+                          "(the first N; search.py): k=4 proposals, beam width 2, against Best-of-N"})
     temperature: float = field(default=1.0, metadata={"range": (0.0, None),
                                                       "help": "tiny-base policy sampling temperature"})
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
@@ -109,8 +114,8 @@ class Args:
 ON_GPU = torch.cuda.is_available()  # a GPU takes larger batches and trains all four reward models at once
 SCORE_BATCH, GEN_BATCH = (256, 512) if ON_GPU else (32, 128)  # answers per scoring pass, solutions per generate call
 TRAIN_PROCS = 4 if ON_GPU else 2  # reward models trained at once
-QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, judge_n=8, search_n=8)
-SEARCH = dict(k=4, widths=(1, 2), pool=16)  # the step search's settings (search.py); b = 2 is the one compared
+QUICK = dict(n_train=300, n_tune=24, n_dev=24, n_test=40, steps=200, search_n=8, judges_n=8)
+SEARCH = dict(k=4, widths=(2,), pool=16)  # the step search (search.py) at beam width 2; b = 1 and 4: search.py alone
 SPLITS = ("train", "tune", "dev", "test")
 TAU_LABELS = ("mc", "mcts")  # the labellers that read a prefix as right when its value > tau
 MODELS = {"prm": ("prm", None), "orm": ("orm", None), "prm_visual": ("prm", "visual"), "prm_text": ("prm", "text")}
@@ -191,9 +196,9 @@ def policy_pool(a, probs, policy, kind, writer):
 
 
 def stage_pools(a, st, P):
-    """`pool` candidates per problem for each of POOL_KINDS: tune, dev and test; the strong policy's on dev and test
-    only (nothing is chosen on its tune answers)."""
-    names = [(s, k) for k in POOL_KINDS for s in ("tune", "dev", "test") if (s, k) != ("tune", "strong")]
+    """`pool` candidates per problem for each of POOL_KINDS on dev and test, and the base's on tune too (the PRM's
+    aggregation is chosen there; nothing is chosen on the other pools' tune answers)."""
+    names = [(s, k) for k in POOL_KINDS for s in ("tune", "dev", "test") if s != "tune" or k == "base"]
 
     def make():
         writers = {"base": a.base, "strong": a.strong}
@@ -328,13 +333,7 @@ def score_sets(a, P, split, kind, cands, models, prior):
         return sets
     sets["prm_blank"] = score("prm", images=controls.blank(ims))
     sets["prior"] = dict(zip(ids, controls.prior_scores(prior, st)))
-    judged = evidence.judged_ids(P[split], a.judge_n if split == "test" else a.judge_n // 2)
-    sel = [i for i, c in enumerate(cands) if c["problem_id"] in judged]
-    jargs = ([ims[i] for i in sel], [qs[i] for i in sel], [st[i] for i in sel])
-    base_judge = judge.Judge(*models["base"])  # the base prompted with the rubric, read by logits
-    sets["judge_prm"] = {ids[i]: s for i, s in zip(sel, judge.judge_steps(base_judge, *jargs)[0])}
     if split == "test":
-        sets["judge_orm"] = {ids[i]: s for i, s in zip(sel, judge.judge_answers(base_judge, *jargs)[0])}
         for cut in steps.CUTS:  # the segmentation ablation: the same answers cut other ways
             if cut != "steps":
                 sets[f"prm_{cut}"] = score("prm", steps_=[steps.segment(s, cut) for s in st])
@@ -349,7 +348,57 @@ def stage_scores(a, st, P, pools, ck):
         prior = controls.prior_table(data.read_jsonl(st.out / "labels.jsonl", "labelled"))
         models = {name: prm.load(path) for name, path in {**ck, "base": a.base}.items()}
         return {f"{s}_{k}": score_sets(a, P, s, k, cands, models, prior) for (s, k), cands in pools.items()}
-    return st.run("scores", {"judge_n": a.judge_n}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
+    return st.run("scores", {}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
+
+
+JUDGED_POOL = "strong"  # the judges rate the stronger policy's answers, as the paper's judges rate GPT-4o's
+
+
+def judge_sets(rater, name, problems, cands):
+    """One judge's ratings of a pool's candidates: {"NAME.orm": {id: answer score}, "NAME.prm": {id: step
+    scores}} (judge.py: one rubric prompt an answer, one a step, read by logits)."""
+    probs = {p["id"]: p for p in problems}
+    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    qs, st = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands]
+    ids = [c["id"] for c in cands]
+    steps_scores, _ = judge.judge_steps(rater, ims, qs, st)
+    answer_scores, _ = judge.judge_answers(rater, ims, qs, st)
+    return {f"{name}.orm": dict(zip(ids, answer_scores)), f"{name}.prm": dict(zip(ids, steps_scores))}
+
+
+def stage_judges(a, st, P, pools):
+    """The judge table's ratings: every judge on the stronger policy's answers to judges_n test problems and
+    judges_n // 2 dev problems (where the best judge and mode are chosen) -> {"dev" | "test": judge_sets...}."""
+    names = [n for n in a.judges.split(",") if n]
+    judged = {"dev": evidence.judged_ids(P["dev"], a.judges_n // 2), "test": evidence.judged_ids(P["test"], a.judges_n)}
+
+    def make():
+        out = {split: {} for split in judged}
+        for name in tqdm(names, desc="judges"):
+            rater = judge.Judge(*load(name))
+            for split, ids in judged.items():
+                cands = [c for c in pools[(split, JUDGED_POOL)] if c["problem_id"] in ids]
+                out[split].update(judge_sets(rater, name, P[split], cands))
+        return out
+    return st.run("judges", {"judges": names, "n": a.judges_n, "pool": JUDGED_POOL}, make, after=("pools",))
+
+
+# The same rating training from the base and from the stronger solver: "is a stronger solver a better judge?"
+SOLVER_PAIR = ("tiny-judge-short", "tiny-judge-strong")
+
+
+def choose_judge(P, pools, ratings):
+    """The judge table's best judge and mode: the best Best-of-16 on dev's judged problems (exact; ties: the first
+    judge, then orm, prm, hybrid) -> {"names", "best": [judge, mode], "solver_pair", "dev_bo16", "dev_problems"}."""
+    names = evidence.judge_names(ratings)
+    rated = {c["problem_id"] for c in pools[("dev", JUDGED_POOL)] if c["id"] in ratings[f"{names[0]}.orm"]}
+    pp = bon.make_pools([p for p in P["dev"] if p["id"] in rated], pools[("dev", JUDGED_POOL)], ratings)
+    acc = {method: round(sum(bon.at_n(bon.prepare(pool, rule), "max", 16)[0] for pool in pp.values()) / len(pp), 4)
+           for method, rule in evidence.judge_methods(names).items()}
+    judge_name, mode = max(acc, key=acc.get).rsplit(" ", 1)
+    pair = [n for n in SOLVER_PAIR if n in names]
+    return {"names": names, "best": [judge_name, mode], "solver_pair": pair if len(pair) == 2 else None,
+            "dev_bo16": acc, "dev_problems": len(pp)}
 
 
 def stage_search(a, st, P, ck):
@@ -402,6 +451,8 @@ def run(a):
         return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
     ck = stage_train(a, st)
     scores = stage_scores(a, st, P, pools, ck)
+    ratings = stage_judges(a, st, P, pools)
+    judges = choose_judge(P, pools, ratings["dev"])
     search_rows = stage_search(a, st, P, ck)
     n_lab = a.n_test if a.label_policy == "base" else (200 if a.quick else 500)  # the test problems (VLM: slow)
     labelling = st.run("labelling", {"n": n_lab, "rollouts": a.rollouts, "tau": tau["tau"], "seed": a.seed,
@@ -416,12 +467,12 @@ def run(a):
                                                   lambda: api.benchmark(a.base, rendered(P["test"][:8])))}
     head, tune_acc = choose_head(P, pools, scores)
     search_table, search_comps = search_results(search_rows, head, a.seed)
-    rows = evidence.problem_rows(a, P, pools, scores, head)
+    rows = evidence.problem_rows(a, P, pools, scores, head, ratings["test"])
     fe_items, auc_items = evidence.step_items(P, pools, scores)
     res = {"config": asdict(a), "seconds": round(st.seconds() + time.time() - t0 - st.this_run, 1),
            "seconds_this_run": round(time.time() - t0, 1), "stage_seconds": st.stage_seconds(),
            "machine": report.machine(),
-           **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed, search_comps),
+           **evidence.results_from(a, rows, fe_items, auc_items, head, a.seed, search_comps, judges),
            "search": search_table,
            "tuning": {"aggregation": tune_acc, "head": head, "tau": tau},
            "labelling": {**labelling, "train_labels": {**label_stats, "vs_oracle": train_label_quality(st, P, tau)}},

@@ -10,6 +10,8 @@ label can be checked), and VLMPolicy, any checkpoint the loader reads (the tiny 
 served model (vLLM, SGLang) is the same kind of object: lab/api.py's ServedPolicy.
 
     python policy.py --n 40 --out out/suite      # 40 test problems, 4 sampled answers each, labels, sheet.png
+    python policy.py --model tiny-strong --temperature 0.7 --split tune --n 80 --cands 16 --out out/w --stats
+                                                 # a checkpoint's answers instead, and how right they are per kind
 """
 import argparse
 import os
@@ -223,14 +225,22 @@ class VLMPolicy:
         return res
 
 
-def write_suite(out, n, seed=0, n_cands=4, strength="default", split="test", suite=Suite()):
-    """Problems, images, sampled candidates, the oracle's labels and a contact sheet under `out`."""
+def model_candidates(probs, model, n, seed, temperature):
+    """n answers a problem written by a checkpoint the loader reads (VLMPolicy) at a temperature, as candidates."""
+    drawn = [{k: v for k, v in p.items() if k != "image"} for p in probs]  # its path is relative to OUT: redrawn
+    sols = VLMPolicy(model, temperature, batch_size=128).rollout_many([(p, [], n, seed) for p in drawn])
+    return [candidate(p, f"{p['id']}-m{j:02d}", s, model) for p, ss in zip(probs, sols) for j, s in enumerate(ss)]
+
+
+def write_suite(out, n, seed=0, n_cands=4, strength="default", split="test", suite=Suite(), model=None,
+                temperature=1.0):
+    """Problems, images, candidates (the sampler's at `strength`, or `model`'s at `temperature`), the oracle's
+    labels and a contact sheet under `out`."""
     probs = write_problems(out, make_problems(n, seed, split, suite))
-    cands, labels = [], []
-    for p in probs:
-        for c in candidates(p, n_cands, seed, strength):
-            cands.append(c)
-            labels.append(labelled(p, c, p["image"]))
+    cands = (model_candidates(probs, model, n_cands, seed, temperature) if model else
+             [c for p in probs for c in candidates(p, n_cands, seed, strength)])
+    by_id = {p["id"]: p for p in probs}
+    labels = [labelled(by_id[c["problem_id"]], c, by_id[c["problem_id"]]["image"]) for c in cands]
     data.write_jsonl(os.path.join(out, "candidates.jsonl"), cands, "candidate")
     data.write_jsonl(os.path.join(out, "labels.jsonl"), labels, "labelled")
     contact_sheet(probs, cands, os.path.join(out, "images"), os.path.join(out, "sheet.png"))
@@ -250,6 +260,10 @@ def main(argv=None):
     ap.add_argument("--cands", type=int, default=4, help="candidates per problem (default 4)")
     ap.add_argument("--strength", default="default", choices=list(STRENGTHS),
                     help="sampler strength (default: default)")
+    ap.add_argument("--model", default="",
+                    help="answers written by this checkpoint instead of the sampler: tiny | tiny-strong | a folder")
+    ap.add_argument("--temperature", type=cli.within(float, 0.0), default=1.0,
+                    help="--model's sampling temperature (default 1.0; 0: greedy)")
     ap.add_argument("--split", default="test", choices=list(SPLITS),
                     help="content split (default test: held out from train and from the tiny base)")
     ap.add_argument("--stats", action="store_true",
@@ -266,7 +280,8 @@ def main(argv=None):
             also = " and at most 1" if k.startswith("trap") else ""
             raise ValueError(f"--{k.replace('_', '-')} {getattr(a, k)}: expected at least {least}{also}")
     suite = Suite(**{fl.name: getattr(a, fl.name) for fl in fields(Suite) if hasattr(a, fl.name)})
-    probs, cands, _ = write_suite(a.out, a.n, a.seed, a.cands, a.strength, a.split, suite)
+    probs, cands, _ = write_suite(a.out, a.n, a.seed, a.cands, a.strength, a.split, suite, a.model or None,
+                                  a.temperature)
     accuracy = sum(c["correct"] for c in cands) / len(cands)
     print(f"wrote {len(probs)} problems, {len(cands)} candidates (accuracy {accuracy:.2f}) to {a.out}\n"
           f"look at {os.path.join(a.out, 'sheet.png')}")

@@ -54,7 +54,8 @@ class Args:
                                                  "choices": ["small", "deep", "base"]})
     data: str = field(default="synthetic", metadata={
         "help": "synthetic (fresh problems every batch) | synthetic-judge (sft: the same, a share of them "
-                "rated instead of solved) | a JSONL file"})
+                "rated instead of solved) | synthetic-all (every split's contents: a writer only, never a reward "
+                "model's start) | a JSONL file"})
     rating_share: float = field(default=0.5, metadata={
         "range": (0.0, 1.0), "help": "--data synthetic-judge: the share of each batch that is rating "
                                      "examples (judge.rating_examples; the rest: solving)"})
@@ -94,7 +95,7 @@ class Args:
 RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
             "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
             "rating_share")
-SYNTHETIC = ("synthetic", "synthetic-judge")  # the --data made in code, fresh every batch (no file)
+SYNTHETIC = ("synthetic", "synthetic-judge", "synthetic-all")  # the --data made in code, fresh every batch (no file)
 
 
 def run_settings(a):
@@ -111,16 +112,22 @@ def lr_at(step, a):
     return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def synthetic_problems(step, n, seed):
+def synthetic_problems(step, n, seed, contents="train"):
     """The tiny base's pretraining problems at `step`: train contents only (tasks.SPLITS), so nothing it saw is in
-    the tune, dev or test split."""
-    return [tasks.make_problem(f"sft-{step}-{i}", seed, split="train") for i in range(n)]
+    the tune, dev or test split. contents "all" (--data synthetic-all): every split's contents, each problem's split
+    drawn in proportion to its share, for a writer that knows more of the world than the base (no reward model or
+    judge starts from such a model)."""
+    if contents == "train":
+        return [tasks.make_problem(f"sft-{step}-{i}", seed, split="train") for i in range(n)]
+    rng = random.Random(tasks.seed_of(seed, "contents", step))
+    splits = rng.choices(list(tasks.SPLITS), weights=list(tasks.SPLITS.values()), k=n)
+    return [tasks.make_problem(f"sft-{step}-{i}", seed, split=split) for i, split in enumerate(splits)]
 
 
-def synthetic_sft(step, n, seed, eos):
+def synthetic_sft(step, n, seed, eos, contents="train"):
     """The global batch of step `step`: fresh problems that depend only on (seed, step), so a resume sees the same."""
     rng = random.Random(tasks.seed_of(seed, "sft", step))
-    probs = synthetic_problems(step, n, seed)
+    probs = synthetic_problems(step, n, seed, contents)
     fmts = [rng.choice(["step", "step", "numbered", "plain"]) for _ in probs]
     texts = [tasks.format_steps([s for s, _, _ in tasks.gold_steps(p)], f) + eos for p, f in zip(probs, fmts)]
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
@@ -386,7 +393,7 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             if a.data == "synthetic-judge":
                 whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share)
             else:
-                whole = synthetic_sft(step, a.batch_size, a.seed, eos)
+                whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]
         else:
             epoch = step * a.batch_size // len(rows)

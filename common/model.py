@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 TINY_BASE = ROOT / "checkpoints" / "tiny-base"
 # The checkpoints the project ships, by short name; each folder's README.md says how it was made.
 SHIPPED = {"tiny": TINY_BASE,  # the pretrained base every reward model starts from
-           "tiny-strong": ROOT / "checkpoints" / "tiny-strong",  # a stronger policy: the base trained longer
-           "tiny-judge-short": ROOT / "checkpoints" / "tiny-judge-short",  # a judge: the base, 450 steps
+           "tiny-strong": ROOT / "checkpoints" / "tiny-strong",  # a stronger policy (every content): a writer only
+           "tiny-long": ROOT / "checkpoints" / "tiny-long",  # the base trained longer on train contents
+           "tiny-judge-short": ROOT / "checkpoints" / "tiny-judge-short",  # a judge: the base, 450 rating steps
            "tiny-judge-long": ROOT / "checkpoints" / "tiny-judge-long",  # a judge: the base, 900 steps
-           "tiny-judge-strong": ROOT / "checkpoints" / "tiny-judge-strong",  # a judge: tiny-strong, 450 steps
-           "tiny-judge-strong-long": ROOT / "checkpoints" / "tiny-judge-strong-long"}  # tiny-strong, 900
+           "tiny-judge-strong": ROOT / "checkpoints" / "tiny-judge-strong",  # a judge: tiny-long, 450 steps
+           "tiny-judge-strong-long": ROOT / "checkpoints" / "tiny-judge-strong-long"}  # tiny-long, 900 steps
 
 # The step-tag convention (docs/DESIGN.md): a tag token after every step; the tag head reads a step's score as
 # softmax([logit("+"), logit("-")])[0] at its tag. "+" and "-" are ordinary tokens in every tokenizer.

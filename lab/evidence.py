@@ -147,13 +147,45 @@ def headline(ix, pool, n=16, seed=0):
     }
 
 
-def comparisons(ix, n=16, kept=None, seed=0):
-    """Every paired comparison the README makes. Methods ending in _head use the aggregation chosen on tune."""
+# The judge table (bench.py --judges): each VLM judge's three ways to pick, as bon rules over its ratings.
+JUDGE_MODES = {"orm": "max:{}.orm", "prm": "max:{}.prm:mean", "hybrid": "max:{}.prm:last2"}
+
+
+def judge_methods(judges):
+    """{"JUDGE MODE": bon rule} for each judge and mode: ORM mode (its whole-answer rating), PRM mode (the mean of
+    its step ratings, as the paper's judge PRM) and the hybrid (the mean of the last 2 step ratings)."""
+    return {f"{j} {mode}": rule.format(j) for j in judges for mode, rule in JUDGE_MODES.items()}
+
+
+def judge_comparisons(ix, judges, n=16, seed=0):
+    """The paper's judge findings over the judge table's pool: the best judge (chosen on dev) in PRM vs ORM mode by
+    family, its hybrid against both, its text vs visual gain, the trained PRM against it, and the judge made from
+    the base against the one made from the stronger solver with the same rating training."""
+    best, mode = judges["best"]
+    c = {
+        "judges_prm_vs_orm_visual": compare(ix, "judges", f"{best} prm", f"{best} orm", n, "visual", seed=seed),
+        "judges_prm_vs_orm_text": compare(ix, "judges", f"{best} prm", f"{best} orm", n, "text", seed=seed),
+        "judges_hybrid_vs_prm": compare(ix, "judges", f"{best} hybrid", f"{best} prm", n, seed=seed),
+        "judges_hybrid_vs_orm": compare(ix, "judges", f"{best} hybrid", f"{best} orm", n, seed=seed),
+        "judges_text_gain_vs_visual_gain": compare_gain(ix, "judges", f"{best} {mode}", n, seed),
+        "prm_vs_best_judge": compare(ix, "judges", "prm_head", f"{best} {mode}", n, seed=seed),
+    }
+    if judges.get("solver_pair"):
+        weaker, stronger = judges["solver_pair"]
+        c["judge_weaker_vs_stronger_solver"] = compare(ix, "judges", f"{weaker} {mode}", f"{stronger} {mode}", n,
+                                                       seed=seed)
+    return c
+
+
+def comparisons(ix, n=16, kept=None, seed=0, judges=None):
+    """Every paired comparison the README makes. Methods ending in _head use the aggregation chosen on tune;
+    judges: the judge table's best judge and mode ({"best": (judge, mode), "solver_pair": (base's, stronger's)})."""
     PRM, SYN = "prm_head", "synthetic"  # the tuned PRM; the synthetic samplers' pool
     c = {
         # the two headlines: the tiny base's own answers (a policy as strong as the reward models' base), and a
         # stronger policy's (the paper's setting)
-        **{f"{name}_{key}": comp for pool, name in HEADLINES.items() for key, comp in headline(ix, pool, n, seed).items()},
+        **{f"{name}_{key}": comp for pool, name in HEADLINES.items()
+           for key, comp in headline(ix, pool, n, seed).items()},
         "prm_vs_orm": compare(ix, SYN, PRM, "orm", n, seed=seed),
         "prm_vs_orm_visual": compare(ix, SYN, PRM, "orm", n, "visual", seed=seed),
         "prm_vs_orm_text": compare(ix, SYN, PRM, "orm", n, "text", seed=seed),
@@ -169,7 +201,6 @@ def comparisons(ix, n=16, kept=None, seed=0):
         **{f"steps_vs_{cut}": compare(ix, SYN, PRM, f"{cut}_head", n, seed=seed) for cut in other_cuts()},
         "chunks_hurt_visual_more": compare_diff(ix, SYN, PRM, "chunks_head", n, seed),
         "key_vs_equal": compare(ix, SYN, "key_weighted", "equal_weights", n, seed=seed),
-        "prm_vs_judge_prm": compare(ix, "judged", PRM, "judge_prm", n, seed=seed),
         # faithful@N: does the PRM pick answers whose every step is right, not just the final answer?
         "faithful_prm_vs_orm": compare(ix, "base_faithful", PRM, "orm", n, seed=seed),
         "faithful_prm_vs_base_likelihood": compare(
@@ -199,6 +230,8 @@ def comparisons(ix, n=16, kept=None, seed=0):
         c["filtered_prm_vs_orm"] = compare(ix, "half_b", PRM, "orm", half, problems=set(kept), seed=seed)
         rest = {p for p in ix.get(("half_b", PRM), {})} - set(kept)
         c["unfiltered_prm_vs_orm"] = compare(ix, "half_b", PRM, "orm", half, problems=rest, seed=seed)
+    if judges and judges.get("best"):
+        c.update(judge_comparisons(ix, judges, n, seed))
     return {k: v for k, v in c.items() if v["n"]}
 
 
@@ -248,6 +281,29 @@ FINDINGS = [
     (
         "a PRM trained on one domain generalises poorly; mixed data helps",
         ("mixed_vs_visual_only_on_text", "mixed_vs_text_only_on_visual"),
+        "all",
+    ),
+    # the paper's first half: VLMs as judges (the best judge chosen on dev, over the stronger policy's answers)
+    (
+        "VLM judges: neither ORM mode nor PRM mode wins everywhere (the best judge, by family)",
+        ("judges_prm_vs_orm_visual", "judges_prm_vs_orm_text"),
+        "split",
+    ),
+    (
+        "VLM judges: the hybrid (rate the last 2 steps) beats PRM mode and ORM mode",
+        ("judges_hybrid_vs_prm", "judges_hybrid_vs_orm"),
+        "all",
+    ),
+    (
+        "VLM judges: text-dominant items gain more from a judge's Best-of-N than vision-dominant ones",
+        ("judges_text_gain_vs_visual_gain",),
+        "all",
+    ),
+    ("a trained PRM picks better than the best VLM judge (ViLPRM vs the judges)", ("prm_vs_best_judge",), "all"),
+    (
+        "a stronger solver is not always a better judge (here: the judge made from the base beats the one made "
+        "from the stronger solver, same rating training)",
+        ("judge_weaker_vs_stronger_solver",),
         "all",
     ),
 ]
@@ -350,8 +406,9 @@ def segmentation_rules(head):
     return rules
 
 
-def method_sets(head):
-    """The rules of each pool; names ending in _head use the aggregation chosen on tune (so seeds pool)."""
+def method_sets(head, judges=()):
+    """The rules of each pool; names ending in _head use the aggregation chosen on tune (so seeds pool); judges:
+    the judge table's judges (its pool "judges": their modes beside the trained PRM and ORM)."""
 
     def tuned_and_min(key):  # a step-score key read with the tuned aggregation and with min
         return {f"{key}_head": f"max:{key}:{head}", f"{key}_min": f"max:{key}:min"}
@@ -370,20 +427,6 @@ def method_sets(head):
         "prm_visual_head": f"max:prm_visual:{head}",
         "prm_text_head": f"max:prm_text:{head}",
     }
-    judged = {
-        k: bon.METHODS.get(k, f"max:prm:{head}")
-        for k in (
-            "random",
-            "majority",
-            "orm",
-            "prm_min",
-            "prm_mean",
-            "prm_head",
-            "judge_orm",
-            "judge_prm",
-            "oracle",
-        )
-    }
     half = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
     base = {**main, **tuned_and_min("base_likelihood")}
     # faithful@N (a pick worth 1 only when every step is right by the oracle), on both pools' headline methods
@@ -391,9 +434,10 @@ def method_sets(head):
         k: base[k]
         for k in ("random", "majority", "weighted_prm", "orm", "base_likelihood_min", "prm_head", "oracle")
     }
+    table = {k: main[k] for k in ("random", "majority", "orm", "prm_head", "oracle")}
     return {
         "synthetic": syn,
-        "judged": judged,
+        "judges": {**table, **judge_methods(judges)},
         "base": base,
         "strong": base,
         "half_a": half,
@@ -402,6 +446,11 @@ def method_sets(head):
         "strong_faithful": faithful,
         "synthetic_faithful": faithful,
     }
+
+
+def judge_names(judge_scores):
+    """The judges of a judge table's ratings ({"NAME.orm": ..., "NAME.prm": ...}), in order."""
+    return list(dict.fromkeys(key.rsplit(".", 1)[0] for key in judge_scores))
 
 
 def halves(cands):
@@ -413,8 +462,12 @@ def halves(cands):
     )
 
 
-def problem_rows(a, problems, pools, scores, head):
-    """Every Best-of-N number of the run, per test problem (exact accuracy@N): what tables and comparisons read."""
+JUDGES_POOL = "strong"  # the judge table's answers: the stronger policy's, as the paper's judges rate GPT-4o's
+
+
+def problem_rows(a, problems, pools, scores, head, judge_scores=None):
+    """Every Best-of-N number of the run, per test problem (exact accuracy@N): what tables and comparisons read.
+    judge_scores: the judge table's ratings of the test problems it judged ({"NAME.orm" | "NAME.prm": ...})."""
     meta = {p["id"]: {"family": p["family"], "content": content(p)} for p in problems["test"]}
     synthetic = dict(scores["test_synthetic"])
     cands = pools[("test", "synthetic")]
@@ -423,13 +476,16 @@ def problem_rows(a, problems, pools, scores, head):
         for c in cands
         if c["id"] in synthetic["prm"]
     }
-    judged = judged_ids(problems["test"], a.judge_n)
-    rules, rows = method_sets(head), []
+    rules, rows = method_sets(head, judge_names(judge_scores or {})), []
     parts = {
         "synthetic": (problems["test"], cands, synthetic),
         "base": (problems["test"], pools[("test", "base")], scores["test_base"]),
-        "judged": ([p for p in problems["test"] if p["id"] in judged], cands, synthetic),
     }
+    if judge_scores:  # the judge table: the problems its judges rated, every judge's ratings beside the PRM's
+        rated = {c["problem_id"] for sets in judge_scores.values() for c in pools[("test", JUDGES_POOL)]
+                 if c["id"] in sets}
+        parts["judges"] = ([p for p in problems["test"] if p["id"] in rated], pools[("test", JUDGES_POOL)],
+                           {**scores[f"test_{JUDGES_POOL}"], **judge_scores})
     half_a, half_b = halves(cands)
     parts.update(half_a=(problems["test"], half_a, synthetic), half_b=(problems["test"], half_b, synthetic))
     parts.update(base_faithful=parts["base"], synthetic_faithful=parts["synthetic"])
@@ -455,7 +511,6 @@ def step_items(problems, pools, scores):
             "prm_blank": "prm_blank",
             "prior": "prior",
             "base_likelihood": "base_likelihood",
-            "judge_prm": "judge_prm",
         },
         **{pool: {f"prm@{pool}": "prm", f"orm@{pool}": "orm_steps", f"base_likelihood@{pool}": "base_likelihood"}
            for pool in HEADLINES if ("test", pool) in pools},
@@ -602,10 +657,11 @@ def step_tables(fe_items, auc_items, seed):
     return step, fresh
 
 
-def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
+def results_from(a, rows, fe_items, auc_items, head, seed, more=None, judges=None):
     """Every table, comparison and verdict from the per-problem rows and step items (one seed, or pooled seeds);
-    `more`: comparisons made elsewhere (the step search's) that findings read too."""
-    ix, rules = index(rows), method_sets(head)
+    `more`: comparisons made elsewhere (the step search's) that findings read too; judges: the judge table's
+    choice made on dev ({"names", "best": (judge, mode), "solver_pair", "dev"})."""
+    ix, rules = index(rows), method_sets(head, (judges or {}).get("names", ()))
     iv = {
         pool: table(
             ix,
@@ -626,14 +682,14 @@ def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
         }
 
     b = {
-        part: {**mean("synthetic", part), **mean("judged", part, ("judge_orm", "judge_prm"))}
+        part: mean("synthetic", part)
         for part in PARTS
     }
     half = {r["problem"]: r for r in rows if r["pool"] == "half_a"}
     ha = {(r["problem"], r["method"]): r["acc"] for r in rows if r["pool"] == "half_a"}
     top = str(min(8, a.pool // 2))
     kept = sorted(bon.prefers_prm({p: ha[(p, "prm_head")][top] - ha[(p, "orm")][top] for p in half}))
-    comps = {**with_f1(comparisons(ix, 16, kept, seed), fe_items, seed), **(more or {})}
+    comps = {**with_f1(comparisons(ix, 16, kept, seed, judges), fe_items, seed), **(more or {})}
     step, fresh = step_tables(fe_items, auc_items, seed)
 
     def gain_at_16(part, method):  # over one random sample
@@ -641,8 +697,9 @@ def results_from(a, rows, fe_items, auc_items, head, seed, more=None):
 
     return {
         "bon": b,
-        "bon_judged_subset": {p: mean("judged", p) for p in PARTS},
         "bon_base_policy": {p: mean("base", p) for p in PARTS},
+        **({"judges": {**judges, "bon": {p: mean("judges", p) for p in PARTS}}}
+           if judges and "judges" in iv else {}),
         "bon_strong_policy": {p: mean("strong", p) for p in PARTS if "strong" in iv},
         "intervals": iv,
         "head": head,
@@ -716,7 +773,7 @@ def main(argv=None):
     ap.add_argument(
         "--pool",
         default="base",
-        help="base (the headline: the base's own answers) | synthetic | " "judged | half_a | half_b",
+        help="base (the headline: the base's own answers) | synthetic | " "strong | judges | half_a | half_b",
     )
     ap.add_argument("--n", type=cli.within(int, 1), default=16, help="N of Best-of-N")
     ap.add_argument("--part", default="all", choices=PARTS, help="problems: all | visual | text")
@@ -741,7 +798,7 @@ def main(argv=None):
         return c
     steps = Path(a.rows).with_name("per_step.jsonl")
     fe = [r for r in read_rows(steps) if r.get("metric") == "first_error"] if steps.exists() else []
-    comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed), fe, seed)
+    comps = with_f1(comparisons(ix, a.n, meta.get("kept"), seed, meta.get("judges")), fe, seed)
     for k, c in comps.items():
         print(
             f"{k:38s} {said(c)}  n={c['n']}  {metrics.verdict(c)} (adjusted: {metrics.verdict(c, adjusted=True)})"

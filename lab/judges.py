@@ -31,7 +31,7 @@ no judge beats one random sample in Best-of-16 in any mode.
 answer AUC above 0.5, but no judge picks better than one random sample: a problem's right answers are mostly
 one text (8.3 right a dev problem, 1.5 distinct), so they share one score, while its wrong answers are diverse
 (7.7, 5.4 distinct), and the top of several noisy wrong scores outbids the one right score unless the ranking
-is strong. The stronger solver (tiny-strong) did not make a better short-trained judge (F1 0.343 against
+is strong. The stronger solver (tiny-long) did not make a better short-trained judge (F1 0.343 against
 0.438).
 """
 import json

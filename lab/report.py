@@ -56,7 +56,6 @@ COMPARISONS = {
     "steps_vs_split": "writer's steps vs split_steps of the text",
     "chunks_hurt_visual_more": "loss from chunking: visual minus text",
     "key_vs_equal": "key-step weights vs equal weights (mean)",
-    "prm_vs_judge_prm": "PRM vs the judge PRM (judged subset)",
     "filtered_prm_vs_orm": "PRM vs ORM on ViLBench-filtered items (half B)",
     "unfiltered_prm_vs_orm": "PRM vs ORM on the other items (half B)",
     "mixed_vs_visual_only_on_text":
@@ -91,6 +90,13 @@ COMPARISONS = {
     "strong_faithful_prm_vs_base_likelihood":
         "faithful@16 (stronger policy's answers): PRM vs the base's own step likelihood (min)",
     "search_prm_vs_orm": "step search (b=2, base's steps): PRM-guided vs ORM-guided",
+    "judges_prm_vs_orm_visual": "the best judge (dev): PRM mode vs ORM mode, visual items",
+    "judges_prm_vs_orm_text": "the best judge (dev): PRM mode vs ORM mode, text items",
+    "judges_hybrid_vs_prm": "the best judge (dev): hybrid last-2 vs PRM mode",
+    "judges_hybrid_vs_orm": "the best judge (dev): hybrid last-2 vs ORM mode",
+    "judges_text_gain_vs_visual_gain": "the best judge's gain over one sample: text minus visual",
+    "prm_vs_best_judge": "trained PRM vs the best judge (dev's choice of judge and mode)",
+    "judge_weaker_vs_stronger_solver": "judge made from the base vs from the stronger solver (same rating training)",
     "search_prm_vs_best_of_n": "step search (b=2): PRM-guided vs the PRM's Best-of-N at equal tokens",
 }
 
@@ -104,8 +110,6 @@ CURVES = {
     "prm_head": "PRM argmax",
     "base_likelihood_min": "base's own step likelihood (min)",
     "orm": "ORM",
-    "judge_prm": "judge PRM (rubric)",
-    "judge_orm": "judge ORM (rubric)",
     "majority": "majority vote",
     "random": "one sample",
 }
@@ -591,15 +595,38 @@ def report(r, a, curve):
     sections.append(filter_section(r))
     sections.append(cross_domain_section(synthetic))
 
-    judged = intervals["judged"]["all"]
-    table = bon_table(judged, list(judged), ["1", "4", "16 [95% CI]"])
-    title = f"Judges (the base prompted with the rubric) on {a.judge_n} test problems"
-    sections.append(section(title, table))
-
+    if r.get("judges") and "judges" in intervals:
+        sections.append(judges_section(r, a))
     if r.get("search"):
         sections.append(search_section(r["search"]))
     sections.append(speed_section(r["speed"]))
     return "\n".join(sections)
+
+
+def judges_section(r, a):
+    """The judge table: every judge in ORM mode, PRM mode and the hybrid over the stronger policy's answers, beside
+    the trained PRM and ORM, with the best judge and mode as dev chose them."""
+    cells, choice = r["intervals"]["judges"], r["judges"]
+    rows = [m for m in ["random", "majority", "orm", "prm_head"] + list(cells["all"]) + ["oracle"]
+            if m in cells["all"]]
+    rows = list(dict.fromkeys(rows))
+
+    def cell(method, column):
+        if column in ("visual 16", "text 16"):
+            family = column.split()[0]
+            return f3(cells[family][method]["16"]["mean"]) if method in cells[family] else "-"
+        return bon_cell(cells["all"], method, column)
+
+    table = md(rows, ["1", "4", "16 [95% CI]", "visual 16", "text 16"], cell)
+    best, mode = choice["best"]
+    n = next(iter(cells["all"]["random"].values()))["n"] if "random" in cells["all"] else "-"
+    body = (f"{table}\n\nJudges: {', '.join(choice['names'])} (their cards say how each was made). Modes: orm "
+            "(one rubric rating an answer), prm (one a step, their mean), hybrid (the mean of the last 2 steps). "
+            f"Best on dev ({choice['dev_problems']} problems, Best-of-16): **{best} {mode}**; "
+            + ", ".join(f"{m} {v:.3f}" for m, v in choice["dev_bo16"].items()) + ".")
+    title = (f"The judge table: VLM judges over the stronger policy's answers ({n} test problems, "
+             f"`--judges-n {a.judges_n}`)")
+    return section(title, body)
 
 
 def search_text(res):
@@ -691,6 +718,27 @@ def strong_intro(r, a):
             "the base's own answers), the same rows:\n" + lucky_text(r, "strong"))
 
 
+def judges_intro(r, a):
+    """The judge table's first lines in the README: who judged what, and dev's choice."""
+    choice, cells = r["judges"], r["intervals"]["judges"]["all"]
+    n = cells["random"]["16"]["n"] if "random" in cells else "-"
+    best, mode = choice["best"]
+    return (f"The paper's first half, VLMs as judges: {len(choice['names'])} tiny judges taught to rate with the "
+            "rubric (`checkpoints/tiny-judge-*`, their cards say how), each in ORM mode (one rating an answer), PRM "
+            "mode (one a step, their mean) and the hybrid (the last 2 steps), picking from the stronger policy's "
+            f"16 answers to {n} test problems (`--judges-n {a.judges_n}`), beside the trained PRM; best on dev: "
+            f"**{best} {mode}**:\n")
+
+
+def judges_table(r):
+    cells = r["intervals"]["judges"]
+    pools = {"all": cells["all"], "visual": cells["visual"], "text": cells["text"]}
+    rows = list(dict.fromkeys(m for m in ["random", "prm_head", "orm"] + list(cells["all"]) if m in cells["all"]
+                              and m not in ("majority", "oracle")))
+    return md(rows, ["all N=4", "all N=16", "visual N=16", "text N=16"],
+              lambda method, column: readme_cell(pools, method, column))
+
+
 def update_readme(r, a, path=ROOT / "README.md"):
     """Replace the README's results block (between the bench markers) with this run's
     verdicts and headline tables."""
@@ -700,8 +748,9 @@ def update_readme(r, a, path=ROOT / "README.md"):
     run = (f"`python bench.py{quick}{seeds}` (seed {a.seeds or a.seed}): "
            f"{r['seconds'] / 60:.1f} minutes on {r.get('machine') or machine()}. "
            f"Test: {a.n_test} problems (content-disjoint from train, tune and dev). "
-           f"Headline pools: {a.pool} answers per problem sampled from the tiny base (and from a stronger policy) "
-           f"(temperature {a.temperature}); PRM and ORM ({a.head} head) fine-tuned "
+           f"Headline pools: {a.pool} answers per problem sampled from the tiny base "
+           f"(temperature {a.temperature}), and as many from a stronger policy (`{a.strong}`); "
+           f"PRM and ORM ({a.head} head) fine-tuned "
            f"{a.steps} steps from the same base on {a.labels} labels of {a.n_train} train "
            f"problems ({a.label_policy} policy: its own answers and rollouts); "
            f"the PRM's aggregation (**{r['head']}**) and tau ({r['tuning']['tau']['tau']}) "
@@ -726,6 +775,8 @@ def update_readme(r, a, path=ROOT / "README.md"):
         block += [strong_intro(r, a), headline_table(r, "strong"), ""]
     block += [f1_intro,
               md(list(r["step"]), ["F1"], lambda method, column: f1_ci(r["step"][method])), ""]
+    if r.get("judges") and "judges" in r["intervals"]:
+        block += [judges_intro(r, a), judges_table(r), ""]
     if r.get("search"):
         block += [search_text(r["search"]), ""]
 
@@ -788,6 +839,8 @@ def write_outputs(res, rows, fe_items, auc_items, a, out):
     (out / "results.json").write_text(json.dumps(res, indent=1))
     meta = {"pool": "meta", "head": res["head"], "kept": res["filter"]["kept_ids"],
             "seed": a.seed, "min_clusters": res.get("evidence_rule", {}).get("min_clusters")}
+    if res.get("judges"):  # the judge table's choice made on dev: what its comparisons read
+        meta["judges"] = {k: res["judges"][k] for k in ("best", "solver_pair")}
     data.write_jsonl(out / "per_problem.jsonl", [meta] + rows)
     data.write_jsonl(out / "per_step.jsonl",
                      [{"metric": "first_error", **item} for item in fe_items]

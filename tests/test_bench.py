@@ -30,13 +30,13 @@ from common import tasks
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_train=12, n_tune=4, n_dev=4, n_test=6, steps=4, judge_n=2, batch_size=8, search_n=2)
+SMALL = dict(n_train=12, n_tune=4, n_dev=4, n_test=6, steps=4, batch_size=8, search_n=2, judges_n=4)
 # The aggregations written out here as the reference; one a fork adds to bon.AGGREGATIONS is read from there.
 AGG = {"min": min, "mean": lambda s: sum(s) / len(s), "prod": math.prod, "last": lambda s: s[-1],
        "last2": lambda s: sum(s[-2:]) / len(s[-2:]), "last3": lambda s: sum(s[-3:]) / len(s[-3:])}
 AGG.update({g: f for g, f in bon.AGGREGATIONS.items() if g not in AGG})
 STAGES = ("problems", "pools", "tau", "labels", "train_prm", "train_orm", "train_prm_visual", "train_prm_text",
-          "scores", "search", "labelling", "speed")
+          "scores", "judges", "search", "labelling", "speed")
 
 
 def best_of(pairs):
@@ -98,10 +98,10 @@ def check_numbers(out, a):
     meta, rows = rows[0], rows[1:]
     test, S, head = P["test"], scores["test_synthetic"], saved["head"]
     assert meta == {"pool": "meta", "head": head, "kept": saved["filter"]["kept_ids"], "seed": a.seed,
-                    "min_clusters": metrics.MIN_CLUSTERS}
+                    "min_clusters": metrics.MIN_CLUSTERS,
+                    "judges": {k: saved["judges"][k] for k in ("best", "solver_pair")}}
     assert all(p["split"] == s and tasks.split_of(p) == s for s in bench.SPLITS for p in P[s].values())
-    assert saved["pools"] == {"tune_synthetic": a.n_tune * a.pool, "dev_synthetic": a.n_dev * a.pool,
-                              "test_synthetic": a.n_test * a.pool,
+    assert saved["pools"] == {"dev_synthetic": a.n_dev * a.pool, "test_synthetic": a.n_test * a.pool,
                               **{f"{s}_base": len(cands[f"{s}_base"]) for s in ("tune", "dev", "test")},
                               **{f"{s}_strong": len(cands[f"{s}_strong"]) for s in ("dev", "test")}}
     assert all(c["policy"] == a.base for s in ("tune", "dev", "test") for c in cands[f"{s}_base"])
@@ -128,15 +128,10 @@ def check_numbers(out, a):
              "prm_text_head": lambda pool: argmax(pool, S["prm_text"], AGG[head]),
              **{f"prm_{g}": lambda pool, g=g: argmax(pool, S["prm"], AGG[g]) for g in bon.AGGS}}
     assert all(S["orm"][i] == s[-1] for i, s in S["orm_steps"].items())  # the ORM's answer score: its last tag
-    judged = evidence.judged_ids(list(test.values()), a.judge_n)
-    assert len(judged) == 2 and {test[j]["family"] for j in judged} == {"text", "visual"}
-    picks_judged = {"judge_prm": lambda pool: argmax(pool, S["judge_prm"], AGG["mean"]),
-                    "judge_orm": lambda pool: argmax(pool, S["judge_orm"])}
     for part in evidence.PARTS:
         ids = [pid for pid in test if part in ("all", test[pid]["family"])]
-        for m, f in {**picks, **picks_judged}.items():
-            only = [pid for pid in ids if pid in judged] if m.startswith("judge") else ids
-            want = sum(f(pools[pid]) for pid in only) / len(only)
+        for m, f in picks.items():
+            want = sum(f(pools[pid]) for pid in ids) / len(ids)
             assert saved["bon"][part][m]["16"] == pytest.approx(want, abs=1e-12), (part, m)
         for kind in ("base", "strong"):  # the two headline pools
             pool_of = by_problem(cands[f"test_{kind}"], [pid for pid in ids if any(c["problem_id"] == pid
@@ -148,6 +143,28 @@ def check_numbers(out, a):
                          "weighted_prm": lambda pool: vote(pool, lambda c: min(B["prm"][c["id"]]))}.items():
                 assert saved[f"bon_{kind}_policy"][part][m]["16"] == pytest.approx(
                     sum(f(pool) for pool in pool_of.values()) / len(pool_of), abs=1e-12), (kind, part, m)
+    # the judge table: each judge's pick in each mode on the stronger policy's answers it rated, by hand, and the
+    # best judge and mode as dev chose them
+    ratings = json.loads((out / "judges.json").read_text())["out"]
+    aggregation = {"orm": None, "prm": AGG["mean"], "hybrid": AGG["last2"]}
+
+    def judge_pick(pools, split, name, mode):  # Best-of-16 by one judge in one mode over `pools`
+        sets = ratings[split][f"{name}.{'orm' if mode == 'orm' else 'prm'}"]
+        return sum(argmax(pool, sets, aggregation[mode]) for pool in pools.values()) / len(pools)
+    names = a.judges.split(",")
+    assert saved["judges"]["names"] == names
+    rated = by_problem(cands["test_strong"], sorted(evidence.judged_ids(list(test.values()), a.judges_n)))
+    assert {test[pid]["family"] for pid in rated} == {"text", "visual"}  # both families judged
+    assert all(c["id"] in ratings["test"][f"{name}.orm"] for name in names for pool in rated.values() for c in pool)
+    for name in names:
+        for mode in aggregation:
+            assert saved["judges"]["bon"]["all"][f"{name} {mode}"]["16"] == pytest.approx(
+                judge_pick(rated, "test", name, mode), abs=1e-12), (name, mode)
+    dev_rated = by_problem(cands["dev_strong"], sorted(evidence.judged_ids(list(P["dev"].values()), a.judges_n // 2)))
+    dev_acc = {f"{name} {mode}": round(judge_pick(dev_rated, "dev", name, mode), 4)
+               for name in names for mode in aggregation}
+    assert saved["judges"]["dev_bo16"] == dev_acc
+    assert " ".join(saved["judges"]["best"]) == max(dev_acc, key=dev_acc.get)
     assert saved["hybrid"]["prm_last2"] == saved["bon"]["all"]["prm_last2"]
     assert saved["segmentation"]["steps_min"] == saved["bon"]["all"]["prm_min"]
     # every cell of every pool: the mean of its per-problem rows, with the bootstrap interval over them (clusters:
@@ -161,7 +178,7 @@ def check_numbers(out, a):
                     want = metrics.bootstrap([r["acc"][n] for r in rs], [r["content"] for r in rs], seed=a.seed)
                     assert {k: cell[k] for k in want} == pytest.approx(want, abs=1e-12), (pool, part, m, n)
                     assert cell["lo"] <= cell["mean"] + 1e-12 and cell["mean"] <= cell["hi"] + 1e-12
-    for part in evidence.PARTS:  # "bon" is the synthetic pool's means plus the judges' from the judged pool
+    for part in evidence.PARTS:  # "bon" is the synthetic pool's means
         assert saved["bon"][part]["prm_head"] == {n: c["mean"] for n, c in
                                                   saved["intervals"]["synthetic"][part]["prm_head"].items()}
     # accuracy@N below the pool: bon.at_n over the stored candidates and scores, row by row
@@ -187,7 +204,6 @@ def check_numbers(out, a):
     assert {k: comps["prm_vs_orm"][k] for k in want} == pytest.approx(want, abs=1e-12)
     assert comps["prm_vs_orm"]["mean"] == pytest.approx(
         saved["bon"]["all"]["prm_head"]["16"] - saved["bon"]["all"]["orm"]["16"], abs=1e-12)
-    assert comps["prm_vs_judge_prm"]["n"] == len(judged)
     on = sorted(p for p in test if ("base", "prm_head", p) in acc)  # the headline: the base's own answers
     d = [acc["base", "prm_head", p]["16"] - acc["base", "base_likelihood_min", p]["16"] for p in on]
     want = metrics.bootstrap(d, [evidence.content(test[p]) for p in on], seed=a.seed)
@@ -289,7 +305,7 @@ def test_bench_small_run_recomputed_cached_and_relabelled(tmp_path, capsys, monk
     models = mtimes(tmp_path, ["*/model.safetensors"])
     mc = bench.main(dataclasses.replace(a, labels="mc"))
     after = stage_files(tmp_path)
-    assert [n for n in STAGES if after[n]["key"] == before[n]["key"]] == ["problems", "pools"]
+    assert [n for n in STAGES if after[n]["key"] == before[n]["key"]] == ["problems", "pools", "judges"]
     assert mtimes(tmp_path, ["problems*.json*", "pools.json", "cands_*.jsonl", "images/*.png"]) == kept
     assert after["labels"]["settings"]["labels"] == after["tau"]["settings"]["labels"] == "mc"
     labels = data.read_jsonl(tmp_path / "labels.jsonl", "labelled")

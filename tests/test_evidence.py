@@ -198,6 +198,17 @@ def test_splits_are_disjoint_by_content_over_bench_and_the_pretraining_stream():
         tasks.make_problems(1, 0, "eval")
 
 
+def test_the_writers_stream_covers_every_split_and_the_bases_only_train():
+    """--data synthetic-all (the stronger policy's pretraining, a writer only) draws every split's contents in
+    proportion to its share; the default stream stays on train. Both depend only on (seed, step)."""
+    drawn = [p for step in range(200) for p in train.synthetic_problems(step, 32, 0, contents="all")]
+    shares = {s: sum(p["split"] == s for p in drawn) / len(drawn) for s in tasks.SPLITS}
+    assert shares == pytest.approx(tasks.SPLITS, abs=0.02)
+    assert all(tasks.split_of(p) == p["split"] for p in drawn[:500])
+    assert train.synthetic_problems(7, 32, 0, contents="all") == train.synthetic_problems(7, 32, 0, contents="all")
+    assert {p["split"] for p in train.synthetic_problems(7, 32, 0)} == {"train"}
+
+
 def test_the_content_free_rule_guesses_one_first_error_per_family_chosen_on_dev():
     """Visual answers mostly go wrong at step 1 and text answers mostly not at all: the rule that reads no content
     guesses exactly that, and scores the F1 such a guess earns."""

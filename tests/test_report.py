@@ -20,7 +20,7 @@ PARTS = {"all": 0.0, "visual": -0.1, "text": 0.1}
 
 # the settings the block states, given here (bench.Args' defaults are tuned and may move)
 ARGS = bench.Args(out="out/somewhere", seed=0, n_train=2000, n_tune=80, n_test=240, pool=16, labels="mcts",
-                  head="implicit", beta=0.1, steps=1200, base="tiny", judge_n=32)
+                  head="implicit", beta=0.1, steps=1200, base="tiny")
 
 
 def cell(mean):
@@ -41,10 +41,10 @@ def diff(mean, lo, hi, n=160):
 def literal_results():
     syn = list(evidence.method_sets("mean")["synthetic"])
     iv = {"synthetic": {p: {m: cells(i, dp) for i, m in enumerate(syn)} for p, dp in PARTS.items()},
-          "judged": {p: {m: cells(i, dp) for i, m in enumerate(("random", "prm_head", "judge_prm"))}
-                     for p, dp in PARTS.items()},
           "base": {p: {m: cells(i, dp) for i, m in enumerate(("random", "majority", "orm", "prm_head", "oracle"))}
-                   for p, dp in PARTS.items()}}
+                   for p, dp in PARTS.items()},
+          "judges": {p: {m: cells(i, dp) for i, m in enumerate(("random", "prm_head", "j1 orm", "j1 prm", "j1 hybrid"))}
+                     for p, dp in PARTS.items()}}
     iv["synthetic"]["all"]["prm_head"]["16"] = cell(0.85)
     comps = {"prm_vs_orm": diff(0.05, 0.01, 0.09), "prm_vs_orm_visual": diff(0.1, 0.02, 0.18, 80),
              "prm_vs_orm_text": diff(-0.06, -0.11, -0.01, 80), "last2_vs_mean": diff(0.0, -0.02, 0.02),
@@ -80,6 +80,8 @@ def literal_results():
             "filter": {"kept": 70, "of": 240, "kept_ids": []}, "speed": {"answers": 64, "steps": 300,
                                                                          "single_pass_s": 0.5, "per_prefix_s": 2.0,
                                                                          "slowdown": 4.0},
+            "judges": {"names": ["j1"], "best": ["j1", "prm"], "solver_pair": None, "dev_problems": 30,
+                       "dev_bo16": {"j1 orm": 0.6, "j1 prm": 0.7, "j1 hybrid": 0.65}},
             "seconds": 606.0, "seconds_this_run": 12.0}
 
 
@@ -100,7 +102,8 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     assert text.count(START) == text.count(END) == 1 and "an old table" not in text
     block = text[len(head + START + "\n"):-len(END + tail)].splitlines()
     assert block[0].startswith("`python bench.py` (seed 0): 10.1 minutes on ")
-    assert ("Headline pools: 16 answers per problem sampled from the tiny base (temperature 1.0); PRM and ORM "
+    assert ("Headline pools: 16 answers per problem sampled from the tiny base (temperature 1.0), and as many from "
+            "a stronger policy (`tiny-strong`); PRM and ORM "
             "(implicit head) fine-tuned 1200 steps from the same base on mcts labels of 2000 train problems (base "
             "policy: its own answers and rollouts)") in block[0]
     assert "Test: 240 problems" in block[0] and "aggregation (**mean**) and tau (0.2)" in block[0]
@@ -140,8 +143,17 @@ def test_update_readme_replaces_only_the_block(tmp_path):
         "| prm_head | 0.503 | 0.523 | 0.543 [0.494, 0.586] | 0.443 [0.394, 0.486] | 0.643 [0.594, 0.686] |",
         "| oracle | 0.504 | 0.524 | 0.544 [0.495, 0.587] | 0.444 [0.395, 0.487] | 0.644 [0.595, 0.687] |", ""]
     f1 = block.index("|  | F1 |")
-    assert block[f1 + 1:] == ["|---|---:|", "| prm | 0.798 [0.698, 0.848] |", "| orm | 0.682 [0.582, 0.732] |",
-                              "| prior | 0.303 [0.203, 0.353] |", ""]
+    judges = block.index("|  | all N=4 | all N=16 | visual N=16 | text N=16 |")
+    assert block[f1 + 1:judges - 2] == ["|---|---:|", "| prm | 0.798 [0.698, 0.848] |",
+                                        "| orm | 0.682 [0.582, 0.732] |", "| prior | 0.303 [0.203, 0.353] |", ""]
+    assert block[judges - 2].startswith("The paper's first half, VLMs as judges: 1 tiny judges") and \
+        block[judges - 2].endswith("best on dev: **j1 prm**:") and block[judges - 1] == ""
+    assert block[judges + 2:] == [
+        "| random | 0.520 | 0.540 [0.491, 0.583] | 0.440 [0.391, 0.483] | 0.640 [0.591, 0.683] |",
+        "| prm_head | 0.521 | 0.541 [0.492, 0.584] | 0.441 [0.392, 0.484] | 0.641 [0.592, 0.684] |",
+        "| j1 orm | 0.522 | 0.542 [0.493, 0.585] | 0.442 [0.393, 0.485] | 0.642 [0.593, 0.685] |",
+        "| j1 prm | 0.523 | 0.543 [0.494, 0.586] | 0.443 [0.394, 0.486] | 0.643 [0.594, 0.686] |",
+        "| j1 hybrid | 0.524 | 0.544 [0.495, 0.587] | 0.444 [0.395, 0.487] | 0.644 [0.595, 0.687] |", ""]
     report.update_readme(literal_results(), a, path=readme)  # a second run writes the same file
     assert readme.read_text() == text
 
@@ -162,10 +174,12 @@ def test_report_renders_every_section_from_the_results():
     titles = [line[3:] for line in lines if line.startswith("## ")]
     for start in ("The paper's findings", "Paired comparisons", "Headline: Best-of-N on the tiny base's own answers",
                   "Best-of-N on the synthetic pools", "Hybrid", "Gain over one sample", "Labelling",
-                  "First-error F1", "Controls", "Step segmentation", "The ViLBench filter", "Cross-domain", "Judges",
+                  "First-error F1", "Controls", "Step segmentation", "The ViLBench filter", "Cross-domain", "The judge table",
                   "Speed"):
         assert any(t.startswith(start) for t in titles), start
     assert "aggregation **mean** (Best-of-16 on tune: min 0.810, mean 0.840); tau 0.2" in text
+    assert "Best on dev (30 problems, Best-of-16): **j1 prm**; j1 orm 0.600, j1 prm 0.700, j1 hybrid 0.650." in text
+    assert "| j1 hybrid | 0.504 | 0.524 | 0.544 [0.495, 0.587] | 0.444 | 0.644 |" in lines
     assert "| · PRM vs ORM, visual items | 80 | +0.100 [+0.020, +0.180] | [+0.000, +0.200] | holds | holds |" in lines
     # paired comparisons: the sign of the interval says which is ahead
     assert "| PRM vs ORM | +0.050 [+0.010, +0.090] | 160 | yes |" in lines  # rows read as report.COMPARISONS
@@ -205,11 +219,11 @@ def test_the_readme_block_is_what_the_shipped_results_render(tmp_path):
 
 def test_plot_reads_plain_n_the_run_settings_and_names_subsets():
     """bon_curve.png: x ticks 1..16 as plain numbers, the run's settings in the title, a legend entry per method, and
-    a curve on fewer problems than the run's test set (the judges') named as a subset."""
+    a curve on fewer problems than the run's test set named as a subset."""
     pytest.importorskip("matplotlib")
     cells = {m: {n: {**c, "n": 240} for n, c in cells_.items()} for m, cells_ in
              literal_results()["intervals"]["base"]["all"].items()}
-    cells["judge_prm"] = {n: {**cell(0.6), "n": 32} for n in NS}
+    cells["base_likelihood_min"] = {n: {**cell(0.6), "n": 32} for n in NS}
     fig = report.figure(cells, ARGS, "mean")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4", "8", "16"]
@@ -221,13 +235,13 @@ def test_plot_reads_plain_n_the_run_settings_and_names_subsets():
                      "PRM and ORM: implicit head, 1200 steps from tiny on mcts labels of 2000 train problems "
                      "(base policy)"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "oracle (any right)", "PRM argmax (aggregation: mean)", "ORM", "judge PRM (rubric) (32-problem subset)",
-        "majority vote", "one sample"]
+        "oracle (any right)", "PRM argmax (aggregation: mean)", "base's own step likelihood (min) (32-problem subset)",
+        "ORM", "majority vote", "one sample"]
     quick = report.figure(cells, dataclasses.replace(ARGS, quick=True, seeds="0,1"), "tuned per seed")
     assert quick.get_suptitle().splitlines()[1] == (
         "QUICK smoke run (numbers not evidence): seeds 0,1 pooled, 240 test problems per seed, 16 answers each")
     # pooled over 2 seeds the run has 480 test problems: every curve here (240) is then a subset, and says so
-    assert all(t.get_text().endswith("(240-problem subset)") for t in quick.axes[0].get_legend().get_texts()[:3])
+    assert all(t.get_text().endswith("(240-problem subset)") for t in quick.axes[0].get_legend().get_texts()[:2])
 
 
 def test_the_lucky_sentence_says_how_the_train_labels_read_lucky_answers():

@@ -172,6 +172,21 @@ def test_write_suite_outputs(tmp_path):
         assert lab["labels"] == [1.0 if fe == -1 or i < fe else 0.0 for i in range(len(c["steps"]))]
 
 
+def test_a_checkpoint_writes_the_candidates_when_named(tmp_path, capsys):
+    """policy.py --model: the candidates are that model's sampled answers (not the sampler's), checked by the
+    oracle; the same seed gives the same answers."""
+    from common import data
+    policy.main(["--n", "2", "--cands", "3", "--model", "tiny", "--split", "tune", "--out", str(tmp_path / "a"),
+                 "--stats"])
+    cands = data.read_jsonl(tmp_path / "a" / "candidates.jsonl", "candidate")
+    probs = {p["id"]: p for p in data.read_jsonl(tmp_path / "a" / "problems.jsonl", "problem")}
+    assert len(cands) == 6 and {c["policy"] for c in cands} == {"tiny"}
+    assert all(c["first_error"] == tasks.first_error(probs[c["problem_id"]], c["steps"]) for c in cands)
+    assert "right" in capsys.readouterr().out  # the world table
+    policy.main(["--n", "2", "--cands", "3", "--model", "tiny", "--split", "tune", "--out", str(tmp_path / "b")])
+    assert data.read_jsonl(tmp_path / "b" / "candidates.jsonl", "candidate") == cands
+
+
 def test_the_walkthrough_writes_held_out_problems(tmp_path, capsys):
     policy.main(["--n", "4", "--out", str(tmp_path)])  # README: python tasks.py --n 8 --out out/suite
     probs = [json.loads(line) for line in (tmp_path / "problems.jsonl").read_text().splitlines()]
