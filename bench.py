@@ -97,7 +97,7 @@ class Args:
     judges: str = field(default="tiny-judge-short,tiny-judge-long,tiny-judge-strong", metadata={
         "help": "the judge table's VLM judges (model.SHIPPED names or folders), each in ORM mode, PRM mode and the "
                 "hybrid over the stronger policy's answers"})
-    judges_n: int = field(default=32, metadata={"range": (2, None), "help": "test problems of the judge table "
+    judges_n: int = field(default=64, metadata={"range": (2, None), "help": "test problems of the judge table "
                           "(half of each family); dev: half as many, where the best judge is chosen"})
     search_n: int = field(default=32, metadata={"range": (1, None), "help": "test problems of the step search "
                           "(the first N; search.py): k=4 proposals, beam width 2, against Best-of-N"})
@@ -313,22 +313,39 @@ def stage_train(a, st, names=tuple(MODELS)):
     return {n: st.run(f"train_{n}", settings[n], lambda n=n: args[n].out, ("labels",), seconds.get(n)) for n in names}
 
 
+def once(reader, cands, steps_):
+    """reader(rows) -> one result per row, run on each distinct answer (problem, steps) once and spread to every
+    candidate that wrote it: -> [result per candidate]. A policy repeats itself (the base's 3,200 test answers hold
+    about 550 distinct ones), and a score depends on the answer alone (prm.per_step: no padding, so no batch)."""
+    first = {}
+    for i, c in enumerate(cands):
+        first.setdefault((c["problem_id"], tuple(steps_[i])), i)
+    by_answer = dict(zip(first, reader(list(first.values()))))
+    return [by_answer[(c["problem_id"], tuple(steps_[i]))] for i, c in enumerate(cands)]
+
+
 def score_sets(a, P, split, kind, cands, models, prior):
     """{key: {candidate id: step scores or a float}} for one pool; what is scored depends on what reads it."""
     probs = {p["id"]: p for p in P[split]}
     ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-    qs, st, ids = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands], [c["id"] for c in cands]
+    qs, st = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands]
+    ids = [c["id"] for c in cands]
 
     def score(name, images=ims, steps_=st, progress=False):
-        s = prm.score_steps(*models[name], images, qs, steps_, batch_size=SCORE_BATCH, progress=progress)[0]
-        return {i: x for i, x in zip(ids, s) if x is not None}
+        def read(rows):
+            return prm.score_steps(*models[name], [images[i] for i in rows], [qs[i] for i in rows],
+                                   [steps_[i] for i in rows], batch_size=SCORE_BATCH, progress=progress)[0]
+        return {i: x for i, x in zip(ids, once(read, cands, steps_)) if x is not None}
+
+    def base_likelihood(rows):
+        return controls.step_likelihood(*models["base"], [ims[i] for i in rows], [qs[i] for i in rows],
+                                        [st[i] for i in rows])
     sets = {"prm": score("prm", progress=True)}
     if split == "tune":  # the headline aggregation is chosen here: the PRM alone
         return sets
     sets["orm_steps"] = score("orm")  # the ORM read at every tag, for first-error F1; its answer score is the last
     sets["orm"] = {i: s for i, s in zip(sets["orm_steps"], orm.from_steps(list(sets["orm_steps"].values())))}
-    sets["base_likelihood"] = {i: s for i, s in zip(ids, controls.step_likelihood(*models["base"], ims, qs, st))
-                               if s is not None}
+    sets["base_likelihood"] = {i: s for i, s in zip(ids, once(base_likelihood, cands, st)) if s is not None}
     if kind in HEADLINE_POOLS:  # the PRM against what one gets for free (majority, ORM, the base itself)
         return sets
     sets["prm_blank"] = score("prm", images=controls.blank(ims))
@@ -361,9 +378,13 @@ def judge_sets(rater, name, problems, cands):
     ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
     qs, st = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands]
     ids = [c["id"] for c in cands]
-    steps_scores, _ = judge.judge_steps(rater, ims, qs, st)
-    answer_scores, _ = judge.judge_answers(rater, ims, qs, st)
-    return {f"{name}.orm": dict(zip(ids, answer_scores)), f"{name}.prm": dict(zip(ids, steps_scores))}
+
+    def rate(rows):  # (step scores, answer score) of each row
+        args = ([ims[i] for i in rows], [qs[i] for i in rows], [st[i] for i in rows])
+        return list(zip(judge.judge_steps(rater, *args)[0], judge.judge_answers(rater, *args)[0]))
+    ratings = once(rate, cands, st)
+    return {f"{name}.orm": {i: r[1] for i, r in zip(ids, ratings)},
+            f"{name}.prm": {i: r[0] for i, r in zip(ids, ratings)}}
 
 
 def stage_judges(a, st, P, pools):
