@@ -410,16 +410,20 @@ SOLVER_PAIR = ("tiny-judge-short", "tiny-judge-strong")
 
 def choose_judge(P, pools, ratings):
     """The judge table's best judge and mode: the best Best-of-16 on dev's judged problems (exact; ties: the first
-    judge, then orm, prm, hybrid) -> {"names", "best": [judge, mode], "solver_pair", "dev_bo16", "dev_problems"}."""
+    judge, then orm, prm, hybrid) -> {"names", "best": [judge, mode], "solver_pair", "dev_bo16", "dev_problems",
+    "dev_reference": one random sample's and majority vote's Best-of-16 on the same problems}."""
     names = evidence.judge_names(ratings)
     rated = {c["problem_id"] for c in pools[("dev", JUDGED_POOL)] if c["id"] in ratings[f"{names[0]}.orm"]}
     pp = bon.make_pools([p for p in P["dev"] if p["id"] in rated], pools[("dev", JUDGED_POOL)], ratings)
-    acc = {method: round(sum(bon.at_n(bon.prepare(pool, rule), "max", 16)[0] for pool in pp.values()) / len(pp), 4)
-           for method, rule in evidence.judge_methods(names).items()}
+    def best_of_16(rule):
+        kind = bon.parse_rule(rule)[0]
+        return round(sum(bon.at_n(bon.prepare(pool, rule), kind, 16)[0] for pool in pp.values()) / len(pp), 4)
+    acc = {method: best_of_16(rule) for method, rule in evidence.judge_methods(names).items()}
     judge_name, mode = max(acc, key=acc.get).rsplit(" ", 1)
     pair = [n for n in SOLVER_PAIR if n in names]
     return {"names": names, "best": [judge_name, mode], "solver_pair": pair if len(pair) == 2 else None,
-            "dev_bo16": acc, "dev_problems": len(pp)}
+            "dev_bo16": acc, "dev_problems": len(pp),
+            "dev_reference": {m: best_of_16(m) for m in ("random", "majority")}}  # what a judge must beat
 
 
 def stage_search(a, st, P, ck):

@@ -478,8 +478,8 @@ def plot(res, path, title=""):
         scorers.setdefault(r["scorer"], []).append((r["tokens"], r["correct"]["mean"], r["b"]))
     for i, (name, points) in enumerate(scorers.items()):
         points.sort()
-        ax.plot([x for x, _, _ in points], [y for _, y, _ in points], marker="o", color=f"C{i}",
-                label=f"search, {name} (b={', '.join(str(b) for _, _, b in points)})")
+        ax.plot([x for x, _, _ in points], [y for _, y, _ in points], marker="o", markersize=9, color=f"C{i}",
+                zorder=3, label=f"search, {name} (b={', '.join(str(b) for _, _, b in points)})")  # over the curves
     for j, (name, curve) in enumerate(res["bon"].items()):
         ax.plot([r["tokens"] for r in curve.values()], [r["correct"]["mean"] for r in curve.values()],
                 marker="s", linestyle="--", color=f"C{len(scorers) + j}",

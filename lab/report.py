@@ -623,7 +623,8 @@ def judges_section(r, a):
     body = (f"{table}\n\nJudges: {', '.join(choice['names'])} (their cards say how each was made). Modes: orm "
             "(one rubric rating an answer), prm (one a step, their mean), hybrid (the mean of the last 2 steps). "
             f"Best on dev ({choice['dev_problems']} problems, Best-of-16): **{best} {mode}**; "
-            + ", ".join(f"{m} {v:.3f}" for m, v in choice["dev_bo16"].items()) + ".")
+            + ", ".join(f"{m} {v:.3f}" for m, v in choice["dev_bo16"].items())
+            + "".join(f"; against {m} {v:.3f}" for m, v in choice.get("dev_reference", {}).items()) + ".")
     title = (f"The judge table: VLM judges over the stronger policy's answers ({n} test problems, "
              f"`--judges-n {a.judges_n}`)")
     return section(title, body)
@@ -718,6 +719,10 @@ def strong_intro(r, a):
             "the base's own answers), the same rows:\n" + lucky_text(r, "strong"))
 
 
+# what a judge must beat, as the judge table's lines name it
+REFERENCE_WORDS = {"random": "one random sample", "majority": "majority vote"}
+
+
 def judges_intro(r, a):
     """The judge table's first lines in the README: who judged what, and dev's choice."""
     choice, cells = r["judges"], r["intervals"]["judges"]["all"]
@@ -726,8 +731,10 @@ def judges_intro(r, a):
     return (f"The paper's first half, VLMs as judges: {len(choice['names'])} tiny judges taught to rate with the "
             "rubric (`checkpoints/tiny-judge-*`, their cards say how), each in ORM mode (one rating an answer), PRM "
             "mode (one a step, their mean) and the hybrid (the last 2 steps), picking from the stronger policy's "
-            f"16 answers to {n} test problems (`--judges-n {a.judges_n}`), beside the trained PRM; best on dev: "
-            f"**{best} {mode}**:\n")
+            f"16 answers to {n} test problems (`--judges-n {a.judges_n}`), beside the trained PRM; best on dev "
+            f"({choice['dev_problems']} problems): **{best} {mode}**, Best-of-16 {choice['dev_bo16'][f'{best} {mode}']:.3f}"
+            + "".join(f", {REFERENCE_WORDS[m]} {v:.3f}" for m, v in choice.get("dev_reference", {}).items())
+            + ":\n")
 
 
 def judges_table(r):

@@ -164,6 +164,8 @@ def check_numbers(out, a):
     dev_acc = {f"{name} {mode}": round(judge_pick(dev_rated, "dev", name, mode), 4)
                for name in names for mode in aggregation}
     assert saved["judges"]["dev_bo16"] == dev_acc
+    assert saved["judges"]["dev_reference"]["random"] == round(
+        sum(sum(c["correct"] for c in pool) / len(pool) for pool in dev_rated.values()) / len(dev_rated), 4)
     assert " ".join(saved["judges"]["best"]) == max(dev_acc, key=dev_acc.get)
     assert saved["hybrid"]["prm_last2"] == saved["bon"]["all"]["prm_last2"]
     assert saved["segmentation"]["steps_min"] == saved["bon"]["all"]["prm_min"]

@@ -147,7 +147,7 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     assert block[f1 + 1:judges - 2] == ["|---|---:|", "| prm | 0.798 [0.698, 0.848] |",
                                         "| orm | 0.682 [0.582, 0.732] |", "| prior | 0.303 [0.203, 0.353] |", ""]
     assert block[judges - 2].startswith("The paper's first half, VLMs as judges: 1 tiny judges") and \
-        block[judges - 2].endswith("best on dev: **j1 prm**:") and block[judges - 1] == ""
+        block[judges - 2].endswith("best on dev (30 problems): **j1 prm**, Best-of-16 0.700:") and block[judges - 1] == ""
     assert block[judges + 2:] == [
         "| random | 0.520 | 0.540 [0.491, 0.583] | 0.440 [0.391, 0.483] | 0.640 [0.591, 0.683] |",
         "| prm_head | 0.521 | 0.541 [0.492, 0.584] | 0.441 [0.392, 0.484] | 0.641 [0.592, 0.684] |",
