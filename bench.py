@@ -1,7 +1,7 @@
 """The reproduction: the whole pipeline on the synthetic suite, the paper's tables with 95% intervals, and a verdict
 for each of the paper's findings.
 
-    python bench.py                  # default run (~15 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
+    python bench.py                  # default run (~12 min, 2 CPU cores): out/bench/{results.json, report.md, ...}
     python bench.py --quick          # smoke run (~5 min): every stage on a few problems, numbers not evidence
     python bench.py --seeds 0,1,2    # the pipeline once per seed (out/bench/seed-K), each number as mean and spread
     python bench.py --readme         # also write the headline tables into README.md and copy the outputs to results/
@@ -13,13 +13,14 @@ tree search's tau) or on dev (first-error thresholds); test is only reported. Be
 subsets (votes at N=8: Monte-Carlo, its error reported). Intervals: bootstrap over test problems (clusters: content);
 comparisons are paired. Per-problem results: OUT/per_problem.jsonl (`python -m lab.evidence` redoes any comparison).
 
-Headline: the pools are the tiny base's own answers and the PRM's labels come from tree search over its own
-answers and rollouts (on-policy, as the paper's policies are at least as strong as its PRM's base); the synthetic
-sampler's pools (a weaker policy) carry the other findings. Stages, each cached under --out with the settings that
-made it (a changed setting recomputes that stage and every later one): problems -> pools -> tau (tune) -> labels
--> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) -> scores, and the step search (search.py,
-on the first --search-n test problems) -> tables. The last stdout line is one JSON object with the headline
-numbers.
+Two headline pools: the tiny base's own answers, and a stronger policy's (checkpoints/tiny-strong: the paper's
+setting, a PRM from a small base ranking a stronger model's answers). The PRM's labels come from tree search over
+the base's own answers and rollouts; the synthetic sampler's pools (a weaker policy) carry the other findings; the
+judge table rates the stronger policy's answers with the taught judges (checkpoints/tiny-judge-*). Stages, each
+cached under --out with the settings that made it (a changed setting recomputes that stage and every later one):
+problems -> pools -> tau (tune) -> labels -> PRM, ORM and two single-domain PRMs (fine-tuned from the tiny base) ->
+scores, the judges' ratings, and the step search (search.py, on the first --search-n test problems) -> tables.
+The last stdout line is one JSON object with the headline numbers.
 """
 import itertools
 import json
