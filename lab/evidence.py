@@ -70,10 +70,11 @@ def table(ix, pool, methods, ns, parts=PARTS, seed=0):
     }
 
 
-def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None):
-    """Paired a - b at N=n over the problems both have (pool_b: b read from another pool)."""
+def compare(ix, pool, a, b, n=16, part="all", problems=None, seed=0, pool_b=None, ix_b=None):
+    """Paired a - b at N=n over the problems both have (pool_b: b read from another pool; ix_b: from another run's
+    rows, the same test problems)."""
     ra = {r["problem"]: r for r in _select(ix, pool, a, part, problems)}
-    rb = {r["problem"]: r for r in _select(ix, pool_b or pool, b, part, problems)}
+    rb = {r["problem"]: r for r in _select(ix if ix_b is None else ix_b, pool_b or pool, b, part, problems)}
     both = [p for p in ra if p in rb and str(n) in ra[p]["acc"] and str(n) in rb[p]["acc"]]
     ci = metrics.paired(
         [ra[p]["acc"][str(n)] for p in both],
@@ -770,6 +771,8 @@ def main(argv=None):
     )
     ap.add_argument("--a", help="method a (with --b: one paired comparison a - b)")
     ap.add_argument("--b", help="method b")
+    ap.add_argument("--b-rows", default="", help="read b from another run's per_problem.jsonl (the same seed's "
+                    "test problems): e.g. the PRM on other labels, --a prm_head --b prm_head")
     ap.add_argument(
         "--pool",
         default="base",
@@ -786,13 +789,15 @@ def main(argv=None):
     )  # the run's bootstrap seed and least sample: the same intervals as its results.json
     metrics.MIN_CLUSTERS = meta.get("min_clusters") or metrics.MIN_CLUSTERS
     if a.a and a.b:
+        ix_b = index([r for r in read_rows(a.b_rows) if r.get("pool") != "meta"]) if a.b_rows else ix
         pools = sorted({pool for pool, _ in ix})
         cli.choice(a.pool, pools, "--pool")
-        for flag, method in (("--a", a.a), ("--b", a.b)):  # a misspelt method would compare nothing
-            cli.choice(method, sorted({m for pool, m in ix if pool == a.pool}), f"{flag} (pool {a.pool})")
-        c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed)
+        for flag, method, rows_of in (("--a", a.a, ix), ("--b", a.b, ix_b)):  # a misspelt method compares nothing
+            cli.choice(method, sorted({m for pool, m in rows_of if pool == a.pool}), f"{flag} (pool {a.pool})")
+        c = compare(ix, a.pool, a.a, a.b, a.n, a.part, seed=seed, ix_b=ix_b)
+        other = f" (b from {a.b_rows})" if a.b_rows else ""
         print(
-            f"{a.a} - {a.b} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
+            f"{a.a} - {a.b}{other} at N={a.n} ({a.pool}, {a.part}, {c['n']} problems): {said(c)} "
             f"-> {metrics.verdict(c)}"
         )
         return c

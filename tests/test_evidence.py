@@ -228,3 +228,20 @@ def test_a_second_run_appended_to_the_rows_is_an_error_naming_both_lines(tmp_pat
     path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]))
     with pytest.raises(ValueError, match=r"problem p1, pool synthetic, method prm_head: two rows \(line 1, line 3\)"):
         evidence.index(evidence.read_rows(path))
+
+
+def test_the_cli_pairs_a_method_with_the_same_method_of_another_run(tmp_path, capsys):
+    """--b-rows: b read from another run's rows (the PRM on other labels), paired by problem."""
+    def write(path, accs):
+        rows = [{"pool": "meta", "seed": 0}] + [
+            {"problem": f"p{i}", "content": f"c{i}", "family": "visual", "pool": "base", "method": "prm_head",
+             "acc": {"16": x}} for i, x in enumerate(accs)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write(tmp_path / "a.jsonl", [1.0, 1.0, 0.5, 0.0])
+    write(tmp_path / "b.jsonl", [0.0, 1.0, 0.5, 0.0])
+    c = evidence.main([str(tmp_path / "a.jsonl"), "--a", "prm_head", "--b", "prm_head", "--b-rows",
+                       str(tmp_path / "b.jsonl")])
+    assert c["mean"] == pytest.approx(0.25) and c["n"] == 4
+    assert "(b from" in capsys.readouterr().out
+    same = evidence.main([str(tmp_path / "a.jsonl"), "--a", "prm_head", "--b", "prm_head"])
+    assert same["mean"] == 0.0  # without --b-rows: the run against itself
