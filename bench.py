@@ -325,12 +325,17 @@ def once(reader, cands, steps_):
     return [by_answer[(c["problem_id"], tuple(steps_[i]))] for i, c in enumerate(cands)]
 
 
+def pool_inputs(problems, cands):
+    """What a reader of a pool needs, one entry per candidate: (images, questions, steps, candidate ids)."""
+    probs = {p["id"]: p for p in problems}
+    images = [tasks.render(probs[c["problem_id"]]) for c in cands]
+    questions = [probs[c["problem_id"]]["question"] for c in cands]
+    return images, questions, [c["steps"] for c in cands], [c["id"] for c in cands]
+
+
 def score_sets(a, P, split, kind, cands, models, prior):
     """{key: {candidate id: step scores or a float}} for one pool; what is scored depends on what reads it."""
-    probs = {p["id"]: p for p in P[split]}
-    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-    qs, st = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands]
-    ids = [c["id"] for c in cands]
+    ims, qs, st, ids = pool_inputs(P[split], cands)
 
     def score(name, images=ims, steps_=st, progress=False):
         def read(rows):
@@ -369,16 +374,10 @@ def stage_scores(a, st, P, pools, ck):
     return st.run("scores", {}, make, after=("pools",) + tuple(f"train_{n}" for n in MODELS))
 
 
-JUDGED_POOL = "strong"  # the judges rate the stronger policy's answers, as the paper's judges rate GPT-4o's
-
-
 def judge_sets(rater, name, problems, cands):
     """One judge's ratings of a pool's candidates: {"NAME.orm": {id: answer score}, "NAME.prm": {id: step
     scores}} (judge.py: one rubric prompt an answer, one a step, read by logits)."""
-    probs = {p["id"]: p for p in problems}
-    ims = [tasks.render(probs[c["problem_id"]]) for c in cands]
-    qs, st = [probs[c["problem_id"]]["question"] for c in cands], [c["steps"] for c in cands]
-    ids = [c["id"] for c in cands]
+    ims, qs, st, ids = pool_inputs(problems, cands)
 
     def rate(rows):  # (step scores, answer score) of each row
         args = ([ims[i] for i in rows], [qs[i] for i in rows], [st[i] for i in rows])
@@ -392,17 +391,19 @@ def stage_judges(a, st, P, pools):
     """The judge table's ratings: every judge on the stronger policy's answers to judges_n test problems and
     judges_n // 2 dev problems (where the best judge and mode are chosen) -> {"dev" | "test": judge_sets...}."""
     names = [n for n in a.judges.split(",") if n]
-    judged = {"dev": evidence.judged_ids(P["dev"], a.judges_n // 2), "test": evidence.judged_ids(P["test"], a.judges_n)}
+    judged = {"dev": evidence.judged_ids(P["dev"], a.judges_n // 2),
+              "test": evidence.judged_ids(P["test"], a.judges_n)}
 
     def make():
         out = {split: {} for split in judged}
         for name in tqdm(names, desc="judges"):
             rater = judge.Judge(*load(name))
             for split, ids in judged.items():
-                cands = [c for c in pools[(split, JUDGED_POOL)] if c["problem_id"] in ids]
+                cands = [c for c in pools[(split, evidence.JUDGES_POOL)] if c["problem_id"] in ids]
                 out[split].update(judge_sets(rater, name, P[split], cands))
         return out
-    return st.run("judges", {"judges": names, "n": a.judges_n, "pool": JUDGED_POOL}, make, after=("pools",))
+    settings = {"judges": names, "n": a.judges_n, "pool": evidence.JUDGES_POOL}
+    return st.run("judges", settings, make, after=("pools",))
 
 
 # The same rating training from the base and from the stronger solver: "is a stronger solver a better judge?"
@@ -414,11 +415,12 @@ def choose_judge(P, pools, ratings):
     judge, then orm, prm, hybrid) -> {"names", "best": [judge, mode], "solver_pair", "dev_bo16", "dev_problems",
     "dev_reference": one random sample's and majority vote's Best-of-16 on the same problems}."""
     names = evidence.judge_names(ratings)
-    rated = {c["problem_id"] for c in pools[("dev", JUDGED_POOL)] if c["id"] in ratings[f"{names[0]}.orm"]}
-    pp = bon.make_pools([p for p in P["dev"] if p["id"] in rated], pools[("dev", JUDGED_POOL)], ratings)
-    def best_of_16(rule):
-        kind = bon.parse_rule(rule)[0]
-        return round(sum(bon.at_n(bon.prepare(pool, rule), kind, 16)[0] for pool in pp.values()) / len(pp), 4)
+    cands = pools[("dev", evidence.JUDGES_POOL)]
+    rated = {c["problem_id"] for c in cands if c["id"] in ratings[f"{names[0]}.orm"]}
+    pp = bon.make_pools([p for p in P["dev"] if p["id"] in rated], cands, ratings)
+
+    def best_of_16(rule):  # the pick from the whole pool of 16 (bon.select), averaged over the problems
+        return round(sum(bon.select(pool, rule) for pool in pp.values()) / len(pp), 4)
     acc = {method: best_of_16(rule) for method, rule in evidence.judge_methods(names).items()}
     judge_name, mode = max(acc, key=acc.get).rsplit(" ", 1)
     pair = [n for n in SOLVER_PAIR if n in names]

@@ -738,12 +738,12 @@ def judges_intro(r, a):
 
 
 def judges_table(r):
-    cells = r["intervals"]["judges"]
-    pools = {"all": cells["all"], "visual": cells["visual"], "text": cells["text"]}
-    rows = list(dict.fromkeys(m for m in ["random", "prm_head", "orm"] + list(cells["all"]) if m in cells["all"]
-                              and m not in ("majority", "oracle")))
-    return md(rows, ["all N=4", "all N=16", "visual N=16", "text N=16"],
-              lambda method, column: readme_cell(pools, method, column))
+    """The judge table in the README: each judge's modes beside one random sample and the trained PRM and ORM."""
+    cells = r["intervals"]["judges"]  # by part ("all", "visual", "text"), as readme_cell reads them
+    first = ["random", "prm_head", "orm"]
+    rows = first + [m for m in cells["all"] if m not in first + ["majority", "oracle"]]
+    return md([m for m in rows if m in cells["all"]], ["all N=4", "all N=16", "visual N=16", "text N=16"],
+              lambda method, column: readme_cell(cells, method, column))
 
 
 def update_readme(r, a, path=ROOT / "README.md"):
