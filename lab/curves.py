@@ -132,10 +132,11 @@ def run_folder(a, head, source):
     return Path(a.out) / f"{head}-{source}"
 
 
-def train_run(a, head, labels):
-    """Fine-tune one PRM with bench's settings, keeping the model every a.every steps. -> its folder."""
+def train_run(a, head, source, labels):
+    """Fine-tune one PRM on the labels file with bench's settings, keeping the model every a.every steps, in the
+    run's folder (run_folder). -> that folder."""
     probe = head == "separator_probe"
-    out = run_folder(a, head, Path(labels).stem.removeprefix("labels_"))
+    out = run_folder(a, head, source)
     args = train.Args(
         objective="prm",
         model="tiny",
@@ -293,7 +294,7 @@ def curve(a, head, source, labels, tune, dev):
     t0 = time.time()
     snapshots = sorted(folder.glob("step-*"))
     if not (trained and len(snapshots) == a.steps // a.every + 1):
-        train_run(a, head, labels)
+        train_run(a, head, source, labels)
         snapshots = sorted(folder.glob("step-*"))
     points = []
     for snap in snapshots:

@@ -28,7 +28,7 @@ def test_a_run_is_read_back_only_with_the_same_settings_and_labels(tmp_path, mon
     points = [{"step": 0, "first_error_f1": 0.5}]
     calls = []
 
-    def fake_train(a, head, labels):  # no training here: a folder with no kept model, so no point is read
+    def fake_train(a, head, source, labels):  # no training here: a folder with no kept model, so no point is read
         calls.append(head)
         folder = curves.run_folder(a, head, "mcts")
         folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def test_kept_models_read_with_an_older_point_are_read_again_not_retrained(tmp_p
     labels = tmp_path / "labels_mcts.jsonl"
     labels.write_text('{"x": 1}\n')
     calls, read = [], []
-    monkeypatch.setattr(curves, "train_run", lambda a, head, labels: calls.append(head))
+    monkeypatch.setattr(curves, "train_run", lambda a, head, source, labels: calls.append(head))
     monkeypatch.setattr(curves.prm, "load", lambda path, device=None: (path, None))
     monkeypatch.setattr(curves, "point", lambda model, processor, tune, dev: read.append(model) or {"bo16": 0.5})
     folder = curves.run_folder(a, "likelihood", "mcts")
