@@ -49,6 +49,8 @@ from common.model import load
 from lab import api, controls, evidence, report, speed
 from policy import SyntheticPolicy, VLMPolicy, candidate, candidates
 
+LABEL_POLICIES = ("base", "strong", "synthetic")  # who writes the labelled train solutions and their rollouts
+
 
 @dataclass
 class Args:
@@ -76,8 +78,8 @@ class Args:
     hard_labels: bool = field(default=False, metadata={"help": "train on 1/0 labels (tree_search.hard_labels) "
                               "instead of the soft Monte-Carlo values"})
     label_policy: str = field(default="base", metadata={"help": "who writes the train solutions and their rollouts: "
-                              "base (the tiny base at --temperature: on-policy, the headline) | synthetic (the sampler)",
-                              "choices": ["base", "synthetic"]})
+                              "base (the tiny base at --temperature: on-policy, the headline) | strong (the stronger "
+                              "policy, --strong) | synthetic (the sampler)", "choices": list(LABEL_POLICIES)})
     rollouts: int = field(default=16, metadata={"range": (1, None),
                                                 "help": "tree search: K rollouts per value estimate"})
     samples: int = field(default=4, metadata={"range": (1, None),
@@ -107,7 +109,7 @@ class Args:
     tune_only: bool = field(default=False, metadata={"help": "train the PRM alone and print its Best-of-16 per "
                             "aggregation on the tune split: how steps, lr and beta are chosen (never on test)"})
     sweep: str = field(default="", metadata={"help": "the tuning sweep: --tune-only at every point of a grid, e.g. "
-                       "'head=likelihood,tag;lr=1e-4,3e-4;steps=200,400' -> OUT/tuning.json, OUT/tuning.md "
+                       "'head=likelihood,tag;lr=1e-4,3e-4;steps=200,400' -> OUT/tuning_head_lr_steps.{json,md} "
                        "(with --readme: results/tuning/)"})
     readme: bool = field(default=False, metadata={"help": "write the headline tables into README.md (between markers)"})
 
@@ -197,9 +199,9 @@ def policy_pool(a, probs, policy, kind, writer):
 
 
 def stage_pools(a, st, P):
-    """`pool` candidates per problem for each of POOL_KINDS on dev and test, and the base's on tune too (the PRM's
-    aggregation is chosen there; nothing is chosen on the other pools' tune answers)."""
-    names = [(s, k) for k in POOL_KINDS for s in ("tune", "dev", "test") if s != "tune" or k == "base"]
+    """`pool` candidates per problem for each of POOL_KINDS on dev and test, and the two headline policies' on tune
+    too (the PRM's aggregation is chosen on the base's, and the sweep reads both)."""
+    names = [(s, k) for k in POOL_KINDS for s in ("tune", "dev", "test") if s != "tune" or k in HEADLINE_POOLS]
 
     def make():
         writers = {"base": a.base, "strong": a.strong}
@@ -217,7 +219,7 @@ def stage_pools(a, st, P):
 def stage_tau(a, st):
     """tau (a prefix is right when its value > tau) chosen on tune problems: the best first-error agreement."""
     taus = [float(t) for t in a.taus.split(",")]
-    n = a.n_tune if a.label_policy == "base" else (100 if a.quick else 300)  # the tune problems (VLM: slow)
+    n = a.n_tune if a.label_policy != "synthetic" else (100 if a.quick else 300)  # tune problems (a VLM: slow)
 
     def make():
         pol = label_policy(a)
@@ -228,15 +230,23 @@ def stage_tau(a, st):
     if labeller not in TAU_LABELS:
         return {"tau": None, "grid": {}}
     return st.run("tau", {"taus": taus, "n": n, "rollouts": a.rollouts, "samples": a.samples, "seed": a.seed,
-                          "labels": labeller, "policy": a.label_policy, "base": a.base,
+                          "labels": labeller, **label_writer(a), "base": a.base,
                           "temperature": a.temperature}, make)
 
 
 def label_policy(a):
-    """The tree search's policy: the tiny base (on-policy: it writes the headline pools) or the synthetic sampler."""
-    cli.choice(a.label_policy, ("base", "synthetic"), "--label-policy")
-    return VLMPolicy(a.base, a.temperature, batch_size=GEN_BATCH) if a.label_policy == "base" else \
-        SyntheticPolicy()
+    """The tree search's policy: the tiny base (on-policy: it writes the first headline pool), the stronger policy
+    (it writes the second), or the synthetic sampler."""
+    cli.choice(a.label_policy, LABEL_POLICIES, "--label-policy")
+    if a.label_policy == "synthetic":
+        return SyntheticPolicy()
+    return VLMPolicy(a.base if a.label_policy == "base" else a.strong, a.temperature, batch_size=GEN_BATCH)
+
+
+def label_writer(a):
+    """The label policy in a stage's settings: the stronger policy also by its name (a cache made by another
+    stronger policy is not read back)."""
+    return {"policy": a.label_policy} | ({"strong": a.strong} if a.label_policy == "strong" else {})
 
 
 def labeller_of(a):
@@ -272,7 +282,7 @@ def stage_labels(a, st, P, tau):
                              "labelled")
         return stats
     settings = {"labels": a.labels, "rollouts": a.rollouts, "samples": a.samples, "tau": tau,
-                "policy": a.label_policy, "base": a.base, "temperature": a.temperature}
+                **label_writer(a), "base": a.base, "temperature": a.temperature}
     if a.hard_labels:
         settings["hard_labels"] = True
     return st.run("labels", settings, make, after=("problems",) + (("tau",) if labeller_of(a) in TAU_LABELS else ()))
@@ -449,12 +459,17 @@ def search_results(rows, head, seed):
     return res, {k: {**c, "n": c.get("n") or 0} for k, c in comps.items()}
 
 
+def tune_bon16(P, pools, scores, kind):
+    """{aggregation: the PRM's Best-of-16 on the tune split's pool of `kind`} (exact over subsets)."""
+    pp = bon.make_pools(P["tune"], pools[("tune", kind)], scores[f"tune_{kind}"])
+    return {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}"), "max", 16)[0] for pool in pp.values()) / len(pp)
+            for g in bon.AGGS}
+
+
 def choose_head(P, pools, scores):
-    """The PRM's aggregation: the best Best-of-16 on the tune split's headline pool (exact; ties: the first in
-    AGGS)."""
-    pp = bon.make_pools(P["tune"], pools[("tune", "base")], scores["tune_base"])
-    acc = {g: sum(bon.at_n(bon.prepare(pool, f"max:prm:{g}"), "max", 16)[0] for pool in pp.values()) / len(pp)
-           for g in bon.AGGS}
+    """The PRM's aggregation: the best Best-of-16 on the tune split's pool of the base's answers (ties: the first
+    in AGGS)."""
+    acc = tune_bon16(P, pools, scores, "base")
     return max(bon.AGGS, key=lambda g: acc[g]), acc
 
 
@@ -473,20 +488,23 @@ def run(a):
     pools = stage_pools(a, st, P)
     tau = stage_tau(a, st)
     label_stats = stage_labels(a, st, P, tau["tau"])
-    if a.tune_only:  # the PRM alone, read on the tune split only
-        scores = {"tune_base": score_sets(a, P, "tune", "base", pools[("tune", "base")],
-                                          {"prm": prm.load(stage_train(a, st, ("prm",))["prm"])}, None)}
-        return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1]}, [], [], []
+    if a.tune_only:  # the PRM alone, read on the tune split's headline pools only
+        model = {"prm": prm.load(stage_train(a, st, ("prm",))["prm"])}
+        scores = {f"tune_{kind}": score_sets(a, P, "tune", kind, pools[("tune", kind)], model, None)
+                  for kind in HEADLINE_POOLS}
+        return {"config": asdict(a), "tune_bon16": choose_head(P, pools, scores)[1],
+                "tune_bon16_strong": tune_bon16(P, pools, scores, "strong")}, [], [], []
     ck = stage_train(a, st)
     scores = stage_scores(a, st, P, pools, ck)
     ratings = stage_judges(a, st, P, pools)
     judges = choose_judge(P, pools, ratings["dev"])
     search_rows = stage_search(a, st, P, ck)
-    n_lab = a.n_test if a.label_policy == "base" else (200 if a.quick else 500)  # the test problems (VLM: slow)
+    vlm = a.label_policy != "synthetic"
+    n_lab = a.n_test if vlm else (200 if a.quick else 500)  # the test problems (a VLM: slow)
     labelling = st.run("labelling", {"n": n_lab, "rollouts": a.rollouts, "tau": tau["tau"], "seed": a.seed,
-                                     "policy": a.label_policy, "base": a.base, "temperature": a.temperature},
+                                     **label_writer(a), "base": a.base, "temperature": a.temperature},
                        lambda: tree_search.evaluate(n_lab, a.seed, a.rollouts, tau=tau["tau"] or 0, split="test",
-                                                    methods=("mcts",) if a.label_policy == "base" else ("mc", "mcts"),
+                                                    methods=("mcts",) if vlm else ("mc", "mcts"),
                                                     policy=label_policy(a)),
                        after=("tau",) if labeller_of(a) in TAU_LABELS else ())
     spd = st.run("speed", {}, lambda: speed.single_pass_vs_prefixes(ck["prm"], P["test"], pools[("test", "synthetic")]),
@@ -557,30 +575,35 @@ def sweep_grid(text):
 
 
 def run_sweep(a):
-    """Every choice bench.py makes on tune, as one command: the PRM trained and read on the tune split at each
-    point of the grid (the labels are made once and shared). -> {"points": [{setting: value, "tune_bon16": ...}]}."""
+    """Every choice bench.py makes on tune, as one command: the PRM trained and read on the tune split's two headline
+    pools at each point of the grid (stages are cached: points that share labels share them). -> {"points":
+    [{setting: value, "tune_bon16": {aggregation: ...}, "tune_bon16_strong": ..., "best_aggregation": ...}]}.
+    OUT/tuning_<settings>.{json,md}, named by the settings swept (with --readme: copied to results/tuning/)."""
     points = []
     for point in sweep_grid(a.sweep):
         res, _, _, _ = run(Args(**{**asdict(a), **point, "tune_only": True, "sweep": ""}))
         best = max(res["tune_bon16"], key=res["tune_bon16"].get)
-        points.append({**point, "tune_bon16": res["tune_bon16"], "best_aggregation": best})
-        print(f"[sweep] {point}: Best-of-16 on tune {res['tune_bon16'][best]:.3f} ({best})")
-    names = list(points[0]) if points else []
-    lines = ["| " + " | ".join(names[:-2] + ["Best-of-16 on tune (best aggregation)"]) + " |",
-             "|" + "---|" * (len(names) - 1)]
+        points.append({**point, "tune_bon16": res["tune_bon16"], "tune_bon16_strong": res["tune_bon16_strong"],
+                       "best_aggregation": best})
+        print(f"[sweep] {point}: Best-of-16 on tune {res['tune_bon16'][best]:.3f} ({best}); on the stronger "
+              f"policy's tune answers {res['tune_bon16_strong'][best]:.3f}")
+    axes = list(sweep_grid(a.sweep)[0]) if points else []
+    lines = ["| " + " | ".join(axes + ["Best-of-16 on the base's tune answers (best aggregation)",
+                                       "on the stronger policy's (the same aggregation)"]) + " |",
+             "|" + "---|" * (len(axes) + 2)]
     for p in points:
         best = p["best_aggregation"]
-        lines.append("| " + " | ".join([str(p[n]) for n in names[:-2]] + [f"{p['tune_bon16'][best]:.3f} ({best})"])
-                     + " |")
-    out = Path(a.out)
+        lines.append("| " + " | ".join([str(p[n]) for n in axes] + [f"{p['tune_bon16'][best]:.3f} ({best})",
+                                                                     f"{p['tune_bon16_strong'][best]:.3f}"]) + " |")
+    out, name = Path(a.out), "tuning_" + "_".join(axes)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tuning.json").write_text(json.dumps({"sweep": a.sweep, "points": points}, indent=1))
-    (out / "tuning.md").write_text(f"# Tuning sweep\n\n`python bench.py --sweep '{a.sweep}'`\n\n" + "\n".join(lines)
-                                   + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"sweep": a.sweep, "points": points}, indent=1))
+    (out / f"{name}.md").write_text(f"# Tuning sweep\n\n`python bench.py --sweep '{a.sweep}'`\n\n" + "\n".join(lines)
+                                    + "\n")
     if a.readme:
         (report.ROOT / "results" / "tuning").mkdir(parents=True, exist_ok=True)
-        for name in ("tuning.json", "tuning.md"):
-            shutil.copy(out / name, report.ROOT / "results" / "tuning" / name)
+        for suffix in (".json", ".md"):
+            shutil.copy(out / f"{name}{suffix}", report.ROOT / "results" / "tuning" / f"{name}{suffix}")
     return {"points": points}
 
 

@@ -412,3 +412,29 @@ def test_launch_passes_every_train_setting_as_flags_train_parses_back(tmp_path, 
     monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 2))
     with pytest.raises(RuntimeError, match=r"failed \(exit 2\): see .*prm\.log"):
         bench.launch(args["prm"], tmp_path / "prm.log")
+
+
+def test_the_label_policy_names_its_writer_and_the_stages_key_it(monkeypatch):
+    made = []
+    monkeypatch.setattr(bench, "VLMPolicy", lambda name, temperature, batch_size: made.append(name) or name)
+    a = bench.Args(base="tiny", strong="some-writer")
+    assert bench.label_policy(a) == "tiny" and bench.label_writer(a) == {"policy": "base"}
+    strong = dataclasses.replace(a, label_policy="strong")
+    assert bench.label_policy(strong) == "some-writer"
+    assert bench.label_writer(strong) == {"policy": "strong", "strong": "some-writer"}  # another writer: not cached
+    assert isinstance(bench.label_policy(dataclasses.replace(a, label_policy="synthetic")), bench.SyntheticPolicy)
+    assert made == ["tiny", "some-writer"]
+    with pytest.raises(ValueError, match="--label-policy"):
+        bench.label_policy(dataclasses.replace(a, label_policy="other"))
+
+
+def test_the_sweep_reads_both_tune_pools_at_the_aggregation_chosen_on_the_base(tmp_path, monkeypatch):
+    def fake_run(a):  # each point's tune numbers, made up: the base's best aggregation differs by point
+        base = {"min": 0.5, "mean": 0.6} if a.label_policy == "base" else {"min": 0.7, "mean": 0.4}
+        return {"tune_bon16": base, "tune_bon16_strong": {"min": 0.81, "mean": 0.83}}, [], [], []
+    monkeypatch.setattr(bench, "run", fake_run)
+    res = bench.run_sweep(bench.Args(out=str(tmp_path), sweep="label_policy=base,strong"))
+    assert [(p["label_policy"], p["best_aggregation"]) for p in res["points"]] == [("base", "mean"), ("strong", "min")]
+    table = (tmp_path / "tuning_label_policy.md").read_text().splitlines()
+    assert "| base | 0.600 (mean) | 0.830 |" in table and "| strong | 0.700 (min) | 0.810 |" in table
+    assert json.loads((tmp_path / "tuning_label_policy.json").read_text())["points"] == res["points"]
