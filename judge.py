@@ -11,7 +11,9 @@ for a local model, lab/api.py's ServedJudge for one behind vLLM or SGLang.
 
 The tiny base never learned to judge. rating_examples turns a sampled solution into rubric ratings with a
 general judge's noise (RATING_NOISE); train.py --data synthetic-judge trains on them beside solving, which
-made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures them on dev).
+made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures them on dev). rated_verdicts
+gives the same prompts with their verdicts, for train.py --rating-loss soft (the score learned against its
+verdict's whole RATING_NOISE row); lab/judge_recipes.py compares such recipes on tune.
 """
 import random
 import re
@@ -67,11 +69,11 @@ def verdicts(problem, solution):
     return out + [(None, whole)]
 
 
-def rating_examples(problem, solution, seed=0):
-    """A judge's training examples for one sampled solution (a policy.candidates record: "steps", "correct")
-    of a train problem: [(prompt, target)], one PRM-mode example a step up to the first wrong one
-    (prompt(question, steps, upto=k)), then the ORM-mode one (prompt(question, steps)); each target
-    "Overall Score: N", N drawn from RATING_NOISE. Deterministic in (seed, problem id, steps)."""
+def rated_verdicts(problem, solution):
+    """The verdicts a judge is trained to rate for one sampled solution (a policy.candidates record: "steps",
+    "correct") of a train problem: [(prompt, verdict)], one PRM-mode prompt a step up to the first wrong one
+    (prompt(question, steps, upto=k)), then the ORM-mode one (prompt(question, steps)); verdict a RATING_NOISE
+    key."""
     if "facts" not in problem:
         raise ValueError(f"problem {problem.get('id')!r}: rating examples need a suite problem (the oracle "
                          "knows its steps)")
@@ -79,7 +81,6 @@ def rating_examples(problem, solution, seed=0):
     if split != "train":  # a judge trained on tune/dev/test contents would be measured on what it saw
         raise ValueError(f"problem {problem['id']!r} has {split} contents: a judge's rating examples come "
                          "from train contents only")
-    rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
     first_error = tasks.first_error(problem, solution["steps"])
     out = []
     for k, verdict in verdicts(problem, solution):
@@ -88,9 +89,17 @@ def rating_examples(problem, solution, seed=0):
             # would teach the judge to fault a step that may be right on its own (train.py's likelihood loss
             # leaves these steps out for the same reason); the first-error F1 reads no step after it either
             continue
-        score = rng.choices(range(1, 6), weights=RATING_NOISE[verdict])[0]
-        out.append((prompt(problem["question"], solution["steps"], upto=k), f"{SCORE_PREFIX}{score}"))
+        out.append((prompt(problem["question"], solution["steps"], upto=k), verdict))
     return out
+
+
+def rating_examples(problem, solution, seed=0):
+    """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
+    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row.
+    Deterministic in (seed, problem id, steps)."""
+    rated = rated_verdicts(problem, solution)
+    rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
+    return [(p, f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=RATING_NOISE[v])[0]}") for p, v in rated]
 
 
 def parse_score(reply):

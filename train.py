@@ -11,6 +11,7 @@ tag after each step), "implicit" (sigmoid(beta * log-likelihood ratio to the sta
     python train.py --objective prm ... --keep-every 100               # OUT/step-N every 100 steps (learning curves)
     python train.py --objective sft --model tiny --eval-only            # held-out greedy accuracy, JSON last line
     python train.py --objective sft --model tiny --data synthetic-judge --out out/judge   # a judge
+    python train.py ... --data synthetic-judge --rating-loss soft --rating-group 4   # other ways to learn to rate
     torchrun --nproc_per_node 2 train.py ...                           # DDP (gloo on CPU, nccl on GPU)
 
 Checkpoints are HF folders (model + processor + train_config.json) that model.load reads; DIR/last holds the
@@ -59,6 +60,15 @@ class Args:
     rating_share: float = field(default=0.5, metadata={
         "range": (0.0, 1.0), "help": "--data synthetic-judge: the share of each batch that is rating "
                                      "examples (judge.rating_examples; the rest: solving)"})
+    rating_group: int = field(default=1, metadata={
+        "range": (1, None), "help": "--data synthetic-judge: the rated rows come in groups of this many answers "
+                                    "to one problem (the group's first row's), so a batch sets answers to the "
+                                    "same image and question side by side (1: one answer a problem)"})
+    rating_loss: str = field(default="sample", metadata={
+        "help": "--data synthetic-judge: how a rating's score digit is learned: sample (the digit drawn from "
+                "judge.RATING_NOISE, one token of the batch's token mean) | soft (cross-entropy against the "
+                "whole RATING_NOISE row of its verdict, the rated rows' mean added to the other tokens' mean)",
+        "choices": ["sample", "soft"]})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
     max_steps: int = field(default=3000, metadata={"range": (1, None), "help": "optimizer steps"})
@@ -95,6 +105,7 @@ class Args:
 RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
             "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
             "rating_share")
+JUDGE_KEYS = ("rating_loss", "rating_group")  # RUN_KEYS of --data synthetic-judge alone (other runs resume as before)
 SYNTHETIC = ("synthetic", "synthetic-judge", "synthetic-all")  # the --data made in code, fresh every batch (no file)
 
 
@@ -102,7 +113,8 @@ def run_settings(a):
     """The settings OUT/settings.json holds: RUN_KEYS and the SHA-256 of each data file."""
     files = {f"{k}_sha256": data.file_hash(getattr(a, k)) for k in ("data", "eval_data")
              if getattr(a, k) not in ("", *SYNTHETIC)}
-    return {**{k: getattr(a, k) for k in RUN_KEYS}, **files}
+    judging = {k: getattr(a, k) for k in JUDGE_KEYS if a.data == "synthetic-judge"}
+    return {**{k: getattr(a, k) for k in RUN_KEYS}, **judging, **files}
 
 
 def lr_at(step, a):
@@ -133,19 +145,51 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
-    rate. Train contents only, and it depends only on (seed, step), so a resume sees the same batches."""
+    rate. group > 1: the rated rows, in order, come in groups of `group` that rate different answers to one
+    problem, the group's first row's (its image too). Train contents only, and it depends only on (seed, step),
+    so a resume sees the same batches.
+    -> (images, questions, texts, verdicts): verdicts[i] the RATING_NOISE key of a rated row, None for a solving
+    row (what --rating-loss soft learns the digit from)."""
     images, questions, texts = synthetic_sft(step, n, seed, eos)
     probs = synthetic_problems(step, n, seed)  # the problems synthetic_sft drew
     rng = random.Random(tasks.seed_of(seed, "judge", step))
-    for i in sorted(rng.sample(range(n), round(rating_share * n))):
-        solution = policy.candidates(probs[i], 1, seed, rng.choice(["weak", "strong"]))[0]
-        questions[i], target = rng.choice(judge.rating_examples(probs[i], solution, seed))
+    verdicts = [None] * n
+    rated = sorted(rng.sample(range(n), round(rating_share * n)))
+    for j, i in enumerate(rated):
+        head = rated[j - j % group]  # the first row of this row's group: its problem is rated
+        prob = probs[head]
+        # the (j % group)-th answer of the sampler: another answer for each row of a group
+        solution = policy.candidates(prob, j % group + 1, seed, rng.choice(["weak", "strong"]))[-1]
+        examples = judge.rating_examples(prob, solution, seed)
+        k = rng.randrange(len(examples))  # draws as rng.choice(examples) does
+        questions[i], target = examples[k]
+        verdicts[i] = judge.rated_verdicts(prob, solution)[k][1]
         texts[i] = target + eos
-    return images, questions, texts
+        if i != head:
+            images[i] = images[head]
+    return images, questions, texts, verdicts
+
+
+def soft_rating_targets(processor, batch, verdicts):
+    """--rating-loss soft: where each rated row's score digit is and what it learns there. -> {"rating_rows":
+    (R,), "rating_pos": (R,) the digit's index in the (B, S-1) frame of next-token targets, "rating_dist":
+    (R, 5) its verdict's RATING_NOISE row, "rating_digits": (5,) the token ids of "1".."5"}; verdicts: one a
+    batch row (None: a solving row)."""
+    tok = processor.tokenizer
+    n_prefix = len(tok.encode(judge.SCORE_PREFIX, add_special_tokens=False))
+    digits = torch.tensor([tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)])
+    rows = torch.tensor([i for i, v in enumerate(verdicts) if v is not None], dtype=torch.long)
+    pos = batch["prompt_lens"][rows] + n_prefix  # the digit's token index in input_ids
+    if not torch.isin(batch["input_ids"][rows, pos], digits).all():
+        raise ValueError("a rated row has no score digit right after \"Overall Score: \": the tokenizer splits "
+                         "the target other than the prefix alone")
+    dist = torch.tensor([judge.RATING_NOISE[v] for v in verdicts if v is not None], dtype=torch.float32)
+    return {"rating_rows": rows, "rating_pos": pos - 1, "rating_dist": dist.reshape(-1, 5),
+            "rating_digits": digits}
 
 
 def load_labelled(path):
@@ -174,7 +218,9 @@ def loss_on(model, batch, ids, objective, labels=None):
         tgt = batch["input_ids"][:, 1:].to(hs.device)
         mask = answer_targets(batch, ids, hs.device)
         head = unwrap(model).lm_head
-        return F.cross_entropy(head(hs[mask]).float(), tgt[mask])
+        if "rating_rows" not in batch:
+            return F.cross_entropy(head(hs[mask]).float(), tgt[mask])
+        return soft_rating_loss(head, hs, tgt, mask, batch)
     logits = prm.step_logits(model, batch, ids).float()  # (T, 2): "right" and "wrong" for each step
     y = labels.to(logits.device)
     if objective == "orm":
@@ -188,6 +234,21 @@ def loss_on(model, batch, ids, objective, labels=None):
         w = after_first_error(y, batch["n_steps"]).logical_not().float()
         return (nll * w).sum() / w.sum()
     return nll.mean()
+
+
+def soft_rating_loss(head, hs, tgt, mask, batch):
+    """--rating-loss soft: the token mean of the next-token loss over every answer token but the rated rows'
+    score digits, plus the rated rows' mean cross-entropy of the digit against its verdict's RATING_NOISE row:
+    the expectation of the sampled digit's loss (the same noisy judge, no sampling noise), weighted as much as
+    all the other tokens together, not as 1 token of several hundred."""
+    rows, pos = batch["rating_rows"].to(hs.device), batch["rating_pos"].to(hs.device)
+    mask = mask.clone()
+    mask[rows, pos] = False
+    loss = F.cross_entropy(head(hs[mask]).float(), tgt[mask])
+    if len(rows):
+        logp = F.log_softmax(head(hs[rows, pos]).float(), -1)[:, batch["rating_digits"].to(hs.device)]  # (R, 5)
+        loss = loss - (batch["rating_dist"].to(hs.device) * logp).sum(-1).mean()
+    return loss
 
 
 @torch.no_grad()
@@ -391,10 +452,10 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
         if a.data in SYNTHETIC:
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
-                whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share)
+                whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
-            items = [x[lo:lo + micro] for x in whole]
+            items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts
         else:
             epoch = step * a.batch_size // len(rows)
             order = random.Random(tasks.seed_of(a.seed, "epoch", epoch)).sample(range(len(rows)), len(rows))
@@ -411,6 +472,9 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             state["skipped"] += len(skipped)
         if batch is None:
             continue
+        if a.data == "synthetic-judge" and a.rating_loss == "soft":
+            skip = {j for j, _ in skipped}
+            batch.update(soft_rating_targets(processor, batch, [v for j, v in enumerate(items[3]) if j not in skip]))
         if getattr(model, "implicit", None) and idx:
             skip = {j for j, _ in skipped}
             batch["ref_logprobs"] = ref_logprobs(model, batch, ids, [i for j, i in enumerate(idx) if j not in skip],
@@ -455,6 +519,9 @@ def main(a: Args):
                          "--objective sft")
     if not 0.0 <= a.rating_share <= 1.0:  # main() called in-process skips the command line's range check
         raise ValueError(f"--rating-share {a.rating_share}: expected a share from 0 to 1")
+    cli.choice(a.rating_loss, ("sample", "soft"), "--rating-loss")
+    if a.rating_loss == "soft" and a.data != "synthetic-judge":
+        raise ValueError("--rating-loss soft learns the ratings of --data synthetic-judge: give that --data")
     rank, world, device = recipe.setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)

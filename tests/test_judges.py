@@ -15,8 +15,8 @@ import judge
 import policy
 import train
 from common import cli, tasks
-from common.model import SHIPPED, load
-from lab import judges
+from common.model import MODEL_KEYS, SHIPPED, encode, hidden_states, load, unwrap
+from lab import judge_recipes, judges
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = "<|im_end|>"
@@ -89,6 +89,21 @@ def test_rating_examples_are_the_rubric_prompts_up_to_the_first_error_and_determ
     assert other != [judge.rating_examples(prob, s, seed=3) for s in sols]  # another seed, other draws
 
 
+def test_rated_verdicts_are_the_rating_examples_prompts_with_the_oracles_verdicts():
+    prob = tasks.make_problem("rv", 2)
+    sols = policy.candidates(prob, 12, 2, "weak")
+    kinds = set()
+    for sol in sols:
+        rated = judge.rated_verdicts(prob, sol)
+        assert [p for p, _ in rated] == [p for p, _ in judge.rating_examples(prob, sol, seed=2)]
+        oracle = judge.verdicts(prob, sol)
+        assert rated[-1][1] == oracle[-1][1]  # the whole answer's verdict, last
+        # the steps' verdicts up to the first error: right ones, then (if any) the first wrong one
+        assert [v for _, v in rated[:-1]] == [v for _, v in oracle[:len(rated) - 1]]
+        kinds.add(tuple(v for _, v in rated[:-1])[-1:])
+    assert {("right",), ("wrong",)} <= kinds  # both kinds of last rated step were checked
+
+
 def test_rating_examples_refuse_a_problem_outside_the_train_contents():
     for split in ("tune", "dev", "test"):
         prob = tasks.make_problems(1, 0, split)[0]
@@ -99,9 +114,9 @@ def test_rating_examples_refuse_a_problem_outside_the_train_contents():
 def test_judge_batch_rates_a_share_and_solves_the_rest_as_synthetic_sft():
     n = 16
     solving = train.synthetic_sft(5, n, 0, EOS)
-    images, questions, texts = train.synthetic_judge(5, n, 0, EOS, 0.25)
+    images, questions, texts, verdicts = train.synthetic_judge(5, n, 0, EOS, 0.25)
     rated = [i for i, t in enumerate(texts) if t.startswith(judge.SCORE_PREFIX)]
-    assert len(rated) == 4
+    assert len(rated) == 4 and [i for i, v in enumerate(verdicts) if v is not None] == rated
     for i in range(n):
         assert images[i].tobytes() == solving[0][i].tobytes()  # the same problem in every row
         if i not in rated:
@@ -111,11 +126,79 @@ def test_judge_batch_rates_a_share_and_solves_the_rest_as_synthetic_sft():
         assert tasks.split_of(probs[i]) == "train" and f"Question: {probs[i]['question']}" in questions[i]
         assert questions[i].startswith(judge.RUBRIC.split("{what}")[0])
         score_of(texts[i].removesuffix(EOS))
-    assert train.synthetic_judge(5, n, 0, EOS, 0.0)[1:] == solving[1:]
+        # its verdict is the oracle's for that prompt, of the solution the sampler wrote (weak or strong)
+        known = {p: v for strength in ("weak", "strong")
+                 for p, v in judge.rated_verdicts(probs[i], policy.candidates(probs[i], 1, 0, strength)[0])}
+        assert verdicts[i] == known[questions[i]]
+    assert train.synthetic_judge(5, n, 0, EOS, 0.0)[1:3] == solving[1:]
     assert all(t.startswith(judge.SCORE_PREFIX) for t in train.synthetic_judge(5, n, 0, EOS, 1.0)[2])
     again = train.synthetic_judge(5, n, 0, EOS, 0.25)
-    assert again[1:] == (questions, texts)  # depends only on (seed, step)
+    assert again[1:] == (questions, texts, verdicts)  # depends only on (seed, step)
     assert train.synthetic_judge(6, n, 0, EOS, 0.25)[1] != questions
+
+
+def test_judge_batch_in_groups_rates_several_answers_to_one_problem():
+    n, group = 16, 4
+    images, questions, texts, verdicts = train.synthetic_judge(7, n, 0, EOS, 0.75, group)
+    probs = train.synthetic_problems(7, n, 0)
+    rated = [i for i, v in enumerate(verdicts) if v is not None]
+    assert len(rated) == 12 and train.synthetic_judge(7, n, 0, EOS, 0.75, 1)[1:] == \
+        train.synthetic_judge(7, n, 0, EOS, 0.75)[1:]  # group 1: the default stream
+    for g in range(0, 12, group):
+        rows = rated[g:g + group]
+        head = probs[rows[0]]
+        known = {}  # every rated prompt of the head problem's first answers, weak and strong
+        for strength in ("weak", "strong"):
+            for m in range(1, group + 1):
+                known.update(judge.rated_verdicts(head, policy.candidates(head, m, 0, strength)[-1]))
+        for i in rows:  # each row: the head's image and a rubric prompt about one of its answers
+            assert images[i].tobytes() == images[rows[0]].tobytes()
+            assert f"Question: {head['question']}" in questions[i] and known[questions[i]] == verdicts[i]
+        assert len({questions[i] for i in rows}) > 1  # not one answer rated four times
+    assert [i for i, v in enumerate(verdicts) if v is None] == [i for i in range(n) if i not in rated]
+
+
+def soft_batch(n=6, step=3):
+    """A judge batch (half rated) encoded by the tiny processor, its verdicts, and the soft-loss targets."""
+    _, processor = load("tiny-init", device="cpu")
+    images, questions, texts, verdicts = train.synthetic_judge(step, n, 0, processor.tokenizer.eos_token, 0.5)
+    batch, keep, skipped = encode(processor, images, questions, texts)
+    assert keep == list(range(n)) and not skipped
+    return processor, batch, texts, verdicts, train.soft_rating_targets(processor, batch, verdicts)
+
+
+def test_soft_rating_targets_point_at_each_rated_rows_score_digit():
+    processor, batch, texts, verdicts, soft = soft_batch()
+    rated = [i for i, v in enumerate(verdicts) if v is not None]
+    assert soft["rating_rows"].tolist() == rated and len(rated) == 3
+    for r, pos, dist in zip(rated, soft["rating_pos"].tolist(), soft["rating_dist"]):
+        # position pos of the next-token frame predicts token pos + 1: the digit the target text holds
+        assert processor.tokenizer.decode([int(batch["input_ids"][r, pos + 1])]) == texts[r][len(judge.SCORE_PREFIX)]
+        assert dist.tolist() == pytest.approx(judge.RATING_NOISE[verdicts[r]])
+    assert processor.tokenizer.decode(soft["rating_digits"].tolist()) == "12345"
+
+
+def test_soft_rating_loss_matches_a_hand_computation():
+    processor, batch, texts, verdicts, soft = soft_batch()
+    model, _ = load("tiny-init", device="cpu")
+    ids = train.token_ids(processor)
+    with torch.no_grad():
+        plain = train.loss_on(model, batch, ids, "sft")
+        got = train.loss_on(model, {**batch, **soft}, ids, "sft")
+        logp = torch.log_softmax(model(**{k: batch[k] for k in MODEL_KEYS if k in batch}).logits.double(), -1)
+    digits = [int(d) for d in soft["rating_digits"]]
+    token_nll, digit_ce = [], []
+    for r in range(len(texts)):  # by hand: every answer token's loss, the rated rows' digits apart
+        start, end = int(batch["prompt_lens"][r]), int(batch["attention_mask"][r].sum())
+        for j in range(start, end):
+            if verdicts[r] is not None and j == start + len(judge.SCORE_PREFIX):
+                digit_ce.append(-sum(q * logp[r, j - 1, d] for q, d in zip(judge.RATING_NOISE[verdicts[r]], digits)))
+            else:
+                token_nll.append(-logp[r, j - 1, int(batch["input_ids"][r, j])])
+    assert len(digit_ce) == 3
+    want = sum(token_nll) / len(token_nll) + sum(digit_ce) / len(digit_ce)
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+    assert abs(float(got) - float(plain)) > 1e-3  # the soft loss is not the sampled digit's token mean
 
 
 def judge_args(out, **kw):
@@ -158,7 +241,30 @@ def test_bad_judge_settings_are_refused_before_training(tmp_path):
         train.main(judge_args(tmp_path / "a", rating_share=1.5))
     with pytest.raises(ValueError, match="--objective sft"):
         train.main(judge_args(tmp_path / "b", objective="prm"))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="--rating-loss 'hard'"):
+        train.main(judge_args(tmp_path / "c", rating_loss="hard"))
+    with pytest.raises(ValueError, match="--data synthetic-judge"):
+        train.main(judge_args(tmp_path / "d", data="synthetic", rating_loss="soft"))
+    assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_soft_judge_stream_resumes_exactly_and_refuses_the_sampled_loss(tmp_path, monkeypatch):
+    full = train.main(judge_args(tmp_path / "full", rating_loss="soft", max_steps=4, save_every=2))
+    real = train.lr_at
+
+    def crash(step, a):  # the checkpoint of step 2 is on disk, step 3 is lost
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(step, a)
+    monkeypatch.setattr(train, "lr_at", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(judge_args(tmp_path / "run", rating_loss="soft", max_steps=4, save_every=2))
+    monkeypatch.setattr(train, "lr_at", real)
+    with pytest.raises(ValueError, match="rating_loss 'soft' -> 'sample'"):
+        train.main(judge_args(tmp_path / "run", resume=True, max_steps=4, save_every=2))
+    resumed = train.main(judge_args(tmp_path / "run", rating_loss="soft", resume=True, max_steps=4, save_every=2))
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def dev_prompts(n_problems=4):
@@ -193,6 +299,27 @@ def test_a_quickly_trained_judge_writes_the_digit_its_logits_rank_first(tmp_path
     assert_modes_agree(model.eval(), processor)
 
 
+def test_a_soft_trained_judge_puts_its_score_on_the_digits(tmp_path):
+    """--rating-loss soft: after 24 steps the digit after "Overall Score: " holds most of the next token's
+    probability on every prompt (the base gives it almost none on some)."""
+    model = train.main(judge_args(tmp_path / "soft", model="tiny", rating_share=1.0, max_steps=24, batch_size=8,
+                                  lr=5e-3, warmup=4, save_every=10**6, rating_loss="soft"))
+    _, processor = load("tiny", device="cpu")
+    images, prompts = dev_prompts(2)
+    batch, _, _ = encode(processor, images, prompts, [judge.SCORE_PREFIX] * len(prompts))
+    with torch.no_grad():
+        hs = hidden_states(model.eval(), batch)
+        last = batch["attention_mask"].sum(1) - 1
+        p = torch.softmax(unwrap(model).lm_head(hs[torch.arange(len(prompts)), last]), -1)  # (N, V)
+    digits = [processor.tokenizer.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+    assert p[:, digits].sum(-1).min() > 0.5
+    base, _ = load("tiny", device="cpu")
+    with torch.no_grad():
+        hs0 = hidden_states(base, batch)
+        p0 = torch.softmax(base.lm_head(hs0[torch.arange(len(prompts)), last]), -1)
+    assert p0[:, digits].sum(-1).min() < 0.01  # the base: almost none on some prompts
+
+
 SHIPPED_JUDGES = sorted(name for name in SHIPPED if name.startswith("tiny-judge"))
 
 
@@ -216,6 +343,8 @@ def test_a_shipped_judge_folder_is_a_model_with_its_card(name):
         flag = "--" + key.replace("_", "-")
         given = re.search(rf"{flag} (\S+)", card)
         assert float(given[1] if given else getattr(train.Args(), key)) == cfg[key], flag
+    given = re.search(r"--rating-loss (\S+)", card)
+    assert (given[1] if given else train.Args().rating_loss) == cfg.get("rating_loss", "sample")
     assert not (folder / "last").exists()  # no optimizer state
     assert not list(folder.glob("step-*"))  # no snapshots
 
@@ -263,9 +392,68 @@ def test_lab_judges_runs_end_to_end_on_a_tiny_model(tmp_path):
         judges.main(judges.Args(judges="tiny-init", candidates=3, out=str(tmp_path)))
 
 
+def test_tune_split_measures_tune_problems_with_the_threshold_on_others():
+    a = judges.Args(split="tune", dev_n=3, tune_n=2, candidates=2)
+    (t_probs, t_cands), (m_probs, m_cands) = judges.split_pools(a)
+    assert [p["id"] for p in t_probs] == ["tune-00000", "tune-00001"]
+    assert [p["id"] for p in m_probs] == ["tune-00002", "tune-00003", "tune-00004"]
+    assert all(tasks.split_of(p) == "tune" for p in t_probs + m_probs)
+    assert {c["problem_id"] for c in t_cands} == {p["id"] for p in t_probs} and len(t_cands) == 4
+    assert {c["problem_id"] for c in m_cands} == {p["id"] for p in m_probs} and len(m_cands) == 6
+    dev = judges.split_pools(judges.Args(dev_n=3, tune_n=2, candidates=2))
+    assert [p["id"] for p in dev[0][0]] == ["tune-00000", "tune-00001"]  # the default: dev measured
+    assert all(tasks.split_of(p) == "dev" for p in dev[1][0])
+
+
+def test_lab_judges_on_tune_solves_tune_problems(tmp_path, monkeypatch):
+    seen = []
+    real = judges.policy.solve
+
+    def solve(model, processor, images, questions):
+        seen.extend(questions)
+        return real(model, processor, images, questions)
+    monkeypatch.setattr(judges.policy, "solve", solve)
+    monkeypatch.setattr(judges.train, "evaluate_sft", None)  # dev's solving measure is not called
+    res = judges.main(judges.Args(judges="tiny-init", split="tune", dev_n=2, tune_n=2, candidates=2, eval_n=3,
+                                  out=str(tmp_path)))
+    want = [p["question"] for p in tasks.make_problems(3, 1000, "tune")]
+    assert seen == want and 0.0 <= res["judges"][0]["solving"] <= 1.0
+    assert "Judges on tune" in (tmp_path / "judges.md").read_text()
+
+
 def test_lab_judges_help_explains_its_measures():
     r = subprocess.run([sys.executable, "-m", "lab.judges", "--help"], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     for words in ("--dev-n", "--tune-n", "--judges", "Best-of-16", "first-error F1", "tune"):
         assert words in r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(judge_recipes.PROBES))
+def test_each_judge_recipe_probe_is_a_soft_judge_run_of_train(name):
+    a = cli.parse_args(train.Args, [*judge_recipes.COMMON, *judge_recipes.PROBES[name], "--out", "x"])
+    assert (a.objective, a.data, a.rating_loss) == ("sft", "synthetic-judge", "soft")
+    kept = judge_recipes.kept_steps(name)
+    assert kept[-1] == a.max_steps and kept == list(range(a.keep_every, a.max_steps + 1, a.keep_every))
+
+
+def test_judge_recipes_reads_the_last_flag_and_trains_a_probe_once(tmp_path, monkeypatch):
+    assert judge_recipes.flag("--lr", ["--lr", "1", "--max-steps", "5", "--lr", "2"]) == "2"
+    calls = []
+    monkeypatch.setattr(judge_recipes.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    judge_recipes.train_probe("soft-lr1e-3-long", tmp_path)
+    cmd = calls[0]
+    assert cmd[1] == "train.py" and cmd[-2:] == ["--out", str(tmp_path / "soft-lr1e-3-long")]
+    assert judge_recipes.flag("--max-steps", cmd) == "2000" and judge_recipes.flag("--lr", cmd) == "1e-3"
+    assert judge_recipes.kept_steps("soft-lr1e-3-long") == [500, 1000, 1500, 2000]
+    (tmp_path / "soft-lr1e-3-long").mkdir()
+    (tmp_path / "soft-lr1e-3-long" / "config.json").write_text("{}")
+    judge_recipes.train_probe("soft-lr1e-3-long", tmp_path)  # trained already: not again
+    assert len(calls) == 1
+
+
+def test_judge_settings_are_run_settings_of_judge_runs_only():
+    judging = train.run_settings(train.Args(data="synthetic-judge", rating_loss="soft", rating_group=4))
+    assert (judging["rating_loss"], judging["rating_group"]) == ("soft", 4)
+    other = train.run_settings(train.Args(data="synthetic"))
+    assert "rating_loss" not in other and "rating_group" not in other  # a run made before them still resumes
