@@ -2,6 +2,10 @@
 
     python -m lab.judges                      # out/judges/{judges.json, judges.md}
     python -m lab.judges --judges tiny,tiny-judge-short --dev-n 8 --tune-n 8 --eval-n 16    # a quick look
+    python -m lab.judges --split tune --judges out/judge-sweep/soft-lr1e-3/step-000600    # choosing a recipe
+
+--split tune measures on tune problems alone (the PRM threshold chosen on other tune problems, solving on more
+tune problems), so that a recipe is chosen without a look at dev: lab/judge_recipes.py runs it over its probes.
 
 For each judge (a shipped short name or a checkpoint folder; "tiny", the base that never learned to judge, is
 the reference) and a pool of synthetic candidates a problem (policy.candidates, half weak, half strong), the
@@ -33,6 +37,10 @@ one text (8.3 right a dev problem, 1.5 distinct), so they share one score, while
 (7.7, 5.4 distinct), and the top of several noisy wrong scores outbids the one right score unless the ranking
 is strong. The stronger solver (tiny-long) did not make a better short-trained judge (F1 0.343 against
 0.438).
+
+Other recipes, chosen on tune (lab/judge_recipes.py: the score learned against its verdict's whole RATING_NOISE
+row, learning rates 3e-4 to 3e-3, answers to one problem side by side, up to 1,000 steps) did no better on tune:
+no judge beat one random sample there either (its table), so these judges stay the shipped ones.
 """
 import json
 import time
@@ -46,6 +54,7 @@ import judge
 import policy
 import train
 from common import cli, metrics, tasks
+from common.answers import match_answer
 from common.model import load
 
 # The Best-of-N rules read (bon.py's rule syntax) over the score keys judge_pools writes.
@@ -61,7 +70,12 @@ class Args:
     judges: str = field(default=",".join(JUDGES),
                         metadata={"help": "comma-separated judges: shipped short names (model.SHIPPED) or "
                                           "checkpoint folders"})
-    dev_n: int = field(default=48, metadata={"range": (1, None), "help": "dev problems judged"})
+    split: str = field(default="dev", metadata={
+        "choices": ["dev", "tune"],
+        "help": "dev: measure on --dev-n dev problems, the PRM threshold chosen on --tune-n tune problems | tune "
+                "(choosing a recipe, dev unseen): measure on --dev-n tune problems, the threshold chosen on "
+                "--tune-n other tune problems, solving on --eval-n more tune problems"})
+    dev_n: int = field(default=48, metadata={"range": (1, None), "help": "problems measured (of --split)"})
     tune_n: int = field(default=32, metadata={"range": (1, None),
                                               "help": "tune problems judged (they choose the PRM threshold)"})
     candidates: int = field(default=16, metadata={"range": (2, None),
@@ -84,6 +98,32 @@ def make_pool(split, n, k, seed):
         for strength in ("weak", "strong"):
             cands += policy.candidates(p, k // 2, seed, strength)
     return problems, cands
+
+
+def split_pools(a):
+    """(the threshold pool, the measured pool) of --split: dev problems measured with the threshold chosen on
+    tune problems, or (--split tune) tune problems 0..tune_n-1 for the threshold and the next dev_n measured
+    (problem i depends only on (seed, split, i): the two sets are disjoint)."""
+    if a.split == "dev":
+        return make_pool("tune", a.tune_n, a.candidates, a.seed), make_pool("dev", a.dev_n, a.candidates, a.seed)
+    problems, cands = make_pool("tune", a.tune_n + a.dev_n, a.candidates, a.seed)
+    first = {p["id"] for p in problems[:a.tune_n]}
+    return ((problems[:a.tune_n], [c for c in cands if c["problem_id"] in first]),
+            (problems[a.tune_n:], [c for c in cands if c["problem_id"] not in first]))
+
+
+def solving(model, processor, a):
+    """The judge's own greedy final-answer accuracy: train.evaluate_sft's answer_all on --eval-n dev problems;
+    with --split tune, the same on --eval-n tune problems of another seed (so dev stays unseen)."""
+    if a.split == "dev":
+        return train.evaluate_sft(model, processor, train.Args(eval_n=a.eval_n), a.eval_n)["answer_all"]
+    probs = tasks.make_problems(a.eval_n, a.seed + 1000, "tune")
+    hits = 0
+    for i in range(0, len(probs), 64):
+        chunk = probs[i:i + 64]
+        outs = policy.solve(model, processor, [tasks.render(p) for p in chunk], [p["question"] for p in chunk])
+        hits += sum(match_answer(o["answer"], p["answer"]) for o, p in zip(outs, chunk))
+    return round(hits / len(probs), 4)
 
 
 def judge_pool(j, problems, cands, chunk=32):
@@ -121,23 +161,23 @@ def best_of_n(problems, cands, step_scores, answer_scores, n=N):
 
 
 def measure(name, a, tune, dev):
-    """One judge's row: its solving accuracy on dev and its judging quality on the tune and dev pools."""
+    """One judge's row: its solving accuracy and its judging quality on the measured pool (dev), its PRM
+    threshold chosen on the other (tune); with --split tune both are pools of tune problems."""
     t0 = time.time()
     model, processor = load(name, device=a.device or None)
     j = judge.Judge(model, processor, "logits", a.batch_size)
     tune_steps, _ = judge_pool(j, *tune)
     dev_steps, dev_answers = judge_pool(j, *dev)
-    solving = train.evaluate_sft(model, processor, train.Args(eval_n=a.eval_n), a.eval_n)
     rated = [c for c in dev[1] if c["id"] in dev_answers]
     auc = metrics.auc_fast([dev_answers[c["id"]] for c in rated], [c["correct"] for c in rated])
-    return {"judge": name, "solving": solving["answer_all"],
+    return {"judge": name, "solving": solving(model, processor, a),
             "prm_f1": first_error_f1(tune, tune_steps, dev, dev_steps), "orm_auc": auc,
             "bon": best_of_n(*dev, dev_steps, dev_answers), "seconds": round(time.time() - t0, 1)}
 
 
-def table(rows):
-    """The markdown table of judges.md: one row a judge."""
-    lines = ["| judge | solving (dev answers) | PRM first-error F1 (threshold) | ORM answer AUC | "
+def table(rows, split="dev"):
+    """The markdown table of judges.md: one row a judge (solving on `split`'s problems)."""
+    lines = [f"| judge | solving ({split} answers) | PRM first-error F1 (threshold) | ORM answer AUC | "
              "Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -160,8 +200,7 @@ def main(a: Args):
     if not names:
         raise ValueError("--judges: give at least one judge")
     t0, out = time.time(), Path(a.out)
-    tune = make_pool("tune", a.tune_n, a.candidates, a.seed)
-    dev = make_pool("dev", a.dev_n, a.candidates, a.seed)
+    tune, dev = split_pools(a)
     rows = []
     for name in tqdm(names, desc="judges"):
         rows.append(measure(name, a, tune, dev))
@@ -175,9 +214,10 @@ def main(a: Args):
     out.mkdir(parents=True, exist_ok=True)
     res = {"settings": asdict(a), "judges": rows, "beats_random": wins, "seconds": round(time.time() - t0, 1)}
     (out / "judges.json").write_text(json.dumps(res, indent=1))
-    text = (f"Judges on dev ({a.dev_n} problems x {a.candidates} candidates, half weak and half strong; PRM "
-            f"threshold chosen on {a.tune_n} tune problems; solving: {a.eval_n} dev problems). Scores read "
-            f"by logits.\n\n{table(rows)}\n\n{verdict}.\n")
+    other = "other " if a.split == "tune" else ""
+    text = (f"Judges on {a.split} ({a.dev_n} problems x {a.candidates} candidates, half weak and half strong; "
+            f"PRM threshold chosen on {a.tune_n} {other}tune problems; solving: {a.eval_n} {other}{a.split} "
+            f"problems). Scores read by logits.\n\n{table(rows, a.split)}\n\n{verdict}.\n")
     (out / "judges.md").write_text(text)
     print(f"\n{text}\nwrote {out / 'judges.json'} and {out / 'judges.md'} ({res['seconds']:.0f}s)")
     return res

@@ -1,0 +1,117 @@
+"""Choosing the judges' training recipe on tune, with dev unseen: probes trained from the base, each read at
+several lengths by lab.judges --split tune.
+
+    OMP_NUM_THREADS=1 python -m lab.judge_recipes                          # every probe: out/judge-sweep/
+    OMP_NUM_THREADS=1 python -m lab.judge_recipes --probes soft-lr3e-4      # one probe
+
+Each probe is one `train.py --objective sft --model tiny --data synthetic-judge --rating-loss soft` run (batch
+16, 3/4 of it rating examples, the score digit learned against its verdict's whole judge.RATING_NOISE row; 600
+steps, its model kept at steps 200, 400 and 600), differing from the others only in PROBES' flags. lab.judges
+--split tune then measures the kept models on 48 tune problems x 16 synthetic candidates (the PRM threshold
+chosen on 32 other tune problems; solving: 64 more tune problems); no dev problem is read. A probe already
+trained (its OUT/config.json exists) is only measured again. Writes out/judge-sweep/tune.md.
+
+Expected output (tune.md; a 600-step probe takes about 5.5 minutes to train and 3.5 to measure on one CPU thread,
+the machine shared with another job; the last five columns: Best-of-16). soft-lr1e-3-long was stopped at step
+1100 of its 2000-step schedule (its models at steps 500 and 1000 measured; the whole run takes about 18 minutes):
+
+| probe/model | solving | PRM F1 (threshold) | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| soft-lr3e-4/step-000200 | 0.531 | 0.388 (0.48) | 0.594 | 0.533 | 0.771 | 0.312 | 0.242 | 0.167 |
+| soft-lr3e-4/step-000400 | 0.688 | 0.367 (0.55) | 0.502 | 0.533 | 0.771 | 0.167 | 0.155 | 0.104 |
+| soft-lr3e-4/step-000600 | 0.656 | 0.343 (0.51) | 0.522 | 0.533 | 0.771 | 0.167 | 0.168 | 0.104 |
+| soft-lr1e-3/step-000200 | 0.531 | 0.404 (0.50) | 0.594 | 0.533 | 0.771 | 0.229 | 0.327 | 0.125 |
+| soft-lr1e-3/step-000400 | 0.594 | 0.412 (0.55) | 0.507 | 0.533 | 0.771 | 0.167 | 0.290 | 0.062 |
+| soft-lr1e-3/step-000600 | 0.641 | 0.400 (0.52) | 0.507 | 0.533 | 0.771 | 0.188 | 0.310 | 0.146 |
+| soft-lr3e-3/step-000200 | 0.141 | 0.418 (0.43) | 0.564 | 0.533 | 0.771 | 0.250 | 0.219 | 0.208 |
+| soft-lr3e-3/step-000400 | 0.531 | 0.334 (0.53) | 0.544 | 0.533 | 0.771 | 0.208 | 0.243 | 0.229 |
+| soft-lr3e-3/step-000600 | 0.625 | 0.442 (0.53) | 0.547 | 0.533 | 0.771 | 0.167 | 0.245 | 0.271 |
+| soft-lr1e-3-group4/step-000200 | 0.547 | 0.415 (0.53) | 0.560 | 0.533 | 0.771 | 0.208 | 0.266 | 0.104 |
+| soft-lr1e-3-group4/step-000400 | 0.531 | 0.396 (0.48) | 0.510 | 0.533 | 0.771 | 0.229 | 0.268 | 0.146 |
+| soft-lr1e-3-group4/step-000600 | 0.562 | 0.370 (0.55) | 0.501 | 0.533 | 0.771 | 0.292 | 0.280 | 0.125 |
+| soft-lr1e-3-long/step-000500 | 0.578 | 0.382 (0.62) | 0.507 | 0.533 | 0.771 | 0.188 | 0.271 | 0.167 |
+| soft-lr1e-3-long/step-001000 | 0.516 | 0.421 (0.54) | 0.502 | 0.533 | 0.771 | 0.188 | 0.311 | 0.167 |
+
+No probe's judge beats one random sample (0.533) in Best-of-16 in any mode: its answer AUC stays at 0.50-0.59,
+and within one problem it gives nearly one score to every answer (soft-lr1e-3 at step 600: answer AUC within a
+problem 0.48 over 12 tune problems; a step's score follows its position in the solution, not whether it is
+right). The train loss (the digit's soft cross-entropy plus the other tokens' mean) flattens by step 300 at
+1.45-1.48 whatever the learning rate or the grouping. So no recipe was chosen and no judge was shipped from these (checkpoints/tiny-judge-* are the
+earlier ones).
+"""
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import cli
+from lab import judges
+
+# fork here: the probes. Each is train.py's flags on top of COMMON (a later flag wins); its models kept every
+# --keep-every steps are what lab.judges measures.
+PROBES = {
+    "soft-lr3e-4": ["--lr", "3e-4"],
+    "soft-lr1e-3": ["--lr", "1e-3"],
+    "soft-lr3e-3": ["--lr", "3e-3"],
+    "soft-lr1e-3-group4": ["--lr", "1e-3", "--rating-group", "4"],
+    "soft-lr1e-3-long": ["--lr", "1e-3", "--max-steps", "2000", "--keep-every", "500", "--eval-every", "1000"],
+    "soft-lr1e-3-all-long": ["--lr", "1e-3", "--rating-share", "1.0", "--max-steps", "1200", "--keep-every", "600",
+                             "--eval-every", "1200"],  # every row a rating
+}
+COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
+          "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",
+          "--keep-every", "200", "--eval-every", "1000000", "--eval-n", "32", "--save-every", "1000000",
+          "--overwrite"]
+
+
+def flag(name, flags):
+    """The value of --name in flags (the last one given)."""
+    return [flags[i + 1] for i, f in enumerate(flags) if f == name][-1]
+
+
+def kept_steps(name):
+    """The steps at which probe `name` keeps its model (OUT/step-N): every --keep-every up to --max-steps."""
+    flags = COMMON + PROBES[name]
+    every, steps = int(flag("--keep-every", flags)), int(flag("--max-steps", flags))
+    return list(range(every, steps + 1, every))
+
+
+@dataclass
+class Args:
+    probes: str = field(default=",".join(PROBES), metadata={"help": "comma-separated names of PROBES"})
+    out: str = field(default="out/judge-sweep", metadata={"help": "a folder a probe, and tune.md"})
+
+
+def train_probe(name, out):
+    """Train probe `name` into out/name unless it is there already; its log in out/name.log."""
+    folder = Path(out) / name
+    if (folder / "config.json").exists():
+        return
+    cmd = [sys.executable, "train.py", *COMMON, *PROBES[name], "--out", str(folder)]
+    print(" ".join(cmd[1:]), flush=True)
+    with open(Path(out) / f"{name}.log", "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
+
+
+def main(a: Args):
+    names = [x.strip() for x in a.probes.split(",") if x.strip()]
+    for name in names:
+        cli.choice(name, tuple(PROBES), "--probes")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        train_probe(name, a.out)
+        kept = [str(Path(a.out) / name / f"step-{s:06d}") for s in kept_steps(name)]
+        res = judges.main(judges.Args(judges=",".join(kept), split="tune", eval_n=64,
+                                      out=str(Path(a.out) / name / "tune")))
+        rows += res["judges"]
+    text = (f"Judge recipes on tune (48 tune problems x 16 candidates; PRM threshold on 32 other tune problems; "
+            f"solving: 64 tune problems). Each probe: train.py {' '.join(COMMON)} plus its flags.\n\n"
+            f"{judges.table(rows, 'tune')}\n")
+    (Path(a.out) / "tune.md").write_text(text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    cli.run(main, Args, __doc__)
