@@ -13,7 +13,8 @@ trained (its OUT/config.json exists) is only measured again. Writes out/judge-sw
 
 Expected output (tune.md; a 600-step probe takes about 5.5 minutes to train and 3.5 to measure on one CPU thread,
 the machine shared with another job; the last five columns: Best-of-16). soft-lr1e-3-long was stopped at step
-1100 of its 2000-step schedule (its models at steps 500 and 1000 measured; the whole run takes about 18 minutes):
+1100 of its 2000-step schedule (its models at steps 500 and 1000 measured; the whole run takes about 18
+minutes); soft-lr1e-3-all-long (every row a rating, 1200 steps) took 12 minutes:
 
 | probe/model | solving | PRM F1 (threshold) | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
@@ -31,13 +32,21 @@ the machine shared with another job; the last five columns: Best-of-16). soft-lr
 | soft-lr1e-3-group4/step-000600 | 0.562 | 0.370 (0.55) | 0.501 | 0.533 | 0.771 | 0.292 | 0.280 | 0.125 |
 | soft-lr1e-3-long/step-000500 | 0.578 | 0.382 (0.62) | 0.507 | 0.533 | 0.771 | 0.188 | 0.271 | 0.167 |
 | soft-lr1e-3-long/step-001000 | 0.516 | 0.421 (0.54) | 0.502 | 0.533 | 0.771 | 0.188 | 0.311 | 0.167 |
+| soft-lr1e-3-all-long/step-000600 | 0.062 | 0.319 (0.63) | 0.495 | 0.533 | 0.771 | 0.229 | 0.204 | 0.208 |
+| soft-lr1e-3-all-long/step-001200 | 0.062 | 0.397 (0.58) | 0.525 | 0.533 | 0.771 | 0.250 | 0.192 | 0.188 |
+
+For reference, the base and the shipped tiny-judge-short (the sampled digit at lr 3e-3), measured the same way
+(python -m lab.judges --split tune --judges tiny,tiny-judge-short --eval-n 64):
+
+| tiny | 0.672 | 0.301 (0.24) | 0.536 | 0.533 | 0.771 | 0.188 | 0.241 | 0.229 |
+| tiny-judge-short | 0.562 | 0.367 (0.50) | 0.506 | 0.533 | 0.771 | 0.208 | 0.173 | 0.125 |
 
 No probe's judge beats one random sample (0.533) in Best-of-16 in any mode: its answer AUC stays at 0.50-0.59,
 and within one problem it gives nearly one score to every answer (soft-lr1e-3 at step 600: answer AUC within a
 problem 0.48 over 12 tune problems; a step's score follows its position in the solution, not whether it is
 right). The train loss (the digit's soft cross-entropy plus the other tokens' mean) flattens by step 300 at
-1.45-1.48 whatever the learning rate or the grouping. So no recipe was chosen and no judge was shipped from these (checkpoints/tiny-judge-* are the
-earlier ones).
+1.45-1.48 whatever the learning rate or the grouping (1.42-1.43 with every row a rating, which loses solving).
+So no recipe was chosen and no judge was shipped from these (checkpoints/tiny-judge-* are the earlier ones).
 """
 import subprocess
 import sys
@@ -55,8 +64,8 @@ PROBES = {
     "soft-lr3e-3": ["--lr", "3e-3"],
     "soft-lr1e-3-group4": ["--lr", "1e-3", "--rating-group", "4"],
     "soft-lr1e-3-long": ["--lr", "1e-3", "--max-steps", "2000", "--keep-every", "500", "--eval-every", "1000"],
-    "soft-lr1e-3-all-long": ["--lr", "1e-3", "--rating-share", "1.0", "--max-steps", "1200", "--keep-every", "600",
-                             "--eval-every", "1200"],  # every row a rating
+    "soft-lr1e-3-all-long": ["--lr", "1e-3", "--rating-share", "1.0", "--max-steps", "1200",
+                             "--keep-every", "600", "--eval-every", "1200"],  # every row a rating
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",
