@@ -45,7 +45,6 @@ import steps
 import train
 import tree_search
 from common import cli, data, tasks
-from common.model import load
 from lab import api, controls, evidence, report, speed
 from policy import SyntheticPolicy, VLMPolicy, candidate, candidates
 
@@ -407,7 +406,7 @@ def stage_judges(a, st, P, pools):
     def make():
         out = {split: {} for split in judged}
         for name in tqdm(names, desc="judges"):
-            rater = judge.Judge(*load(name))
+            rater = judge.load_judge(name, batch_size=SCORE_BATCH)
             for split, ids in judged.items():
                 cands = [c for c in pools[(split, evidence.JUDGES_POOL)] if c["problem_id"] in ids]
                 out[split].update(judge_sets(rater, name, P[split], cands))

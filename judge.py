@@ -15,15 +15,17 @@ made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures 
 gives the same prompts with their verdicts, for train.py --rating-loss soft (the score learned against its
 verdict's whole RATING_NOISE row); lab/judge_recipes.py compares such recipes on tune.
 """
+import json
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 import prm
 from common import cli, tasks
-from common.model import encode, generate, hidden_states, load, unwrap
+from common.model import encode, generate, hidden_states, load, resolve, unwrap
 from common.tasks import format_steps
 
 # The paper's judge rubric (ViLBench, VLM-as-a-judge): rate 1-5 on relevance, coherence, accuracy and clarity.
@@ -53,6 +55,11 @@ RATING_NOISE = {"right": (0.02, 0.03, 0.07, 0.28, 0.60),   # mean 4.41
                 "lucky": (0.10, 0.20, 0.40, 0.20, 0.10),   # mean 3.00
                 "wrong": (0.55, 0.27, 0.08, 0.06, 0.04)}   # mean 1.77
 SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads the digit right after it
+# A checking judge works the rated step (or the whole solution) out itself before it rates, as a general VLM judge
+# reasons before its verdict: "Check: <the step as it should read>" then the score. A tiny model cannot verify a
+# number against the image or the arithmetic in the one position of its score, but it can write what it reads in
+# the image and compare that with the step (python -m lab.judges measures both kinds).
+CHECK_PREFIX = "Check: "
 
 
 def verdicts(problem, solution):
@@ -71,9 +78,9 @@ def verdicts(problem, solution):
 
 def rated_verdicts(problem, solution):
     """The verdicts a judge is trained to rate for one sampled solution (a policy.candidates record: "steps",
-    "correct") of a train problem: [(prompt, verdict)], one PRM-mode prompt a step up to the first wrong one
-    (prompt(question, steps, upto=k)), then the ORM-mode one (prompt(question, steps)); verdict a RATING_NOISE
-    key."""
+    "correct") of a train problem: [(prompt, verdict, upto)], one PRM-mode prompt a step up to the first wrong
+    one (prompt(question, steps, upto=k), upto k), then the ORM-mode one (prompt(question, steps), upto None);
+    verdict a RATING_NOISE key."""
     if "facts" not in problem:
         raise ValueError(f"problem {problem.get('id')!r}: rating examples need a suite problem (the oracle "
                          "knows its steps)")
@@ -89,17 +96,30 @@ def rated_verdicts(problem, solution):
             # would teach the judge to fault a step that may be right on its own (train.py's likelihood loss
             # leaves these steps out for the same reason); the first-error F1 reads no step after it either
             continue
-        out.append((prompt(problem["question"], solution["steps"], upto=k), verdict))
+        out.append((prompt(problem["question"], solution["steps"], upto=k), verdict, k))
     return out
 
 
-def rating_examples(problem, solution, seed=0):
+def check_text(problem, upto):
+    """What a checking judge writes before its score: step `upto` as it should read after a right prefix (PRM
+    mode), or the whole solution worked out (ORM mode, upto None)."""
+    gold = [text for text, _, _ in tasks.gold_steps(problem)]
+    if upto is None:
+        return " ".join(gold)
+    return gold[upto] if upto < len(gold) else "There is no such step."
+
+
+def rating_examples(problem, solution, seed=0, check=False):
     """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
-    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row.
-    Deterministic in (seed, problem id, steps)."""
+    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row; with check,
+    "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
     rated = rated_verdicts(problem, solution)
     rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
-    return [(p, f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=RATING_NOISE[v])[0]}") for p, v in rated]
+    out = []
+    for p, v, upto in rated:
+        score = f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=RATING_NOISE[v])[0]}"
+        out.append((p, f"{CHECK_PREFIX}{check_text(problem, upto)}\n{score}" if check else score))
+    return out
 
 
 def parse_score(reply):
@@ -109,11 +129,12 @@ def parse_score(reply):
 
 
 class Judge:
-    """A local model as a judge: rate(images, prompts) -> (scores in [0, 1], parse failures)."""
+    """A local model as a judge: rate(images, prompts) -> (scores in [0, 1], parse failures). check: a checking
+    judge (train.py --rating-check), which logits mode lets write its check before the score is read."""
 
-    def __init__(self, model, processor, mode="logits", batch_size=8, max_new_tokens=256):
+    def __init__(self, model, processor, mode="logits", batch_size=8, max_new_tokens=256, check=False):
         cli.choice(mode, MODES, "judge mode")
-        self.model, self.processor, self.mode = model, processor, mode
+        self.model, self.processor, self.mode, self.check = model, processor, mode, check
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     @torch.no_grad()
@@ -121,7 +142,7 @@ class Judge:
         """(E - 1) / 4 of a 1-5 score: logits mode reads the expectation, generate mode the parsed reply (a reply
         without a score is a parse failure: None, counted)."""
         if self.mode == "logits":
-            p = self.score_probs(images, prompts)  # (N, 5)
+            p = self.score_probs(images, prompts, self.checks(images, prompts) if self.check else None)  # (N, 5)
             return (((p * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist(), 0
         scores, failures = [], 0
         for j in range(0, len(prompts), self.batch_size):
@@ -132,20 +153,46 @@ class Judge:
         return scores, failures
 
     @torch.no_grad()
-    def score_probs(self, images, prompts):
-        """(N, 5) the model's distribution over the scores 1..5 as the next token after "Overall Score: " (the
-        logits of the other tokens left out): what logits mode reads."""
-        tok = self.processor.tokenizer
-        digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+    def checks(self, images, prompts):
+        """A checking judge's replies up to its score (greedy): "Check: ...\n" of each prompt, the text before
+        "Overall Score: " (its whole reply where it wrote none)."""
         out = []
         for j in range(0, len(prompts), self.batch_size):
             ims, ps = images[j:j + self.batch_size], prompts[j:j + self.batch_size]
-            batch, _, _ = encode(self.processor, ims, ps, [SCORE_PREFIX] * len(ps), max_len=10**6)
+            for text in generate(self.model, self.processor, ims, ps, max_new_tokens=self.max_new_tokens,
+                                 stop=[SCORE_PREFIX]):
+                out.append(text.split(SCORE_PREFIX)[0])
+        return out
+
+    @torch.no_grad()
+    def score_probs(self, images, prompts, replies=None):
+        """(N, 5) the model's distribution over the scores 1..5 as the next token after "Overall Score: " (the
+        logits of the other tokens left out), written after each reply (a checking judge's check; none: at the
+        reply's start): what logits mode reads."""
+        tok = self.processor.tokenizer
+        digits = [tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)]
+        bodies = [SCORE_PREFIX] * len(prompts) if replies is None else [r + SCORE_PREFIX for r in replies]
+        out = []
+        for j in range(0, len(prompts), self.batch_size):
+            ims, ps = images[j:j + self.batch_size], prompts[j:j + self.batch_size]
+            batch, _, _ = encode(self.processor, ims, ps, bodies[j:j + self.batch_size], max_len=10**6)
             hs = hidden_states(self.model, batch)  # (B, S, H): read after the last real token of each row
             last = batch["attention_mask"].sum(1).to(hs.device) - 1
             w = unwrap(self.model).lm_head.weight[digits]  # (5, H)
             out.append(torch.softmax((hs[torch.arange(len(ps)), last] @ w.T).float(), -1).cpu())  # (B, 5)
         return torch.cat(out) if out else torch.zeros(0, 5)
+
+
+def checks_first(name):
+    """Whether the judge checkpoint `name` (a shipped short name or a folder) was trained to check before it
+    rates (train.py --rating-check, in its train_config.json)."""
+    config = Path(resolve(name)) / "train_config.json"
+    return config.exists() and json.loads(config.read_text()).get("rating_check", False)
+
+
+def load_judge(name, mode="logits", batch_size=8, device=None):
+    """A local judge by name, a checking one told so (checks_first)."""
+    return Judge(*load(name, device=device), mode, batch_size, check=checks_first(name))
 
 
 def judge_steps(judge, images, questions, steps):
@@ -204,7 +251,7 @@ def judge_candidates(judge, mode, images, questions, steps):
 def main(a: Args, given=None):
     """given: a judge object (lab/api.py passes a served one); default: --model, loaded once the inputs are read."""
     def make_scorer():
-        judge = given or Judge(*load(a.model, device=a.device or None), a.read, a.batch_size)
+        judge = given or load_judge(a.model, a.read, a.batch_size, a.device or None)
 
         def score(images, questions, steps):
             return judge_candidates(judge, a.mode, images, questions, steps)

@@ -69,6 +69,9 @@ class Args:
                 "judge.RATING_NOISE, one token of the batch's token mean) | soft (cross-entropy against the "
                 "whole RATING_NOISE row of its verdict, the rated rows' mean added to the other tokens' mean)",
         "choices": ["sample", "soft"]})
+    rating_check: bool = field(default=False, metadata={
+        "help": "--data synthetic-judge: a rating's target first works the rated step or solution out (\"Check: "
+                "<the step as it should read>\", judge.check_text), then gives the score: a checking judge"})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
     max_steps: int = field(default=3000, metadata={"range": (1, None), "help": "optimizer steps"})
@@ -105,7 +108,8 @@ class Args:
 RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "batch_size", "grad_accum", "lr", "warmup",
             "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
             "rating_share")
-JUDGE_KEYS = ("rating_loss", "rating_group")  # RUN_KEYS of --data synthetic-judge alone (other runs resume as before)
+# RUN_KEYS of --data synthetic-judge alone (other runs resume as before)
+JUDGE_KEYS = ("rating_loss", "rating_group", "rating_check")
 SYNTHETIC = ("synthetic", "synthetic-judge", "synthetic-all")  # the --data made in code, fresh every batch (no file)
 
 
@@ -145,13 +149,13 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share, group=1):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=False):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
     rate. group > 1: the rated rows, in order, come in groups of `group` that rate different answers to one
     problem, the group's first row's (its image too). Train contents only, and it depends only on (seed, step),
-    so a resume sees the same batches.
+    so a resume sees the same batches. check: the targets of a checking judge (judge.rating_examples).
     -> (images, questions, texts, verdicts): verdicts[i] the RATING_NOISE key of a rated row, None for a solving
     row (what --rating-loss soft learns the digit from)."""
     images, questions, texts = synthetic_sft(step, n, seed, eos)
@@ -164,7 +168,7 @@ def synthetic_judge(step, n, seed, eos, rating_share, group=1):
         prob = probs[head]
         # the (j % group)-th answer of the sampler: another answer for each row of a group
         solution = policy.candidates(prob, j % group + 1, seed, rng.choice(["weak", "strong"]))[-1]
-        examples = judge.rating_examples(prob, solution, seed)
+        examples = judge.rating_examples(prob, solution, seed, check)
         k = rng.randrange(len(examples))  # draws as rng.choice(examples) does
         questions[i], target = examples[k]
         verdicts[i] = judge.rated_verdicts(prob, solution)[k][1]
@@ -452,7 +456,8 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
         if a.data in SYNTHETIC:
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
-                whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group)
+                whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group,
+                                        a.rating_check)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts
@@ -522,6 +527,9 @@ def main(a: Args):
     cli.choice(a.rating_loss, ("sample", "soft"), "--rating-loss")
     if a.rating_loss == "soft" and a.data != "synthetic-judge":
         raise ValueError("--rating-loss soft learns the ratings of --data synthetic-judge: give that --data")
+    if a.rating_loss == "soft" and a.rating_check:  # soft_rating_targets reads the digit at the reply's start
+        raise ValueError("--rating-loss soft reads the score digit at the start of the reply, and --rating-check "
+                         "writes a check before it: give one of the two")
     rank, world, device = recipe.setup(a)
     torch.manual_seed(a.seed)
     random.seed(a.seed)

@@ -66,6 +66,8 @@ PROBES = {
     "soft-lr1e-3-long": ["--lr", "1e-3", "--max-steps", "2000", "--keep-every", "500", "--eval-every", "1000"],
     "soft-lr1e-3-all-long": ["--lr", "1e-3", "--rating-share", "1.0", "--max-steps", "1200",
                              "--keep-every", "600", "--eval-every", "1200"],  # every row a rating
+    # a checking judge: it writes the step as it should read (or the whole solution) before its score
+    "check-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check"],
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",

@@ -165,7 +165,7 @@ def measure(name, a, tune, dev):
     threshold chosen on the other (tune); with --split tune both are pools of tune problems."""
     t0 = time.time()
     model, processor = load(name, device=a.device or None)
-    j = judge.Judge(model, processor, "logits", a.batch_size)
+    j = judge.Judge(model, processor, "logits", a.batch_size, check=judge.checks_first(name))
     tune_steps, _ = judge_pool(j, *tune)
     dev_steps, dev_answers = judge_pool(j, *dev)
     rated = [c for c in dev[1] if c["id"] in dev_answers]

@@ -95,12 +95,13 @@ def test_rated_verdicts_are_the_rating_examples_prompts_with_the_oracles_verdict
     kinds = set()
     for sol in sols:
         rated = judge.rated_verdicts(prob, sol)
-        assert [p for p, _ in rated] == [p for p, _ in judge.rating_examples(prob, sol, seed=2)]
+        assert [p for p, _, _ in rated] == [p for p, _ in judge.rating_examples(prob, sol, seed=2)]
         oracle = judge.verdicts(prob, sol)
         assert rated[-1][1] == oracle[-1][1]  # the whole answer's verdict, last
         # the steps' verdicts up to the first error: right ones, then (if any) the first wrong one
-        assert [v for _, v in rated[:-1]] == [v for _, v in oracle[:len(rated) - 1]]
-        kinds.add(tuple(v for _, v in rated[:-1])[-1:])
+        assert [v for _, v, _ in rated[:-1]] == [v for _, v in oracle[:len(rated) - 1]]
+        assert [k for _, _, k in rated] == list(range(len(rated) - 1)) + [None]
+        kinds.add(tuple(v for _, v, _ in rated[:-1])[-1:])
     assert {("right",), ("wrong",)} <= kinds  # both kinds of last rated step were checked
 
 
@@ -128,7 +129,7 @@ def test_judge_batch_rates_a_share_and_solves_the_rest_as_synthetic_sft():
         score_of(texts[i].removesuffix(EOS))
         # its verdict is the oracle's for that prompt, of the solution the sampler wrote (weak or strong)
         known = {p: v for strength in ("weak", "strong")
-                 for p, v in judge.rated_verdicts(probs[i], policy.candidates(probs[i], 1, 0, strength)[0])}
+                 for p, v, _ in judge.rated_verdicts(probs[i], policy.candidates(probs[i], 1, 0, strength)[0])}
         assert verdicts[i] == known[questions[i]]
     assert train.synthetic_judge(5, n, 0, EOS, 0.0)[1:3] == solving[1:]
     assert all(t.startswith(judge.SCORE_PREFIX) for t in train.synthetic_judge(5, n, 0, EOS, 1.0)[2])
@@ -150,7 +151,7 @@ def test_judge_batch_in_groups_rates_several_answers_to_one_problem():
         known = {}  # every rated prompt of the head problem's first answers, weak and strong
         for strength in ("weak", "strong"):
             for m in range(1, group + 1):
-                known.update(judge.rated_verdicts(head, policy.candidates(head, m, 0, strength)[-1]))
+                known.update((p, v) for p, v, _ in judge.rated_verdicts(head, policy.candidates(head, m, 0, strength)[-1]))
         for i in rows:  # each row: the head's image and a rubric prompt about one of its answers
             assert images[i].tobytes() == images[rows[0]].tobytes()
             assert f"Question: {head['question']}" in questions[i] and known[questions[i]] == verdicts[i]
@@ -430,9 +431,11 @@ def test_lab_judges_help_explains_its_measures():
 
 
 @pytest.mark.parametrize("name", sorted(judge_recipes.PROBES))
-def test_each_judge_recipe_probe_is_a_soft_judge_run_of_train(name):
+def test_each_judge_recipe_probe_is_a_judge_run_of_train(name):
     a = cli.parse_args(train.Args, [*judge_recipes.COMMON, *judge_recipes.PROBES[name], "--out", "x"])
-    assert (a.objective, a.data, a.rating_loss) == ("sft", "synthetic-judge", "soft")
+    assert (a.objective, a.data) == ("sft", "synthetic-judge")
+    # a checking probe learns the sampled digit (train.py refuses the soft loss with a check), the others soft
+    assert a.rating_loss == ("sample" if a.rating_check else "soft") and a.rating_check == name.startswith("check")
     kept = judge_recipes.kept_steps(name)
     assert kept[-1] == a.max_steps and kept == list(range(a.keep_every, a.max_steps + 1, a.keep_every))
 
@@ -457,3 +460,39 @@ def test_judge_settings_are_run_settings_of_judge_runs_only():
     assert (judging["rating_loss"], judging["rating_group"]) == ("soft", 4)
     other = train.run_settings(train.Args(data="synthetic"))
     assert "rating_loss" not in other and "rating_group" not in other  # a run made before them still resumes
+
+
+def test_a_checking_judges_targets_work_the_step_out_then_give_the_same_scores():
+    prob = tasks.make_problem("ck", 1, kind="count_add")
+    for sol in policy.candidates(prob, 6, 1, "weak"):
+        plain = judge.rating_examples(prob, sol, seed=1)
+        checked = judge.rating_examples(prob, sol, seed=1, check=True)
+        assert [p for p, _ in checked] == [p for p, _ in plain]
+        for (_, target), (_, score), (_, _, upto) in zip(checked, plain, judge.rated_verdicts(prob, sol)):
+            check, _, rest = target.partition("\n")
+            assert rest == score  # the same noisy score, on the line after the check
+            assert check == judge.CHECK_PREFIX + (" ".join(gold(prob)) if upto is None else gold(prob)[upto])
+
+
+def test_checking_judges_are_told_by_their_train_config(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert not judge.checks_first(str(tmp_path))  # no train_config.json: a judge that rates at once
+    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": True}))
+    assert judge.checks_first(str(tmp_path))
+    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": False}))
+    assert not judge.checks_first(str(tmp_path)) and not judge.checks_first("tiny")
+
+
+def test_a_checking_judge_reads_its_score_after_the_check_it_wrote():
+    model, processor = load("tiny", device="cpu")
+    images, prompts = dev_prompts(1)
+    checking = judge.Judge(model, processor, "logits", batch_size=4, max_new_tokens=12, check=True)
+    replies = checking.checks(images, prompts)
+    assert len(replies) == len(prompts) and all(judge.SCORE_PREFIX not in r for r in replies)
+    scores, failures = checking.rate(images, prompts)
+    probs = checking.score_probs(images, prompts, replies)
+    assert failures == 0 and scores == pytest.approx((((probs * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist())
+    at_once = judge.Judge(model, processor, "logits", batch_size=4).score_probs(images, prompts)
+    assert not torch.allclose(probs, at_once)  # the base wrote something before: the score is read after it
+    with pytest.raises(ValueError, match="--rating-check"):
+        train.main(judge_args(Path("unused"), rating_loss="soft", rating_check=True))
