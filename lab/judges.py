@@ -39,7 +39,8 @@ is strong. The stronger solver (tiny-long) did not make a better short-trained j
 0.438).
 
 Other recipes, chosen on tune (lab/judge_recipes.py: the score learned against its verdict's whole RATING_NOISE
-row, learning rates 3e-4 to 3e-3, answers to one problem side by side, up to 1,200 steps) did no better on tune:
+row, learning rates 3e-4 to 3e-3, answers to one problem side by side, up to 1,200 steps, a checking judge that
+works the step out before its score) did no better on tune:
 no judge beat one random sample there either (its table), so these judges stay the shipped ones.
 """
 import json
