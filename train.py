@@ -604,7 +604,8 @@ def main(a: Args):
                           "make room and run again with --resume") from e
         print(f"saved {out} ({a.max_steps - start} steps in {time.time() - t0:.0f}s, {state['skipped']} sequences "
               "skipped)")
-    if world > 1:
+    if world > 1:  # every rank waits for rank 0's evaluation and save: ranks that leave apart can hang at exit
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return model
 

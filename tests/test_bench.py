@@ -103,9 +103,9 @@ def check_numbers(out, a):
     assert all(p["split"] == s and tasks.split_of(p) == s for s in bench.SPLITS for p in P[s].values())
     assert saved["pools"] == {"dev_synthetic": a.n_dev * a.pool, "test_synthetic": a.n_test * a.pool,
                               **{f"{s}_base": len(cands[f"{s}_base"]) for s in ("tune", "dev", "test")},
-                              **{f"{s}_strong": len(cands[f"{s}_strong"]) for s in ("dev", "test")}}
+                              **{f"{s}_strong": len(cands[f"{s}_strong"]) for s in ("tune", "dev", "test")}}
     assert all(c["policy"] == a.base for s in ("tune", "dev", "test") for c in cands[f"{s}_base"])
-    assert all(c["policy"] == a.strong for s in ("dev", "test") for c in cands[f"{s}_strong"])
+    assert all(c["policy"] == a.strong for s in ("tune", "dev", "test") for c in cands[f"{s}_strong"])
     # the two policies write different answers to the same problems (not one pool under two names)
     assert [c["steps"] for c in cands["test_base"]] != [c["steps"] for c in cands["test_strong"]]
     pools = by_problem(cands["test_synthetic"], test)
