@@ -582,27 +582,28 @@ def run_sweep(a):
     for point in sweep_grid(a.sweep):
         res, _, _, _ = run(Args(**{**asdict(a), **point, "tune_only": True, "sweep": ""}))
         best = max(res["tune_bon16"], key=res["tune_bon16"].get)
+        base, strong = res["tune_bon16"][best], res["tune_bon16_strong"][best]
         points.append({**point, "tune_bon16": res["tune_bon16"], "tune_bon16_strong": res["tune_bon16_strong"],
                        "best_aggregation": best})
-        print(f"[sweep] {point}: Best-of-16 on tune {res['tune_bon16'][best]:.3f} ({best}); on the stronger "
-              f"policy's tune answers {res['tune_bon16_strong'][best]:.3f}")
+        print(f"[sweep] {point}: Best-of-16 on tune {base:.3f} ({best}); on the stronger policy's {strong:.3f}")
     axes = list(sweep_grid(a.sweep)[0]) if points else []
-    lines = ["| " + " | ".join(axes + ["Best-of-16 on the base's tune answers (best aggregation)",
-                                       "on the stronger policy's (the same aggregation)"]) + " |",
-             "|" + "---|" * (len(axes) + 2)]
+    header = axes + ["Best-of-16 on the base's tune answers (best aggregation)",
+                     "on the stronger policy's (the same aggregation)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in points:
         best = p["best_aggregation"]
-        lines.append("| " + " | ".join([str(p[n]) for n in axes] + [f"{p['tune_bon16'][best]:.3f} ({best})",
-                                                                     f"{p['tune_bon16_strong'][best]:.3f}"]) + " |")
+        cells = [str(p[n]) for n in axes]
+        cells += [f"{p['tune_bon16'][best]:.3f} ({best})", f"{p['tune_bon16_strong'][best]:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     out, name = Path(a.out), "tuning_" + "_".join(axes)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"sweep": a.sweep, "points": points}, indent=1))
-    (out / f"{name}.md").write_text(f"# Tuning sweep\n\n`python bench.py --sweep '{a.sweep}'`\n\n" + "\n".join(lines)
-                                    + "\n")
+    title = f"# Tuning sweep\n\n`python bench.py --sweep '{a.sweep}'`\n\n"
+    (out / f"{name}.md").write_text(title + "\n".join(lines) + "\n")
     if a.readme:
         (report.ROOT / "results" / "tuning").mkdir(parents=True, exist_ok=True)
         for suffix in (".json", ".md"):
-            shutil.copy(out / f"{name}{suffix}", report.ROOT / "results" / "tuning" / f"{name}{suffix}")
+            shutil.copy(out / f"{name}{suffix}", report.ROOT / "results" / "tuning")
     return {"points": points}
 
 

@@ -142,7 +142,8 @@ class Judge:
         """(E - 1) / 4 of a 1-5 score: logits mode reads the expectation, generate mode the parsed reply (a reply
         without a score is a parse failure: None, counted)."""
         if self.mode == "logits":
-            p = self.score_probs(images, prompts, self.checks(images, prompts) if self.check else None)  # (N, 5)
+            replies = self.checks(images, prompts) if self.check else None  # a checking judge writes first
+            p = self.score_probs(images, prompts, replies)  # (N, 5)
             return (((p * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist(), 0
         scores, failures = [], 0
         for j in range(0, len(prompts), self.batch_size):

@@ -83,15 +83,16 @@ def arm_labels(a, arm, tau):
     """The arm's problems (OUT/ARM/problems.jsonl, images beside) and the base's labelled answers to them
     (OUT/ARM/labels.jsonl), made once per settings: -> (problems by id, labelled records)."""
     folder = Path(a.out) / arm
-    settings = {k: getattr(a, k) for k in ("n", "samples", "rollouts", "labels", "temperature", "seed")} | {"tau": tau}
+    settings = {k: getattr(a, k) for k in ("n", "samples", "rollouts", "labels", "temperature", "seed")}
+    settings["tau"] = tau
     done = folder / "labels.done.json"
     if not (done.exists() and json.loads(done.read_text()) == settings):
         problems = tasks.write_problems(folder, arm_problems(arm, a.n, a.seed))
-        policy = VLMPolicy("tiny", a.temperature, batch_size=128)
+        policy = VLMPolicy("tiny", a.temperature, batch_size=128)  # bench's CPU generation batch
         rendered = [{k: v for k, v in p.items() if k != "image"} for p in problems]  # the policy renders its own
         print(f"[unseen] {arm}: labelling the base's answers to {len(problems)} problems ({a.labels})")
-        records, _ = tree_search.LABELLERS[a.labels](rendered, policy, a.rollouts, a.seed, a.samples, tau or 0.0,
-                                                     True)
+        labeller = tree_search.LABELLERS[a.labels]
+        records, _ = labeller(rendered, policy, a.rollouts, a.seed, a.samples, tau or 0.0, True)
         data.write_jsonl(folder / "labels.jsonl", records, "labelled")
         done.write_text(json.dumps(settings))
     problems = data.read_jsonl(folder / "problems.jsonl", "problem")
@@ -126,15 +127,15 @@ def table(res):
     lines = ["| arm | contents | base right (labelled answers) | with a wrong step: visual / text | step | "
              "first-error F1 | fresh-step AUC | Best-of-16 | faithful@16 |",
              "|---|---|---|---|---|---|---|---|---|"]
+    measures = ("first_error_f1", "fresh_auc", "bo16", "faithful16")
     for arm in ARMS:
-        w = res["arms"][arm]["labels"]
+        labels = res["arms"][arm]["labels"]
+        wrong = labels["wrong_step"]
+        what = (f"| {arm} | {SPLIT_OF_ARM[arm]} | {labels['right_all']:.3f} | "
+                f"{wrong.get('visual', 0):.3f} / {wrong.get('text', 0):.3f} |")
         for p in res["arms"][arm]["points"]:
-            lines.append(f"| {arm} | {SPLIT_OF_ARM[arm]} | {w['right_all']:.3f} | "
-                         f"{w['wrong_step'].get('visual', 0):.3f} / {w['wrong_step'].get('text', 0):.3f} | "
-                         f"{p['step']} | {curves.with_ci(p['first_error_f1'], p.get('first_error_f1_ci'))} | "
-                         f"{curves.with_ci(p['fresh_auc'], p.get('fresh_auc_ci'))} | "
-                         f"{curves.with_ci(p['bo16'], p.get('bo16_ci'))} | "
-                         f"{curves.with_ci(p['faithful16'], p.get('faithful16_ci'))} |")
+            cells = [curves.with_ci(p[m], p.get(f"{m}_ci")) for m in measures]
+            lines.append(f"{what} {p['step']} | " + " | ".join(cells) + " |")
     d = res["unseen_minus_seen"]
     lines.append(f"| unseen - seen (paired) | | | | {res['steps']} | {curves.signed(d['first_error_f1'])} | - | "
                  f"{curves.signed(d['bo16'])} | {curves.signed(d['faithful16'])} |")
@@ -167,7 +168,8 @@ def main(a: Args):
     seen, unseen = (res["arms"][arm]["points"][-1] for arm in ARMS)
     res["unseen_minus_seen"] = curves.change(seen, unseen, tune)  # "last minus first": unseen minus seen
     for arm in ARMS:  # the paired items stay in the points files, not in the summary
-        res["arms"][arm]["points"] = [{k: v for k, v in p.items() if k != "items"} for p in res["arms"][arm]["points"]]
+        points = res["arms"][arm]["points"]
+        res["arms"][arm]["points"] = [{k: v for k, v in p.items() if k != "items"} for p in points]
     res["seconds"] = round(time.time() - t0, 1)
     (out / "unseen.json").write_text(json.dumps(res, indent=1))
     command = (f"python -m lab.unseen --bench {a.bench} --n {a.n} --labels {a.labels} --head {a.head} "

@@ -209,18 +209,24 @@ def judge_args(out, **kw):
     return train.Args(**base)
 
 
-def test_judge_stream_resumes_exactly_and_refuses_another_share(tmp_path, monkeypatch):
-    full = train.main(judge_args(tmp_path / "full"))
+def crash_at(step_lost, args, monkeypatch):
+    """Train with `args` until step `step_lost` begins, then stop as a killed run would (its last checkpoint
+    on disk, that step lost)."""
     real = train.lr_at
 
-    def crash(step, a):  # the checkpoint of step 3 is on disk, step 4 is lost
-        if step == 4:
+    def crash(step, a):
+        if step == step_lost:
             raise KeyboardInterrupt
         return real(step, a)
     monkeypatch.setattr(train, "lr_at", crash)
     with pytest.raises(KeyboardInterrupt):
-        train.main(judge_args(tmp_path / "run"))
+        train.main(args)
     monkeypatch.setattr(train, "lr_at", real)
+
+
+def test_judge_stream_resumes_exactly_and_refuses_another_share(tmp_path, monkeypatch):
+    full = train.main(judge_args(tmp_path / "full"))
+    crash_at(4, judge_args(tmp_path / "run"), monkeypatch)  # the checkpoint of step 3 is on disk
     with pytest.raises(ValueError, match="rating_share 0.5 -> 0.25"):
         train.main(judge_args(tmp_path / "run", resume=True, rating_share=0.25))
     resumed = train.main(judge_args(tmp_path / "run", resume=True))
@@ -246,21 +252,14 @@ def test_bad_judge_settings_are_refused_before_training(tmp_path):
         train.main(judge_args(tmp_path / "c", rating_loss="hard"))
     with pytest.raises(ValueError, match="--data synthetic-judge"):
         train.main(judge_args(tmp_path / "d", data="synthetic", rating_loss="soft"))
-    assert not any((tmp_path / x).exists() for x in "abcd")
+    with pytest.raises(ValueError, match="--rating-check"):
+        train.main(judge_args(tmp_path / "e", rating_loss="soft", rating_check=True))
+    assert not any((tmp_path / x).exists() for x in "abcde")
 
 
 def test_soft_judge_stream_resumes_exactly_and_refuses_the_sampled_loss(tmp_path, monkeypatch):
     full = train.main(judge_args(tmp_path / "full", rating_loss="soft", max_steps=4, save_every=2))
-    real = train.lr_at
-
-    def crash(step, a):  # the checkpoint of step 2 is on disk, step 3 is lost
-        if step == 2:
-            raise KeyboardInterrupt
-        return real(step, a)
-    monkeypatch.setattr(train, "lr_at", crash)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(judge_args(tmp_path / "run", rating_loss="soft", max_steps=4, save_every=2))
-    monkeypatch.setattr(train, "lr_at", real)
+    crash_at(2, judge_args(tmp_path / "run", rating_loss="soft", max_steps=4, save_every=2), monkeypatch)
     with pytest.raises(ValueError, match="rating_loss 'soft' -> 'sample'"):
         train.main(judge_args(tmp_path / "run", resume=True, max_steps=4, save_every=2))
     resumed = train.main(judge_args(tmp_path / "run", rating_loss="soft", resume=True, max_steps=4, save_every=2))
@@ -494,5 +493,3 @@ def test_a_checking_judge_reads_its_score_after_the_check_it_wrote():
     assert failures == 0 and scores == pytest.approx((((probs * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist())
     at_once = judge.Judge(model, processor, "logits", batch_size=4).score_probs(images, prompts)
     assert not torch.allclose(probs, at_once)  # the base wrote something before: the score is read after it
-    with pytest.raises(ValueError, match="--rating-check"):
-        train.main(judge_args(Path("unused"), rating_loss="soft", rating_check=True))
