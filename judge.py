@@ -15,6 +15,7 @@ made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures 
 gives the same prompts with their verdicts, for train.py --rating-loss soft (the score learned against its
 verdict's whole RATING_NOISE row); lab/judge_recipes.py compares such recipes on tune.
 """
+import hashlib
 import json
 import random
 import re
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+import policy
 import prm
 from common import cli, tasks
 from common.model import encode, generate, hidden_states, load, resolve, unwrap
@@ -36,8 +38,11 @@ RUBRIC = ("You are a careful judge of visual math solutions. Look at the image a
 MODES = ("logits", "generate")
 
 
-def prompt(question, steps, upto=None):
-    """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it."""
+def prompt(question, steps, upto=None, reference=None):
+    """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it.
+    reference: a reference-guided judge's own solution (its steps), set between the question and the rated work."""
+    if reference is not None:  # written as the rated work is, so that the two line up
+        question = f"{question}{REFERENCE_PREFIX}{chr(10).join(reference) if upto is None else format_steps(reference)}"
     if upto is None:
         return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
     return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question,
@@ -60,6 +65,10 @@ SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads t
 # number against the image or the arithmetic in the one position of its score, but it can write what it reads in
 # the image and compare that with the step (python -m lab.judges measures both kinds).
 CHECK_PREFIX = "Check: "
+# A reference-guided judge (MT-Bench's reference-guided grading) solves the question itself first, then rates with
+# its own solution beside the rated one: it compares where a judge without one would have to verify in one
+# position. Trained with the gold solution as the reference; at work its reference is its own greedy solution.
+REFERENCE_PREFIX = "\n\nReference solution:\n"
 
 
 def verdicts(problem, solution):
@@ -76,7 +85,7 @@ def verdicts(problem, solution):
     return out + [(None, whole)]
 
 
-def rated_verdicts(problem, solution):
+def rated_verdicts(problem, solution, reference=False):
     """The verdicts a judge is trained to rate for one sampled solution (a policy.candidates record: "steps",
     "correct") of a train problem: [(prompt, verdict, upto)], one PRM-mode prompt a step up to the first wrong
     one (prompt(question, steps, upto=k), upto k), then the ORM-mode one (prompt(question, steps), upto None);
@@ -89,6 +98,7 @@ def rated_verdicts(problem, solution):
         raise ValueError(f"problem {problem['id']!r} has {split} contents: a judge's rating examples come "
                          "from train contents only")
     first_error = tasks.first_error(problem, solution["steps"])
+    gold = [text for text, _, _ in tasks.gold_steps(problem)] if reference else None
     out = []
     for k, verdict in verdicts(problem, solution):
         if k is not None and first_error != -1 and k > first_error:
@@ -96,7 +106,7 @@ def rated_verdicts(problem, solution):
             # would teach the judge to fault a step that may be right on its own (train.py's likelihood loss
             # leaves these steps out for the same reason); the first-error F1 reads no step after it either
             continue
-        out.append((prompt(problem["question"], solution["steps"], upto=k), verdict, k))
+        out.append((prompt(problem["question"], solution["steps"], upto=k, reference=gold), verdict, k))
     return out
 
 
@@ -109,11 +119,11 @@ def check_text(problem, upto):
     return gold[upto] if upto < len(gold) else "There is no such step."
 
 
-def rating_examples(problem, solution, seed=0, check=False):
+def rating_examples(problem, solution, seed=0, check=False, reference=False):
     """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
     of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row; with check,
     "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
-    rated = rated_verdicts(problem, solution)
+    rated = rated_verdicts(problem, solution, reference)
     rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
     out = []
     for p, v, upto in rated:
@@ -132,9 +142,11 @@ class Judge:
     """A local model as a judge: rate(images, prompts) -> (scores in [0, 1], parse failures). check: a checking
     judge (train.py --rating-check), which logits mode lets write its check before the score is read."""
 
-    def __init__(self, model, processor, mode="logits", batch_size=8, max_new_tokens=256, check=False):
+    def __init__(self, model, processor, mode="logits", batch_size=8, max_new_tokens=256, check=False,
+                 reference=False):
         cli.choice(mode, MODES, "judge mode")
         self.model, self.processor, self.mode, self.check = model, processor, mode, check
+        self.reference, self.solved = reference, {}  # solved: its own solution of each (question, image) seen
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
 
     @torch.no_grad()
@@ -152,6 +164,19 @@ class Judge:
                 scores.append(parse_score(text))
                 failures += scores[-1] is None
         return scores, failures
+
+    @torch.no_grad()
+    def solutions(self, images, questions):
+        """A reference-guided judge's own solutions (greedy, its solving skill): one list of steps a question,
+        each (question, image) solved once however many answers to it are rated."""
+        keys = [(q, hashlib.sha256(im.tobytes()).hexdigest()) for im, q in zip(images, questions)]
+        todo = {k: i for i, k in enumerate(keys) if k not in self.solved}  # one row of each new problem
+        rows = list(todo.values())
+        for j in range(0, len(rows), self.batch_size):
+            part = rows[j:j + self.batch_size]
+            got = policy.solve(self.model, self.processor, [images[i] for i in part], [questions[i] for i in part])
+            self.solved.update({keys[i]: o["steps"] for i, o in zip(part, got)})
+        return [self.solved[k] for k in keys]
 
     @torch.no_grad()
     def checks(self, images, prompts):
@@ -184,25 +209,34 @@ class Judge:
         return torch.cat(out) if out else torch.zeros(0, 5)
 
 
-def checks_first(name):
-    """Whether the judge checkpoint `name` (a shipped short name or a folder) was trained to check before it
-    rates (train.py --rating-check, in its train_config.json)."""
+def trained_as(name, setting):
+    """A judge checkpoint's train.py setting (a shipped short name or a folder; its train_config.json): whether it
+    was trained to check before it rates ("rating_check") or to rate beside a reference ("rating_reference")."""
     config = Path(resolve(name)) / "train_config.json"
-    return config.exists() and json.loads(config.read_text()).get("rating_check", False)
+    return config.exists() and json.loads(config.read_text()).get(setting, False)
 
 
 def load_judge(name, mode="logits", batch_size=8, device=None):
-    """A local judge by name, a checking one told so (checks_first)."""
-    return Judge(*load(name, device=device), mode, batch_size, check=checks_first(name))
+    """A local judge by name, told how it was trained to rate (trained_as)."""
+    return Judge(*load(name, device=device), mode, batch_size, check=trained_as(name, "rating_check"),
+                 reference=trained_as(name, "rating_reference"))
+
+
+def references(judge, images, questions):
+    """One reference a question where the judge is reference-guided (its own solution), else None each."""
+    if getattr(judge, "reference", False):
+        return judge.solutions(images, questions)
+    return [None] * len(questions)
 
 
 def judge_steps(judge, images, questions, steps):
     """The paper's judge PRM: one judge call per step prefix. Returns per-step score lists and parse failures."""
     flat_images, flat_prompts, owner = [], [], []
+    refs = references(judge, images, questions)
     for i, st in enumerate(steps):
         for k in range(len(st)):
             flat_images.append(images[i])
-            flat_prompts.append(prompt(questions[i], st, upto=k))
+            flat_prompts.append(prompt(questions[i], st, upto=k, reference=refs[i]))
             owner.append(i)
     scores, failures = judge.rate(flat_images, flat_prompts)
     out = [[] for _ in steps]
@@ -213,7 +247,8 @@ def judge_steps(judge, images, questions, steps):
 
 def judge_answers(judge, images, questions, steps):
     """The paper's judge ORM: one rubric prompt per whole answer; scores in [0, 1] and the parse failures."""
-    return judge.rate(images, [prompt(q, st) for q, st in zip(questions, steps)])
+    refs = references(judge, images, questions)
+    return judge.rate(images, [prompt(q, st, reference=r) for q, st, r in zip(questions, steps, refs)])
 
 
 @dataclass

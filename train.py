@@ -72,6 +72,10 @@ class Args:
     rating_check: bool = field(default=False, metadata={
         "help": "--data synthetic-judge: a rating's target first works the rated step or solution out (\"Check: "
                 "<the step as it should read>\", judge.check_text), then gives the score: a checking judge"})
+    rating_reference: bool = field(default=False, metadata={
+        "help": "--data synthetic-judge: a rating's prompt holds the gold solution as a reference beside the rated "
+                "work (judge.REFERENCE_PREFIX): a reference-guided judge, which at work solves first and rates "
+                "beside its own solution"})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
     max_steps: int = field(default=3000, metadata={"range": (1, None), "help": "optimizer steps"})
@@ -109,7 +113,7 @@ RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "bat
             "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
             "rating_share")
 # RUN_KEYS of --data synthetic-judge alone (other runs resume as before)
-JUDGE_KEYS = ("rating_loss", "rating_group", "rating_check")
+JUDGE_KEYS = ("rating_loss", "rating_group", "rating_check", "rating_reference")
 SYNTHETIC = ("synthetic", "synthetic-judge", "synthetic-all")  # the --data made in code, fresh every batch (no file)
 
 
@@ -149,13 +153,14 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=False):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=False, reference=False):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
     rate. group > 1: the rated rows, in order, come in groups of `group` that rate different answers to one
     problem, the group's first row's (its image too). Train contents only, and it depends only on (seed, step),
-    so a resume sees the same batches. check: the targets of a checking judge (judge.rating_examples).
+    so a resume sees the same batches. check: the targets of a checking judge; reference: the prompts of a
+    reference-guided one (judge.rating_examples).
     -> (images, questions, texts, verdicts): verdicts[i] the RATING_NOISE key of a rated row, None for a solving
     row (what --rating-loss soft learns the digit from)."""
     images, questions, texts = synthetic_sft(step, n, seed, eos)
@@ -168,10 +173,10 @@ def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=False):
         prob = probs[head]
         # the (j % group)-th answer of the sampler: another answer for each row of a group
         solution = policy.candidates(prob, j % group + 1, seed, rng.choice(["weak", "strong"]))[-1]
-        examples = judge.rating_examples(prob, solution, seed, check)
+        examples = judge.rating_examples(prob, solution, seed, check, reference)
         k = rng.randrange(len(examples))  # draws as rng.choice(examples) does
         questions[i], target = examples[k]
-        verdicts[i] = judge.rated_verdicts(prob, solution)[k][1]
+        verdicts[i] = judge.rated_verdicts(prob, solution, reference)[k][1]
         texts[i] = target + eos
         if i != head:
             images[i] = images[head]
@@ -457,7 +462,7 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
                 whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group,
-                                        a.rating_check)
+                                        a.rating_check, a.rating_reference)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts

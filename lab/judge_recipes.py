@@ -75,6 +75,10 @@ PROBES = {
                              "--keep-every", "600", "--eval-every", "1200"],  # every row a rating
     # a checking judge: it writes the step as it should read (or the whole solution) before its score
     "check-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check"],
+    # a reference-guided judge: the gold solution beside the rated work in training, its own solution at work
+    "reference-lr1e-3": ["--lr", "1e-3", "--rating-reference"],
+    # both: it copies the step as the reference has it, then rates
+    "check-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "--rating-reference"],
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",

@@ -62,6 +62,7 @@ from common.model import load
 RULES = {"random": "random", "majority": "majority", "orm": "max:judge_orm", "prm_min": "max:judge_prm:min",
          "hybrid_last2": "max:judge_prm:last2"}
 N = 16  # Best-of-16: the whole pool
+STEP_KINDS = ("count", "arith", "text_arith")  # the step kinds a judge must check (tasks.gold_steps)
 # The base that never learned to judge (the reference), then the shipped judges (common.model.SHIPPED)
 JUDGES = ("tiny", "tiny-judge-short", "tiny-judge-long", "tiny-judge-strong", "tiny-judge-strong-long")
 
@@ -154,6 +155,27 @@ def first_error_f1(tune, tune_steps, dev, dev_steps):
     return {**res, "threshold": threshold}
 
 
+def step_auc_by_kind(problems, cands, step_scores):
+    """{step kind: AUC of the PRM-mode scores of right against wrong steps of that kind}, over the steps up to and
+    including each answer's first error (the steps the first-error F1 reads; a kind of tasks.gold_steps: count
+    steps read the image, arith and text_arith steps the arithmetic). None where a kind has steps of one label."""
+    probs = {p["id"]: p for p in problems}
+    scored = {}
+    for c in cands:
+        if c["id"] not in step_scores:
+            continue
+        gold = tasks.gold_steps(probs[c["problem_id"]])
+        first = c["first_error"] if c["first_error"] != -1 else len(c["steps"]) - 1
+        for k, score in enumerate(step_scores[c["id"]][:first + 1]):
+            kind = gold[k][1] if k < len(gold) else "extra"
+            scored.setdefault(kind, []).append((score, k != c["first_error"]))
+    out = {}
+    for kind, pairs in sorted(scored.items()):
+        labels = [right for _, right in pairs]
+        out[kind] = metrics.auc_fast([x for x, _ in pairs], labels) if 0 < sum(labels) < len(labels) else None
+    return out
+
+
 def best_of_n(problems, cands, step_scores, answer_scores, n=N):
     """{rule name: the mean over problems of the exact expected accuracy of its pick from n}."""
     pools = bon.make_pools(problems, cands, {"judge_prm": step_scores, "judge_orm": answer_scores})
@@ -165,26 +187,29 @@ def measure(name, a, tune, dev):
     """One judge's row: its solving accuracy and its judging quality on the measured pool (dev), its PRM
     threshold chosen on the other (tune); with --split tune both are pools of tune problems."""
     t0 = time.time()
-    model, processor = load(name, device=a.device or None)
-    j = judge.Judge(model, processor, "logits", a.batch_size, check=judge.checks_first(name))
+    j = judge.load_judge(name, "logits", a.batch_size, a.device or None)
+    model, processor = j.model, j.processor
     tune_steps, _ = judge_pool(j, *tune)
     dev_steps, dev_answers = judge_pool(j, *dev)
     rated = [c for c in dev[1] if c["id"] in dev_answers]
     auc = metrics.auc_fast([dev_answers[c["id"]] for c in rated], [c["correct"] for c in rated])
     return {"judge": name, "solving": solving(model, processor, a),
             "prm_f1": first_error_f1(tune, tune_steps, dev, dev_steps), "orm_auc": auc,
+            "step_auc": step_auc_by_kind(*dev, dev_steps),
             "bon": best_of_n(*dev, dev_steps, dev_answers), "seconds": round(time.time() - t0, 1)}
 
 
 def table(rows, split="dev"):
     """The markdown table of judges.md: one row a judge (solving on `split`'s problems)."""
-    lines = [f"| judge | solving ({split} answers) | PRM first-error F1 (threshold) | ORM answer AUC | "
-             "Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| judge | solving ({split} answers) | PRM first-error F1 (threshold) | PRM step AUC: count / arith / "
+             "text_arith | ORM answer AUC | Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         f1 = f"{r['prm_f1']['f1']:.3f} ({r['prm_f1']['threshold']:.2f})"
+        by_kind = " / ".join("-" if r["step_auc"].get(k) is None else f"{r['step_auc'][k]:.2f}"
+                             for k in STEP_KINDS)
         bo16 = " | ".join(f"{r['bon'][k]:.3f}" for k in RULES)
-        lines.append(f"| {r['judge']} | {r['solving']:.3f} | {f1} | {r['orm_auc']:.3f} | {bo16} |")
+        lines.append(f"| {r['judge']} | {r['solving']:.3f} | {f1} | {by_kind} | {r['orm_auc']:.3f} | {bo16} |")
     return "\n".join(lines)
 
 

@@ -369,6 +369,19 @@ def test_best_of_n_on_literal_pools():
                                          ("j", "hybrid_last2", got["hybrid_last2"], got["random"])]
 
 
+def test_step_auc_by_kind_reads_each_kind_of_step_up_to_the_first_error():
+    prob = tasks.make_problem("k", 2, kind="count_add")  # steps: count, count, arith, answer
+    assert [kind for _, kind, _ in tasks.gold_steps(prob)] == ["count", "count", "arith", "answer"]
+    cands = [{"id": "a", "problem_id": "k", "steps": ["s"] * 4, "first_error": 1},   # count right, count wrong
+             {"id": "b", "problem_id": "k", "steps": ["s"] * 4, "first_error": -1},  # all right
+             {"id": "c", "problem_id": "k", "steps": ["s"] * 4, "first_error": 2}]   # arith wrong
+    steps = {"a": [0.9, 0.7, 0.0, 0.0], "b": [0.6, 0.8, 0.9, 0.9], "c": [0.5, 0.2, 0.1, 0.0]}
+    got = judges.step_auc_by_kind([prob], cands, steps)
+    # count: right 0.9, 0.6, 0.8, 0.5, 0.2 against wrong 0.7 (a's step 2): 2 of 5 pairs ranked right; arith: b's
+    # 0.9 above c's 0.1; answer: b's alone, all right (a's and c's answer steps come after their first errors)
+    assert got == {"count": pytest.approx(2 / 5), "arith": 1.0, "answer": None}
+
+
 def test_first_error_f1_chooses_its_threshold_on_tune_only():
     tune = ([], [{"id": "a", "first_error": 1}, {"id": "b", "first_error": -1}])
     dev = ([], [{"id": "c", "first_error": 0}, {"id": "d", "first_error": -1}])
@@ -473,13 +486,15 @@ def test_a_checking_judges_targets_work_the_step_out_then_give_the_same_scores()
             assert check == judge.CHECK_PREFIX + (" ".join(gold(prob)) if upto is None else gold(prob)[upto])
 
 
-def test_checking_judges_are_told_by_their_train_config(tmp_path):
+def test_how_a_judge_rates_is_told_by_its_train_config(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    assert not judge.checks_first(str(tmp_path))  # no train_config.json: a judge that rates at once
+    assert not judge.trained_as(str(tmp_path), "rating_check")  # no train_config.json: a judge that rates at once
     (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": True}))
-    assert judge.checks_first(str(tmp_path))
-    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": False}))
-    assert not judge.checks_first(str(tmp_path)) and not judge.checks_first("tiny")
+    assert judge.trained_as(str(tmp_path), "rating_check")
+    assert not judge.trained_as(str(tmp_path), "rating_reference")
+    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": False, "rating_reference": True}))
+    assert not judge.trained_as(str(tmp_path), "rating_check") and not judge.trained_as("tiny", "rating_check")
+    assert judge.trained_as(str(tmp_path), "rating_reference")
 
 
 def test_a_checking_judge_reads_its_score_after_the_check_it_wrote():
@@ -493,3 +508,35 @@ def test_a_checking_judge_reads_its_score_after_the_check_it_wrote():
     assert failures == 0 and scores == pytest.approx((((probs * torch.arange(1, 6)).sum(-1) - 1) / 4).tolist())
     at_once = judge.Judge(model, processor, "logits", batch_size=4).score_probs(images, prompts)
     assert not torch.allclose(probs, at_once)  # the base wrote something before: the score is read after it
+
+
+def test_a_reference_guided_judges_prompts_hold_the_gold_solution_and_the_same_scores():
+    prob = tasks.make_problem("ref", 1, kind="count_add")
+    gold = [text for text, _, _ in tasks.gold_steps(prob)]
+    for sol in policy.candidates(prob, 6, 1, "weak"):
+        plain = judge.rating_examples(prob, sol, seed=1)
+        guided = judge.rating_examples(prob, sol, seed=1, reference=True)
+        assert [t for _, t in guided] == [t for _, t in plain]  # the same noisy scores
+        for (p, _), (q, _), (_, _, upto) in zip(guided, plain, judge.rated_verdicts(prob, sol)):
+            written = "\n".join(gold) if upto is None else tasks.format_steps(gold)  # as the rated work is
+            assert p == q.replace("\n\nSolution:", f"{judge.REFERENCE_PREFIX}{written}\n\nSolution:")
+
+
+def test_a_reference_guided_judge_rates_beside_its_own_solution_solved_once_a_problem(monkeypatch):
+    model, processor = load("tiny", device="cpu")
+    probs = tasks.make_problems(2, 0, "dev")
+    images, questions = [tasks.render(p) for p in probs], [p["question"] for p in probs]
+    own = [o["steps"] for o in policy.solve(model, processor, images, questions)]
+    guided = judge.Judge(model, processor, "logits", batch_size=4, reference=True)
+    solved, seen = policy.solve, []
+    monkeypatch.setattr(policy, "solve", lambda m, p, ims, qs: seen.append(qs) or solved(m, p, ims, qs))
+    rated = [["There are 3 red dots.", "The answer is 3."], ["2 + 2 = 4.", "The answer is 4."]]
+    prompts = []
+    monkeypatch.setattr(guided, "rate", lambda ims, ps: (prompts.extend(ps), ([0.5] * len(ps), 0))[1])
+    judge.judge_answers(guided, images * 2, questions * 2, rated * 2)  # two answers to each problem
+    judge.judge_steps(guided, images, questions, rated)
+    assert sorted(sum(seen, [])) == sorted(questions)  # each problem solved once, for both modes
+    answers = [judge.prompt(q, st, reference=r) for q, st, r in zip(questions * 2, rated * 2, own * 2)]
+    steps = [judge.prompt(q, st, upto=k, reference=r) for q, st, r in zip(questions, rated, own) for k in range(2)]
+    assert prompts == answers + steps
+    assert all(judge.REFERENCE_PREFIX in p for p in prompts)
