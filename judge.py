@@ -60,10 +60,13 @@ RATING_NOISE = {"right": (0.02, 0.03, 0.07, 0.28, 0.60),   # mean 4.41
                 "lucky": (0.10, 0.20, 0.40, 0.20, 0.10),   # mean 3.00
                 "wrong": (0.55, 0.27, 0.08, 0.06, 0.04)}   # mean 1.77
 SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads the digit right after it
-# A checking judge works the rated step (or the whole solution) out itself before it rates, as a general VLM judge
-# reasons before its verdict: "Check: <the step as it should read>" then the score. A tiny model cannot verify a
-# number against the image or the arithmetic in the one position of its score, but it can write what it reads in
-# the image and compare that with the step (python -m lab.judges measures both kinds).
+# A checking judge writes a check before it rates, as a general VLM judge reasons before its verdict: "Check: ..."
+# then the score. A tiny model cannot verify a number against the image or the arithmetic in the one position of
+# its score, but it can write out what it compares. CHECKS, what the check holds (train.py --rating-check):
+# "step": the rated step as it should read (in ORM mode the whole solution), worked out;
+# "numbers": the rated step's numbers against the same step's in the right solution (in ORM mode the last steps'),
+# each list sorted as the oracle compares them, "3 vs 7"; beside a reference, a copy from it.
+CHECKS = ("step", "numbers")
 CHECK_PREFIX = "Check: "
 # A reference-guided judge (MT-Bench's reference-guided grading) solves the question itself first, then rates with
 # its own solution beside the rated one: it compares where a judge without one would have to verify in one
@@ -110,25 +113,39 @@ def rated_verdicts(problem, solution, reference=False):
     return out
 
 
-def check_text(problem, upto):
-    """What a checking judge writes before its score: step `upto` as it should read after a right prefix (PRM
-    mode), or the whole solution worked out (ORM mode, upto None)."""
+def numbers_of(text):
+    """A step's numbers as a checking judge writes them: sorted by value (the oracle compares them as a multiset),
+    comma-separated; "none" for a step without one."""
+    return ", ".join(sorted(re.findall(r"-?\d+(?:\.\d+)?", text), key=float)) or "none"
+
+
+def check_text(problem, upto, steps, style="step"):
+    """What a checking judge writes before its score about step `upto` of `steps` (the whole answer where upto is
+    None), a CHECKS style: the step as it should read after a right prefix, or the whole solution worked out
+    ("step"); the rated step's numbers against the right step's ("numbers")."""
     gold = [text for text, _, _ in tasks.gold_steps(problem)]
+    if style == "numbers":
+        rated, right = (steps[-1], gold[-1]) if upto is None else (steps[upto], gold[upto] if upto < len(gold) else "")
+        return f"{numbers_of(rated)} vs {numbers_of(right)}"
     if upto is None:
         return " ".join(gold)
     return gold[upto] if upto < len(gold) else "There is no such step."
 
 
-def rating_examples(problem, solution, seed=0, check=False, reference=False):
+def rating_examples(problem, solution, seed=0, check=None, reference=False):
     """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
-    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row; with check,
-    "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
+    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row; with check (a
+    CHECKS style), "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
+    if check is not None:
+        cli.choice(check, CHECKS, "check")
     rated = rated_verdicts(problem, solution, reference)
     rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
     out = []
     for p, v, upto in rated:
         score = f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=RATING_NOISE[v])[0]}"
-        out.append((p, f"{CHECK_PREFIX}{check_text(problem, upto)}\n{score}" if check else score))
+        if check is not None:
+            score = f"{CHECK_PREFIX}{check_text(problem, upto, solution['steps'], check)}\n{score}"
+        out.append((p, score))
     return out
 
 
@@ -210,16 +227,18 @@ class Judge:
 
 
 def trained_as(name, setting):
-    """A judge checkpoint's train.py setting (a shipped short name or a folder; its train_config.json): whether it
-    was trained to check before it rates ("rating_check") or to rate beside a reference ("rating_reference")."""
+    """A judge checkpoint's train.py setting (a shipped short name or a folder; its train_config.json), None where
+    it has none: "rating_check", what it writes before it rates (a CHECKS style or "none"), or
+    "rating_reference", whether it rates beside a reference."""
     config = Path(resolve(name)) / "train_config.json"
-    return config.exists() and json.loads(config.read_text()).get(setting, False)
+    return json.loads(config.read_text()).get(setting) if config.exists() else None
 
 
 def load_judge(name, mode="logits", batch_size=8, device=None):
     """A local judge by name, told how it was trained to rate (trained_as)."""
-    return Judge(*load(name, device=device), mode, batch_size, check=trained_as(name, "rating_check"),
-                 reference=trained_as(name, "rating_reference"))
+    check = trained_as(name, "rating_check") in CHECKS
+    return Judge(*load(name, device=device), mode, batch_size, check=check,
+                 reference=bool(trained_as(name, "rating_reference")))
 
 
 def references(judge, images, questions):

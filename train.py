@@ -69,9 +69,11 @@ class Args:
                 "judge.RATING_NOISE, one token of the batch's token mean) | soft (cross-entropy against the "
                 "whole RATING_NOISE row of its verdict, the rated rows' mean added to the other tokens' mean)",
         "choices": ["sample", "soft"]})
-    rating_check: bool = field(default=False, metadata={
-        "help": "--data synthetic-judge: a rating's target first works the rated step or solution out (\"Check: "
-                "<the step as it should read>\", judge.check_text), then gives the score: a checking judge"})
+    rating_check: str = field(default="none", metadata={
+        "help": "--data synthetic-judge: a rating's target first writes a check (\"Check: ...\", judge.check_text), "
+                "then gives the score: a checking judge. none | step (the rated step as it should read, or the "
+                "whole solution) | numbers (the rated step's numbers against the right step's: \"3 vs 7\")",
+        "choices": ["none", *judge.CHECKS]})
     rating_reference: bool = field(default=False, metadata={
         "help": "--data synthetic-judge: a rating's prompt holds the gold solution as a reference beside the rated "
                 "work (judge.REFERENCE_PREFIX): a reference-guided judge, which at work solves first and rates "
@@ -153,14 +155,14 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=False, reference=False):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, reference=False):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
     rate. group > 1: the rated rows, in order, come in groups of `group` that rate different answers to one
     problem, the group's first row's (its image too). Train contents only, and it depends only on (seed, step),
-    so a resume sees the same batches. check: the targets of a checking judge; reference: the prompts of a
-    reference-guided one (judge.rating_examples).
+    so a resume sees the same batches. check: the targets of a checking judge (a judge.CHECKS style); reference:
+    the prompts of a reference-guided one (judge.rating_examples).
     -> (images, questions, texts, verdicts): verdicts[i] the RATING_NOISE key of a rated row, None for a solving
     row (what --rating-loss soft learns the digit from)."""
     images, questions, texts = synthetic_sft(step, n, seed, eos)
@@ -462,7 +464,7 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
                 whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group,
-                                        a.rating_check, a.rating_reference)
+                                        None if a.rating_check == "none" else a.rating_check, a.rating_reference)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts
@@ -532,7 +534,8 @@ def main(a: Args):
     cli.choice(a.rating_loss, ("sample", "soft"), "--rating-loss")
     if a.rating_loss == "soft" and a.data != "synthetic-judge":
         raise ValueError("--rating-loss soft learns the ratings of --data synthetic-judge: give that --data")
-    if a.rating_loss == "soft" and a.rating_check:  # soft_rating_targets reads the digit at the reply's start
+    cli.choice(a.rating_check, ("none", *judge.CHECKS), "--rating-check")
+    if a.rating_loss == "soft" and a.rating_check != "none":  # soft_rating_targets reads the digit at the reply's start
         raise ValueError("--rating-loss soft reads the score digit at the start of the reply, and --rating-check "
                          "writes a check before it: give one of the two")
     rank, world, device = recipe.setup(a)

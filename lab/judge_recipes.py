@@ -74,11 +74,15 @@ PROBES = {
     "soft-lr1e-3-all-long": ["--lr", "1e-3", "--rating-share", "1.0", "--max-steps", "1200",
                              "--keep-every", "600", "--eval-every", "1200"],  # every row a rating
     # a checking judge: it writes the step as it should read (or the whole solution) before its score
-    "check-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check"],
+    "check-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "step"],
     # a reference-guided judge: the gold solution beside the rated work in training, its own solution at work
     "reference-lr1e-3": ["--lr", "1e-3", "--rating-reference"],
     # both: it copies the step as the reference has it, then rates
-    "check-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "--rating-reference"],
+    "check-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "step",
+                               "--rating-reference"],
+    # it writes the rated step's numbers against the reference's ("3 vs 7"), then rates
+    "numbers-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "numbers",
+                                 "--rating-reference"],
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",

@@ -253,8 +253,10 @@ def test_bad_judge_settings_are_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="--data synthetic-judge"):
         train.main(judge_args(tmp_path / "d", data="synthetic", rating_loss="soft"))
     with pytest.raises(ValueError, match="--rating-check"):
-        train.main(judge_args(tmp_path / "e", rating_loss="soft", rating_check=True))
-    assert not any((tmp_path / x).exists() for x in "abcde")
+        train.main(judge_args(tmp_path / "e", rating_loss="soft", rating_check="step"))
+    with pytest.raises(ValueError, match="--rating-check 'digits'"):
+        train.main(judge_args(tmp_path / "f", rating_check="digits"))
+    assert not any((tmp_path / x).exists() for x in "abcdef")
 
 
 def test_soft_judge_stream_resumes_exactly_and_refuses_the_sampled_loss(tmp_path, monkeypatch):
@@ -447,7 +449,9 @@ def test_each_judge_recipe_probe_is_a_judge_run_of_train(name):
     a = cli.parse_args(train.Args, [*judge_recipes.COMMON, *judge_recipes.PROBES[name], "--out", "x"])
     assert (a.objective, a.data) == ("sft", "synthetic-judge")
     # a checking probe learns the sampled digit (train.py refuses the soft loss with a check), the others soft
-    assert a.rating_loss == ("sample" if a.rating_check else "soft") and a.rating_check == name.startswith("check")
+    checks = a.rating_check != "none"
+    assert a.rating_loss == ("sample" if checks else "soft")
+    assert checks == name.startswith(("check", "numbers")) and a.rating_reference == ("reference" in name)
     kept = judge_recipes.kept_steps(name)
     assert kept[-1] == a.max_steps and kept == list(range(a.keep_every, a.max_steps + 1, a.keep_every))
 
@@ -478,7 +482,7 @@ def test_a_checking_judges_targets_work_the_step_out_then_give_the_same_scores()
     prob = tasks.make_problem("ck", 1, kind="count_add")
     for sol in policy.candidates(prob, 6, 1, "weak"):
         plain = judge.rating_examples(prob, sol, seed=1)
-        checked = judge.rating_examples(prob, sol, seed=1, check=True)
+        checked = judge.rating_examples(prob, sol, seed=1, check="step")
         assert [p for p, _ in checked] == [p for p, _ in plain]
         for (_, target), (_, score), (_, _, upto) in zip(checked, plain, judge.rated_verdicts(prob, sol)):
             check, _, rest = target.partition("\n")
@@ -486,15 +490,34 @@ def test_a_checking_judges_targets_work_the_step_out_then_give_the_same_scores()
             assert check == judge.CHECK_PREFIX + (" ".join(gold(prob)) if upto is None else gold(prob)[upto])
 
 
+def test_a_numbers_check_sets_the_rated_steps_numbers_against_the_right_ones_as_the_oracle_compares():
+    prob = tasks.make_problem("nb", 1, kind="count_add")
+    right = gold(prob)  # count, count, arith, answer
+    a, b = sorted(tasks.gold_steps(prob)[2][2][:2])
+    swapped = right[:2] + [f"{b} + {a} = {a + b}.", right[3]]  # the oracle reads numbers as a multiset: right
+    wrong = [right[0].replace(str(tasks.gold_steps(prob)[0][2][0]), "99")] + right[1:]
+    assert tasks.first_error(prob, swapped) == -1 and tasks.first_error(prob, wrong) == 0
+    assert judge.check_text(prob, 2, swapped, "numbers") == f"{a}, {b}, {a + b} vs {a}, {b}, {a + b}"
+    assert judge.check_text(prob, 0, wrong, "numbers") == f"99 vs {tasks.gold_steps(prob)[0][2][0]}"
+    assert judge.check_text(prob, None, wrong, "numbers") == f"{a + b} vs {a + b}"  # ORM mode: the last steps
+    assert judge.check_text(prob, 4, wrong + ["The answer is 3."], "numbers") == "3 vs none"  # a step too many
+    sol = {"steps": wrong, "correct": True}
+    checked = judge.rating_examples(prob, sol, seed=1, check="numbers")
+    assert checked[0][1].startswith(f"{judge.CHECK_PREFIX}99 vs ")
+    assert [t.split("\n")[1] for _, t in checked] == [t for _, t in judge.rating_examples(prob, sol, seed=1)]
+    with pytest.raises(ValueError, match="check 'digits'"):
+        judge.rating_examples(prob, sol, check="digits")
+
+
 def test_how_a_judge_rates_is_told_by_its_train_config(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    assert not judge.trained_as(str(tmp_path), "rating_check")  # no train_config.json: a judge that rates at once
-    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": True}))
-    assert judge.trained_as(str(tmp_path), "rating_check")
-    assert not judge.trained_as(str(tmp_path), "rating_reference")
-    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": False, "rating_reference": True}))
-    assert not judge.trained_as(str(tmp_path), "rating_check") and not judge.trained_as("tiny", "rating_check")
-    assert judge.trained_as(str(tmp_path), "rating_reference")
+    assert judge.trained_as(str(tmp_path), "rating_check") is None  # no train_config.json: a judge that rates at once
+    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": "numbers"}))
+    assert judge.trained_as(str(tmp_path), "rating_check") == "numbers"
+    assert judge.trained_as(str(tmp_path), "rating_reference") is None
+    (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": "none", "rating_reference": True}))
+    assert judge.trained_as(str(tmp_path), "rating_check") == "none" and judge.trained_as("tiny", "rating_check") is None
+    assert judge.trained_as(str(tmp_path), "rating_reference") is True
 
 
 def test_a_checking_judge_reads_its_score_after_the_check_it_wrote():
