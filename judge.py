@@ -59,6 +59,11 @@ def prompt(question, steps, upto=None, reference=None):
 RATING_NOISE = {"right": (0.02, 0.03, 0.07, 0.28, 0.60),   # mean 4.41
                 "lucky": (0.10, 0.20, 0.40, 0.20, 0.10),   # mean 3.00
                 "wrong": (0.55, 0.27, 0.08, 0.06, 0.04)}   # mean 1.77
+# The oracle's verdicts as exact scores (5, 3, 1): a diagnostic judge's targets (train.py --rating-noise exact),
+# to tell what the judge cannot learn from what the noise hides from it. NOISES: the tables a judge learns from.
+EXACT_RATINGS = {"right": (0.0, 0.0, 0.0, 0.0, 1.0), "lucky": (0.0, 0.0, 1.0, 0.0, 0.0),
+                 "wrong": (1.0, 0.0, 0.0, 0.0, 0.0)}
+NOISES = {"judge": RATING_NOISE, "exact": EXACT_RATINGS}
 SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads the digit right after it
 # A checking judge writes a check before it rates, as a general VLM judge reasons before its verdict: "Check: ..."
 # then the score. A tiny model cannot verify a number against the image or the arithmetic in the one position of
@@ -132,17 +137,18 @@ def check_text(problem, upto, steps, style="step"):
     return gold[upto] if upto < len(gold) else "There is no such step."
 
 
-def rating_examples(problem, solution, seed=0, check=None, reference=False):
+def rating_examples(problem, solution, seed=0, check=None, reference=False, noise="judge"):
     """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
-    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's RATING_NOISE row; with check (a
-    CHECKS style), "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
+    of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's row of NOISES[noise]; with check
+    (a CHECKS style), "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
     if check is not None:
         cli.choice(check, CHECKS, "check")
+    table = NOISES[cli.choice(noise, tuple(NOISES), "noise")]
     rated = rated_verdicts(problem, solution, reference)
     rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
     out = []
     for p, v, upto in rated:
-        score = f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=RATING_NOISE[v])[0]}"
+        score = f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=table[v])[0]}"
         if check is not None:
             score = f"{CHECK_PREFIX}{check_text(problem, upto, solution['steps'], check)}\n{score}"
         out.append((p, score))

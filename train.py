@@ -78,6 +78,10 @@ class Args:
         "help": "--data synthetic-judge: a rating's prompt holds the gold solution as a reference beside the rated "
                 "work (judge.REFERENCE_PREFIX): a reference-guided judge, which at work solves first and rates "
                 "beside its own solution"})
+    rating_noise: str = field(default="judge", metadata={
+        "help": "--data synthetic-judge: the scores a rating learns: judge (a general judge's noise, "
+                "judge.RATING_NOISE) | exact (the oracle's verdict as 5, 3 or 1: a diagnostic, never a shipped judge)",
+        "choices": list(judge.NOISES)})
     eval_data: str = field(default="", metadata={"help": "held-out labelled JSONL for prm/orm (default: 10%% of --data)"})
     out: str = field(default="out/train", metadata={"help": "output folder for checkpoints and log"})
     max_steps: int = field(default=3000, metadata={"range": (1, None), "help": "optimizer steps"})
@@ -115,7 +119,7 @@ RUN_KEYS = ("objective", "model", "size", "data", "eval_data", "max_steps", "bat
             "weight_decay", "clip", "max_len", "seed", "head", "beta", "bf16_weights", "probe",
             "rating_share")
 # RUN_KEYS of --data synthetic-judge alone (other runs resume as before)
-JUDGE_KEYS = ("rating_loss", "rating_group", "rating_check", "rating_reference")
+JUDGE_KEYS = ("rating_loss", "rating_group", "rating_check", "rating_reference", "rating_noise")
 SYNTHETIC = ("synthetic", "synthetic-judge", "synthetic-all")  # the --data made in code, fresh every batch (no file)
 
 
@@ -155,14 +159,14 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, reference=False):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, reference=False, noise="judge"):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
     rate. group > 1: the rated rows, in order, come in groups of `group` that rate different answers to one
     problem, the group's first row's (its image too). Train contents only, and it depends only on (seed, step),
     so a resume sees the same batches. check: the targets of a checking judge (a judge.CHECKS style); reference:
-    the prompts of a reference-guided one (judge.rating_examples).
+    the prompts of a reference-guided one; noise: the judge.NOISES table of its scores (judge.rating_examples).
     -> (images, questions, texts, verdicts): verdicts[i] the RATING_NOISE key of a rated row, None for a solving
     row (what --rating-loss soft learns the digit from)."""
     images, questions, texts = synthetic_sft(step, n, seed, eos)
@@ -175,7 +179,7 @@ def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, refer
         prob = probs[head]
         # the (j % group)-th answer of the sampler: another answer for each row of a group
         solution = policy.candidates(prob, j % group + 1, seed, rng.choice(["weak", "strong"]))[-1]
-        examples = judge.rating_examples(prob, solution, seed, check, reference)
+        examples = judge.rating_examples(prob, solution, seed, check, reference, noise)
         k = rng.randrange(len(examples))  # draws as rng.choice(examples) does
         questions[i], target = examples[k]
         verdicts[i] = judge.rated_verdicts(prob, solution, reference)[k][1]
@@ -185,11 +189,11 @@ def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, refer
     return images, questions, texts, verdicts
 
 
-def soft_rating_targets(processor, batch, verdicts):
+def soft_rating_targets(processor, batch, verdicts, noise="judge"):
     """--rating-loss soft: where each rated row's score digit is and what it learns there. -> {"rating_rows":
     (R,), "rating_pos": (R,) the digit's index in the (B, S-1) frame of next-token targets, "rating_dist":
-    (R, 5) its verdict's RATING_NOISE row, "rating_digits": (5,) the token ids of "1".."5"}; verdicts: one a
-    batch row (None: a solving row)."""
+    (R, 5) its verdict's row of judge.NOISES[noise], "rating_digits": (5,) the token ids of "1".."5"}; verdicts:
+    one a batch row (None: a solving row)."""
     tok = processor.tokenizer
     n_prefix = len(tok.encode(judge.SCORE_PREFIX, add_special_tokens=False))
     digits = torch.tensor([tok.encode(str(d), add_special_tokens=False)[-1] for d in range(1, 6)])
@@ -198,7 +202,7 @@ def soft_rating_targets(processor, batch, verdicts):
     if not torch.isin(batch["input_ids"][rows, pos], digits).all():
         raise ValueError("a rated row has no score digit right after \"Overall Score: \": the tokenizer splits "
                          "the target other than the prefix alone")
-    dist = torch.tensor([judge.RATING_NOISE[v] for v in verdicts if v is not None], dtype=torch.float32)
+    dist = torch.tensor([judge.NOISES[noise][v] for v in verdicts if v is not None], dtype=torch.float32)
     return {"rating_rows": rows, "rating_pos": pos - 1, "rating_dist": dist.reshape(-1, 5),
             "rating_digits": digits}
 
@@ -464,7 +468,8 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
                 whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group,
-                                        None if a.rating_check == "none" else a.rating_check, a.rating_reference)
+                                        None if a.rating_check == "none" else a.rating_check, a.rating_reference,
+                                        a.rating_noise)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts
@@ -486,7 +491,8 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             continue
         if a.data == "synthetic-judge" and a.rating_loss == "soft":
             skip = {j for j, _ in skipped}
-            batch.update(soft_rating_targets(processor, batch, [v for j, v in enumerate(items[3]) if j not in skip]))
+            verdicts = [v for j, v in enumerate(items[3]) if j not in skip]
+            batch.update(soft_rating_targets(processor, batch, verdicts, a.rating_noise))
         if getattr(model, "implicit", None) and idx:
             skip = {j for j, _ in skipped}
             batch["ref_logprobs"] = ref_logprobs(model, batch, ids, [i for j, i in enumerate(idx) if j not in skip],
@@ -535,6 +541,7 @@ def main(a: Args):
     if a.rating_loss == "soft" and a.data != "synthetic-judge":
         raise ValueError("--rating-loss soft learns the ratings of --data synthetic-judge: give that --data")
     cli.choice(a.rating_check, ("none", *judge.CHECKS), "--rating-check")
+    cli.choice(a.rating_noise, tuple(judge.NOISES), "--rating-noise")
     if a.rating_loss == "soft" and a.rating_check != "none":  # soft_rating_targets reads the digit at the reply's start
         raise ValueError("--rating-loss soft reads the score digit at the start of the reply, and --rating-check "
                          "writes a check before it: give one of the two")

@@ -83,6 +83,10 @@ PROBES = {
     # it writes the rated step's numbers against the reference's ("3 vs 7"), then rates
     "numbers-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "numbers",
                                  "--rating-reference"],
+    # a diagnostic, never shipped: the oracle's verdicts as exact scores (5, 3, 1), the reference beside
+    "exact-reference-lr1e-3": ["--lr", "1e-3", "--rating-noise", "exact", "--rating-reference"],
+    "numbers-reference-lr1e-3-long": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "numbers",
+                                      "--rating-reference", "--max-steps", "2000", "--keep-every", "1000"],
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",

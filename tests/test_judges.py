@@ -74,6 +74,20 @@ def test_rating_targets_are_noisy_but_ordered():
             assert scores.count(s) / len(scores) == pytest.approx(weight, abs=0.04)
 
 
+def test_exact_ratings_are_the_oracles_verdicts_as_5_3_1_in_examples_and_soft_targets():
+    prob = tasks.make_problem("ex", 1, kind="count_add")
+    for sol in policy.candidates(prob, 6, 1, "weak"):
+        exact = judge.rating_examples(prob, sol, seed=1, noise="exact")
+        rated = judge.rated_verdicts(prob, sol)
+        assert [t for _, t in exact] == [judge.SCORE_PREFIX + {"right": "5", "lucky": "3", "wrong": "1"}[v]
+                                         for _, v, _ in rated]
+    with pytest.raises(ValueError, match="noise 'loud'"):
+        judge.rating_examples(prob, sol, noise="loud")
+    processor, batch, texts, verdicts, _ = soft_batch()
+    soft = train.soft_rating_targets(processor, batch, verdicts, "exact")
+    assert soft["rating_dist"].tolist() == [list(judge.EXACT_RATINGS[v]) for v in verdicts if v is not None]
+
+
 def test_rating_examples_are_the_rubric_prompts_up_to_the_first_error_and_deterministic_per_seed():
     prob = tasks.make_problem("d", 3)
     sols = policy.candidates(prob, 12, 3, "weak")
