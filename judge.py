@@ -13,7 +13,9 @@ The tiny base never learned to judge. rating_examples turns a sampled solution i
 general judge's noise (RATING_NOISE); train.py --data synthetic-judge trains on them beside solving, which
 made the shipped judges checkpoints/tiny-judge-* (python -m lab.judges measures them on dev). rated_verdicts
 gives the same prompts with their verdicts, for train.py --rating-loss soft (the score learned against its
-verdict's whole RATING_NOISE row); lab/judge_recipes.py compares such recipes on tune.
+verdict's whole RATING_NOISE row). Two ways for a judge to reason before its score: a checking judge writes a
+check first (CHECKS: the step worked out, or its numbers against the right ones), and a reference-guided judge
+solves the question itself and rates beside its own solution. lab/judge_recipes.py compares such recipes on tune.
 """
 import hashlib
 import json
@@ -70,8 +72,9 @@ SCORE_PREFIX = "Overall Score: "  # what a rating ends with; logits mode reads t
 # its score, but it can write out what it compares. CHECKS, what the check holds (train.py --rating-check):
 # "step": the rated step as it should read (in ORM mode the whole solution), worked out;
 # "numbers": the rated step's numbers against the same step's in the right solution (in ORM mode the last steps'),
-# each list sorted as the oracle compares them, "3 vs 7"; beside a reference, a copy from it.
-CHECKS = ("step", "numbers")
+# each list sorted as the oracle compares them, "3 vs 7"; beside a reference, a copy from it;
+# "agree": the numbers, then whether the two lists agree, "3 vs 7: they differ" (the score after it stays noisy).
+CHECKS = ("step", "numbers", "agree")
 CHECK_PREFIX = "Check: "
 # A reference-guided judge (MT-Bench's reference-guided grading) solves the question itself first, then rates with
 # its own solution beside the rated one: it compares where a judge without one would have to verify in one
@@ -127,11 +130,14 @@ def numbers_of(text):
 def check_text(problem, upto, steps, style="step"):
     """What a checking judge writes before its score about step `upto` of `steps` (the whole answer where upto is
     None), a CHECKS style: the step as it should read after a right prefix, or the whole solution worked out
-    ("step"); the rated step's numbers against the right step's ("numbers")."""
+    ("step"); the rated step's numbers against the right step's ("numbers"), and whether they agree ("agree")."""
     gold = [text for text, _, _ in tasks.gold_steps(problem)]
-    if style == "numbers":
+    if style in ("numbers", "agree"):
         rated, right = (steps[-1], gold[-1]) if upto is None else (steps[upto], gold[upto] if upto < len(gold) else "")
-        return f"{numbers_of(rated)} vs {numbers_of(right)}"
+        rated, right = numbers_of(rated), numbers_of(right)
+        if style == "agree":
+            return f"{rated} vs {right}: they {'agree' if rated == right else 'differ'}"
+        return f"{rated} vs {right}"
     if upto is None:
         return " ".join(gold)
     return gold[upto] if upto < len(gold) else "There is no such step."

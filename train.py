@@ -72,7 +72,8 @@ class Args:
     rating_check: str = field(default="none", metadata={
         "help": "--data synthetic-judge: a rating's target first writes a check (\"Check: ...\", judge.check_text), "
                 "then gives the score: a checking judge. none | step (the rated step as it should read, or the "
-                "whole solution) | numbers (the rated step's numbers against the right step's: \"3 vs 7\")",
+                "whole solution) | numbers (the rated step's numbers against the right step's: \"3 vs 7\") | "
+                "agree (the numbers, then whether they agree: \"3 vs 7: they differ\")",
         "choices": ["none", *judge.CHECKS]})
     rating_reference: bool = field(default=False, metadata={
         "help": "--data synthetic-judge: a rating's prompt holds the gold solution as a reference beside the rated "

@@ -87,6 +87,15 @@ PROBES = {
     "exact-reference-lr1e-3": ["--lr", "1e-3", "--rating-noise", "exact", "--rating-reference"],
     "numbers-reference-lr1e-3-long": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "numbers",
                                       "--rating-reference", "--max-steps", "2000", "--keep-every", "1000"],
+    # the same, 3000 steps more from where it ended (a new schedule): run it after numbers-reference-lr1e-3-long
+    "numbers-reference-lr1e-3-longer": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "numbers",
+                                        "--rating-reference", "--max-steps", "3000", "--keep-every", "1500",
+                                        "--model", "out/judge-sweep/numbers-reference-lr1e-3-long/step-002000"],
+    # it writes whether the numbers agree before its score, 1000 steps from numbers-reference-lr1e-3-longer's
+    # model at step 1500 (run that first)
+    "agree-reference-lr1e-3": ["--lr", "1e-3", "--rating-loss", "sample", "--rating-check", "agree",
+                               "--rating-reference", "--max-steps", "1000", "--keep-every", "500",
+                               "--model", "out/judge-sweep/numbers-reference-lr1e-3-longer/step-001500"],
 }
 COMMON = ["--objective", "sft", "--model", "tiny", "--data", "synthetic-judge", "--rating-loss", "soft",
           "--rating-share", "0.75", "--max-steps", "600", "--batch-size", "16", "--warmup", "20",

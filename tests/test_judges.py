@@ -465,7 +465,7 @@ def test_each_judge_recipe_probe_is_a_judge_run_of_train(name):
     # a checking probe learns the sampled digit (train.py refuses the soft loss with a check), the others soft
     checks = a.rating_check != "none"
     assert a.rating_loss == ("sample" if checks else "soft")
-    assert checks == name.startswith(("check", "numbers")) and a.rating_reference == ("reference" in name)
+    assert checks == name.startswith(("check", "numbers", "agree")) and a.rating_reference == ("reference" in name)
     kept = judge_recipes.kept_steps(name)
     assert kept[-1] == a.max_steps and kept == list(range(a.keep_every, a.max_steps + 1, a.keep_every))
 
@@ -515,6 +515,8 @@ def test_a_numbers_check_sets_the_rated_steps_numbers_against_the_right_ones_as_
     assert judge.check_text(prob, 0, wrong, "numbers") == f"99 vs {tasks.gold_steps(prob)[0][2][0]}"
     assert judge.check_text(prob, None, wrong, "numbers") == f"{a + b} vs {a + b}"  # ORM mode: the last steps
     assert judge.check_text(prob, 4, wrong + ["The answer is 3."], "numbers") == "3 vs none"  # a step too many
+    assert judge.check_text(prob, 0, wrong, "agree") == f"99 vs {tasks.gold_steps(prob)[0][2][0]}: they differ"
+    assert judge.check_text(prob, 2, swapped, "agree") == f"{a}, {b}, {a + b} vs {a}, {b}, {a + b}: they agree"
     sol = {"steps": wrong, "correct": True}
     checked = judge.rating_examples(prob, sol, seed=1, check="numbers")
     assert checked[0][1].startswith(f"{judge.CHECK_PREFIX}99 vs ")
