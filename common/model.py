@@ -31,7 +31,9 @@ SHIPPED = {"tiny": TINY_BASE,  # the pretrained base every reward model starts f
            "tiny-judge-short": ROOT / "checkpoints" / "tiny-judge-short",  # a judge: the base, 450 rating steps
            "tiny-judge-long": ROOT / "checkpoints" / "tiny-judge-long",  # a judge: the base, 900 steps
            "tiny-judge-strong": ROOT / "checkpoints" / "tiny-judge-strong",  # a judge: tiny-long, 450 steps
-           "tiny-judge-strong-long": ROOT / "checkpoints" / "tiny-judge-strong-long"}  # tiny-long, 900 steps
+           "tiny-judge-strong-long": ROOT / "checkpoints" / "tiny-judge-strong-long",  # tiny-long, 900 steps
+           # a judge that solves first and checks the rated step's numbers against its own: the base, 5000 steps
+           "tiny-judge-reference": ROOT / "checkpoints" / "tiny-judge-reference"}
 
 # The step-tag convention (docs/DESIGN.md): a tag token after every step; the tag head reads a step's score as
 # softmax([logit("+"), logit("-")])[0] at its tag. "+" and "-" are ordinary tokens in every tokenizer.

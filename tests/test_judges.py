@@ -337,13 +337,34 @@ def test_a_soft_trained_judge_puts_its_score_on_the_digits(tmp_path):
 
 
 SHIPPED_JUDGES = sorted(name for name in SHIPPED if name.startswith("tiny-judge"))
+CHECKING_JUDGES = [name for name in SHIPPED_JUDGES if judge.trained_as(name, "rating_check") in judge.CHECKS]
 
 
-@pytest.mark.parametrize("name", SHIPPED_JUDGES)
+@pytest.mark.parametrize("name", [name for name in SHIPPED_JUDGES if name not in CHECKING_JUDGES])
 def test_a_shipped_judge_writes_the_digit_its_logits_rank_first(name):
     model, processor = load(name, device="cpu")
     written = assert_modes_agree(model, processor)
     assert len(set(written)) > 1  # a judge that rates every answer alike would agree trivially
+
+
+@pytest.mark.parametrize("name", CHECKING_JUDGES)
+def test_a_shipped_checking_judge_writes_after_its_check_the_digit_its_logits_rank_first(name):
+    j = judge.load_judge(name, batch_size=8)
+    assert j.check and j.reference == bool(judge.trained_as(name, "rating_reference"))
+    images, prompts = [], []
+    for prob in tasks.make_problems(2, 0, "dev"):
+        ref = judge.references(j, [tasks.render(prob)], [prob["question"]])[0]  # its own solution
+        for sol in policy.candidates(prob, 1, 0, "weak") + policy.candidates(prob, 1, 0, "strong"):
+            for k in (0, len(sol["steps"]) - 1, None):
+                images.append(tasks.render(prob))
+                prompts.append(judge.prompt(prob["question"], sol["steps"], upto=k, reference=ref))
+    replies = j.checks(images, prompts)
+    assert all(r.startswith(judge.CHECK_PREFIX) for r in replies), replies
+    probs = j.score_probs(images, prompts, replies)  # (N, 5): what logits mode reads after each check
+    written = judge.generate(j.model, j.processor, images, prompts, max_new_tokens=80)
+    assert [w.split(judge.SCORE_PREFIX)[0] for w in written] == replies  # the same check, then the score
+    digits = [int(w.split(judge.SCORE_PREFIX)[1][0]) for w in written]
+    assert digits == (probs.argmax(-1) + 1).tolist() and len(set(digits)) > 1
 
 
 @pytest.mark.parametrize("name", SHIPPED_JUDGES)
