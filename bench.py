@@ -96,7 +96,7 @@ class Args:
     lr: float = field(default=1e-4, metadata={"range": (0.0, None),
                                               "help": "PRM / ORM learning rate (chosen on tune)"})
     batch_size: int = field(default=32, metadata={"range": (1, None), "help": "PRM / ORM batch size"})
-    judges: str = field(default="tiny-judge-short,tiny-judge-long,tiny-judge-strong", metadata={
+    judges: str = field(default="tiny-judge-short,tiny-judge-long,tiny-judge-strong,tiny-judge-reference", metadata={
         "help": "the judge table's VLM judges (model.SHIPPED names or folders), each in ORM mode, PRM mode and the "
                 "hybrid over the stronger policy's answers"})
     judges_n: int = field(default=64, metadata={"range": (2, None), "help": "test problems of the judge table "

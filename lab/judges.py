@@ -19,29 +19,35 @@ read by logits (the expected 1-5 score after "Overall Score: "). From those scor
   the ORM score, by the PRM steps' minimum and by the hybrid (the mean of the last 2 step scores), against one
   random sample (the pool's mean accuracy) and the majority answer.
 
-Expected output of the default run (judges.md; 333 s on 2 CPU cores beside another job, OMP_NUM_THREADS=1):
+Expected output of the default run (judges.md; 333 s on 2 CPU cores beside another job, OMP_NUM_THREADS=1, for
+the first five judges; tiny-judge-reference's row from `--judges` naming its weights alone, the same settings, 4
+minutes on two threads; the step-AUC cells of the other rows were not measured in their run):
 
-| judge | solving | PRM F1 (threshold) | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
-|---|---:|---:|---:|---:|---:|---:|---:|---:|
-| tiny | 0.635 | 0.201 (0.24) | 0.473 | 0.518 | 0.812 | 0.229 | 0.183 | 0.125 |
-| tiny-judge-short | 0.531 | 0.438 (0.50) | 0.570 | 0.518 | 0.812 | 0.229 | 0.208 | 0.146 |
-| tiny-judge-long | 0.490 | 0.409 (0.56) | 0.534 | 0.518 | 0.812 | 0.188 | 0.267 | 0.250 |
-| tiny-judge-strong | 0.385 | 0.343 (0.47) | 0.559 | 0.518 | 0.812 | 0.250 | 0.243 | 0.229 |
-| tiny-judge-strong-long | 0.469 | 0.454 (0.58) | 0.521 | 0.518 | 0.812 | 0.250 | 0.246 | 0.229 |
+| judge | solving | PRM F1 (threshold) | step AUC count / arith / text_arith | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
+| tiny | 0.635 | 0.201 (0.24) | | 0.473 | 0.518 | 0.812 | 0.229 | 0.183 | 0.125 |
+| tiny-judge-short | 0.531 | 0.438 (0.50) | | 0.570 | 0.518 | 0.812 | 0.229 | 0.208 | 0.146 |
+| tiny-judge-long | 0.490 | 0.409 (0.56) | | 0.534 | 0.518 | 0.812 | 0.188 | 0.267 | 0.250 |
+| tiny-judge-strong | 0.385 | 0.343 (0.47) | | 0.559 | 0.518 | 0.812 | 0.250 | 0.243 | 0.229 |
+| tiny-judge-strong-long | 0.469 | 0.454 (0.58) | | 0.521 | 0.518 | 0.812 | 0.250 | 0.246 | 0.229 |
+| tiny-judge-reference | 0.729 | 0.566 (0.46) | 0.69 / 0.46 / 0.69 | 0.837 | 0.518 | 0.812 | 0.792 | 0.443 | 0.229 |
 
-no judge beats one random sample in Best-of-16 in any mode.
+beats one random sample in Best-of-16: tiny-judge-reference orm 0.792 > 0.518.
 
 (the last five columns: Best-of-16.) Rating training doubles the first-error F1 of the base and lifts its
-answer AUC above 0.5, but no judge picks better than one random sample: a problem's right answers are mostly
-one text (8.3 right a dev problem, 1.5 distinct), so they share one score, while its wrong answers are diverse
-(7.7, 5.4 distinct), and the top of several noisy wrong scores outbids the one right score unless the ranking
-is strong. The stronger solver (tiny-long) did not make a better short-trained judge (F1 0.343 against
-0.438).
+answer AUC above 0.5, but the judges that rate at once pick no better than one random sample: a problem's right
+answers are mostly one text (8.3 right a dev problem, 1.5 distinct), so they share one score, while its wrong
+answers are diverse (7.7, 5.4 distinct), and the top of several noisy wrong scores outbids the one right score
+unless the ranking is strong. The stronger solver (tiny-long) did not make a better short-trained judge (F1 0.343
+against 0.438). tiny-judge-reference reasons before it rates (it solves the question itself, then writes the rated
+step's numbers against its own, "Check: 3 vs 7", then its score; its card says how it was made): its answer AUC
+is 0.837 and in ORM mode it beats one random sample, though not majority vote. In PRM mode it does not: its own
+counts are often wrong, and it rates a right count down when its own differs.
 
-Other recipes, chosen on tune (lab/judge_recipes.py: the score learned against its verdict's whole RATING_NOISE
-row, learning rates 3e-4 to 3e-3, answers to one problem side by side, up to 1,200 steps, a checking judge that
-works the step out before its score) did no better on tune:
-no judge beat one random sample there either (its table), so these judges stay the shipped ones.
+The recipes were compared on tune (lab/judge_recipes.py: the score learned against its verdict's whole
+RATING_NOISE row, learning rates 3e-4 to 3e-3, answers to one problem side by side, up to 1,200 steps, checking
+and reference-guided judges): tiny-judge-reference's recipe is the only one whose judge beat one random sample
+there (its table).
 """
 import json
 import time
@@ -56,7 +62,6 @@ import policy
 import train
 from common import cli, metrics, tasks
 from common.answers import match_answer
-from common.model import load
 
 # The Best-of-N rules read (bon.py's rule syntax) over the score keys judge_pools writes.
 RULES = {"random": "random", "majority": "majority", "orm": "max:judge_orm", "prm_min": "max:judge_prm:min",
@@ -64,7 +69,8 @@ RULES = {"random": "random", "majority": "majority", "orm": "max:judge_orm", "pr
 N = 16  # Best-of-16: the whole pool
 STEP_KINDS = ("count", "arith", "text_arith")  # the step kinds a judge must check (tasks.gold_steps)
 # The base that never learned to judge (the reference), then the shipped judges (common.model.SHIPPED)
-JUDGES = ("tiny", "tiny-judge-short", "tiny-judge-long", "tiny-judge-strong", "tiny-judge-strong-long")
+JUDGES = ("tiny", "tiny-judge-short", "tiny-judge-long", "tiny-judge-strong", "tiny-judge-strong-long",
+          "tiny-judge-reference")
 
 
 @dataclass
