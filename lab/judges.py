@@ -207,8 +207,9 @@ def measure(name, a, tune, dev):
 
 def table(rows, split="dev"):
     """The markdown table of judges.md: one row a judge (solving on `split`'s problems)."""
-    lines = [f"| judge | solving ({split} answers) | PRM first-error F1 (threshold) | PRM step AUC: count / arith / "
-             "text_arith | ORM answer AUC | Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
+    lines = [f"| judge | solving ({split} answers) | PRM first-error F1 (threshold) | "
+             "PRM step AUC: count / arith / text_arith | ORM answer AUC | "
+             "Bo16 random | Bo16 majority | Bo16 ORM | Bo16 PRM min | Bo16 hybrid last2 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         f1 = f"{r['prm_f1']['f1']:.3f} ({r['prm_f1']['threshold']:.2f})"

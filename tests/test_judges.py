@@ -553,7 +553,8 @@ def test_how_a_judge_rates_is_told_by_its_train_config(tmp_path):
     assert judge.trained_as(str(tmp_path), "rating_check") == "numbers"
     assert judge.trained_as(str(tmp_path), "rating_reference") is None
     (tmp_path / "train_config.json").write_text(json.dumps({"rating_check": "none", "rating_reference": True}))
-    assert judge.trained_as(str(tmp_path), "rating_check") == "none" and judge.trained_as("tiny", "rating_check") is None
+    assert judge.trained_as(str(tmp_path), "rating_check") == "none"
+    assert judge.trained_as("tiny", "rating_check") is None
     assert judge.trained_as(str(tmp_path), "rating_reference") is True
 
 
