@@ -19,17 +19,15 @@ read by logits (the expected 1-5 score after "Overall Score: "). From those scor
   the ORM score, by the PRM steps' minimum and by the hybrid (the mean of the last 2 step scores), against one
   random sample (the pool's mean accuracy) and the majority answer.
 
-Expected output of the default run (judges.md; 333 s on 2 CPU cores beside another job, OMP_NUM_THREADS=1, for
-the first five judges; tiny-judge-reference's row from `--judges` naming its weights alone, the same settings, 4
-minutes on two threads; the step-AUC cells of the other rows were not measured in their run):
+Expected output of the default run (judges.md; 7:06 on 2 CPU cores, nothing else running, OMP_NUM_THREADS=2):
 
 | judge | solving | PRM F1 (threshold) | step AUC count / arith / text_arith | ORM AUC | random | majority | ORM | PRM min | hybrid last2 |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
-| tiny | 0.635 | 0.201 (0.24) | | 0.473 | 0.518 | 0.812 | 0.229 | 0.183 | 0.125 |
-| tiny-judge-short | 0.531 | 0.438 (0.50) | | 0.570 | 0.518 | 0.812 | 0.229 | 0.208 | 0.146 |
-| tiny-judge-long | 0.490 | 0.409 (0.56) | | 0.534 | 0.518 | 0.812 | 0.188 | 0.267 | 0.250 |
-| tiny-judge-strong | 0.385 | 0.343 (0.47) | | 0.559 | 0.518 | 0.812 | 0.250 | 0.243 | 0.229 |
-| tiny-judge-strong-long | 0.469 | 0.454 (0.58) | | 0.521 | 0.518 | 0.812 | 0.250 | 0.246 | 0.229 |
+| tiny | 0.635 | 0.201 (0.24) | 0.46 / 0.45 / 0.41 | 0.473 | 0.518 | 0.812 | 0.229 | 0.183 | 0.125 |
+| tiny-judge-short | 0.531 | 0.438 (0.50) | 0.57 / 0.54 / 0.59 | 0.570 | 0.518 | 0.812 | 0.229 | 0.208 | 0.146 |
+| tiny-judge-long | 0.490 | 0.409 (0.56) | 0.51 / 0.51 / 0.63 | 0.534 | 0.518 | 0.812 | 0.188 | 0.267 | 0.250 |
+| tiny-judge-strong | 0.385 | 0.343 (0.47) | 0.52 / 0.53 / 0.64 | 0.559 | 0.518 | 0.812 | 0.250 | 0.243 | 0.229 |
+| tiny-judge-strong-long | 0.469 | 0.454 (0.58) | 0.51 / 0.57 / 0.68 | 0.521 | 0.518 | 0.812 | 0.250 | 0.246 | 0.229 |
 | tiny-judge-reference | 0.729 | 0.566 (0.46) | 0.69 / 0.46 / 0.69 | 0.837 | 0.518 | 0.812 | 0.792 | 0.443 | 0.229 |
 
 beats one random sample in Best-of-16: tiny-judge-reference orm 0.792 > 0.518.
