@@ -28,7 +28,7 @@ import torch
 
 import policy
 import prm
-from common import cli, tasks
+from common import answers, cli, tasks
 from common.model import encode, generate, hidden_states, load, resolve, unwrap
 from common.tasks import format_steps
 
@@ -43,8 +43,10 @@ MODES = ("logits", "generate")
 def prompt(question, steps, upto=None, reference=None):
     """ORM mode (upto None): judge the whole answer. PRM mode: judge step `upto` given the steps before it.
     reference: a reference-guided judge's own solution (its steps), set between the question and the rated work."""
-    if reference is not None:  # written as the rated work is, so that the two line up
-        question = f"{question}{REFERENCE_PREFIX}{chr(10).join(reference) if upto is None else format_steps(reference)}"
+    if reference is not None:
+        # written as the rated work is, so that the two line up
+        written = "\n".join(reference) if upto is None else format_steps(reference)
+        question = f"{question}{REFERENCE_PREFIX}{written}"
     if upto is None:
         return RUBRIC.format(what="whole solution", question=question, solution="\n".join(steps))
     return RUBRIC.format(what=f"latest step (Step {upto + 1})", question=question,
@@ -122,9 +124,9 @@ def rated_verdicts(problem, solution, reference=False):
 
 
 def numbers_of(text):
-    """A step's numbers as a checking judge writes them: sorted by value (the oracle compares them as a multiset),
-    comma-separated; "none" for a step without one."""
-    return ", ".join(sorted(re.findall(r"-?\d+(?:\.\d+)?", text), key=float)) or "none"
+    """A step's numbers as a checking judge writes them: the ones the oracle reads (answers.NUM), sorted by value
+    (it compares them as a multiset), comma-separated; "none" for a step without one."""
+    return ", ".join(sorted(answers.NUM.findall(text), key=float)) or "none"
 
 
 def check_text(problem, upto, steps, style="step"):
@@ -133,8 +135,10 @@ def check_text(problem, upto, steps, style="step"):
     ("step"); the rated step's numbers against the right step's ("numbers"), and whether they agree ("agree")."""
     gold = [text for text, _, _ in tasks.gold_steps(problem)]
     if style in ("numbers", "agree"):
-        rated, right = (steps[-1], gold[-1]) if upto is None else (steps[upto], gold[upto] if upto < len(gold) else "")
-        rated, right = numbers_of(rated), numbers_of(right)
+        if upto is None:  # ORM mode: the last steps, where the answers are
+            rated, right = numbers_of(steps[-1]), numbers_of(gold[-1])
+        else:
+            rated, right = numbers_of(steps[upto]), numbers_of(gold[upto] if upto < len(gold) else "")
         if style == "agree":
             return f"{rated} vs {right}: they {'agree' if rated == right else 'differ'}"
         return f"{rated} vs {right}"
@@ -143,19 +147,19 @@ def check_text(problem, upto, steps, style="step"):
     return gold[upto] if upto < len(gold) else "There is no such step."
 
 
-def rating_examples(problem, solution, seed=0, check=None, reference=False, noise="judge"):
+def rating_examples(problem, solution, seed=0, check="none", reference=False, noise="judge"):
     """A judge's training examples for one sampled solution of a train problem: [(prompt, target)], the prompts
     of rated_verdicts, each target "Overall Score: N", N drawn from its verdict's row of NOISES[noise]; with check
-    (a CHECKS style), "Check: <check_text>" on the line before it. Deterministic in (seed, problem id, steps)."""
-    if check is not None:
-        cli.choice(check, CHECKS, "check")
+    (a CHECKS style, not "none"), "Check: <check_text>" on the line before it. Deterministic in (seed, problem id,
+    steps)."""
+    cli.choice(check, ("none", *CHECKS), "check")
     table = NOISES[cli.choice(noise, tuple(NOISES), "noise")]
     rated = rated_verdicts(problem, solution, reference)
     rng = random.Random(tasks.seed_of(seed, "rate", problem["id"], *solution["steps"]))
     out = []
     for p, v, upto in rated:
         score = f"{SCORE_PREFIX}{rng.choices(range(1, 6), weights=table[v])[0]}"
-        if check is not None:
+        if check != "none":
             score = f"{CHECK_PREFIX}{check_text(problem, upto, solution['steps'], check)}\n{score}"
         out.append((p, score))
     return out
@@ -203,7 +207,8 @@ class Judge:
         rows = list(todo.values())
         for j in range(0, len(rows), self.batch_size):
             part = rows[j:j + self.batch_size]
-            got = policy.solve(self.model, self.processor, [images[i] for i in part], [questions[i] for i in part])
+            part_images, part_questions = [images[i] for i in part], [questions[i] for i in part]
+            got = policy.solve(self.model, self.processor, part_images, part_questions)
             self.solved.update({keys[i]: o["steps"] for i, o in zip(part, got)})
         return [self.solved[k] for k in keys]
 

@@ -160,7 +160,7 @@ def synthetic_sft(step, n, seed, eos, contents="train"):
     return [tasks.render(p) for p in probs], [p["question"] for p in probs], texts
 
 
-def synthetic_judge(step, n, seed, eos, rating_share, group=1, check=None, reference=False, noise="judge"):
+def synthetic_judge(step, n, seed, eos, rating_share, group=1, check="none", reference=False, noise="judge"):
     """A judge's global batch of step `step`: synthetic_sft's, with a share (rating_share) of its problems
     rated instead of solved: one rating example (judge.rating_examples, PRM or ORM mode) of a solution the
     synthetic sampler wrote to that problem (weak or strong). It keeps its solving skill while it learns to
@@ -469,8 +469,7 @@ def micro_batches(step, a, rows, processor, model, ids, rank, world, state):
             eos = processor.tokenizer.eos_token
             if a.data == "synthetic-judge":
                 whole = synthetic_judge(step, a.batch_size, a.seed, eos, a.rating_share, a.rating_group,
-                                        None if a.rating_check == "none" else a.rating_check, a.rating_reference,
-                                        a.rating_noise)
+                                        a.rating_check, a.rating_reference, a.rating_noise)
             else:
                 whole = synthetic_sft(step, a.batch_size, a.seed, eos, "all" if a.data == "synthetic-all" else "train")
             items = [x[lo:lo + micro] for x in whole]  # synthetic-judge: a 4th list, the verdicts

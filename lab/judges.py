@@ -176,7 +176,8 @@ def step_auc_by_kind(problems, cands, step_scores):
     out = {}
     for kind, pairs in sorted(scored.items()):
         labels = [right for _, right in pairs]
-        out[kind] = metrics.auc_fast([x for x, _ in pairs], labels) if 0 < sum(labels) < len(labels) else None
+        one_label = sum(labels) in (0, len(labels))
+        out[kind] = None if one_label else metrics.auc_fast([x for x, _ in pairs], labels)
     return out
 
 
